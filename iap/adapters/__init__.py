@@ -1,0 +1,1 @@
+"""IO at the edges: the upstream forwarder, metrics, the audit log."""

@@ -1,0 +1,51 @@
+"""The audit log (SPEC §8): exactly one JSON line per request on stdout.
+
+Invariant: a line carries only the fields below. The path is logged without its query
+string (callbacks carry codes), and nothing here ever sees a header value, so tokens
+and cookies cannot reach the log.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from typing import TextIO
+
+from iap.model import Exchange
+
+
+class AuditLog:
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream if stream is not None else sys.stdout
+
+    def record(self, exchange: Exchange, *, now: float | None = None) -> None:
+        """Write ``exchange`` as one line; ``now`` is a ``time.perf_counter`` reading."""
+        elapsed = (now if now is not None else time.perf_counter()) - exchange.started
+        line = {
+            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "correlation_id": exchange.correlation_id,
+            "trace_id": exchange.trace_id,
+            "span_id": exchange.span_id,
+            "client_ip": exchange.client_ip,
+            "method": exchange.method,
+            "host": exchange.host,
+            "path": exchange.path,
+            "route": exchange.route,
+            "status": exchange.status,
+            "duration_ms": round(elapsed * 1000, 3),
+            "authn_method": exchange.authn_method,
+            "subject": exchange.subject,
+            "tenant": exchange.tenant,
+            "decision": exchange.decision,
+            "reason": exchange.reason,
+            "upstream": exchange.upstream,
+            "bytes_in": exchange.bytes_in,
+            "bytes_out": exchange.bytes_out,
+        }
+        try:
+            self._stream.write(json.dumps(line, separators=(",", ":")) + "\n")
+            self._stream.flush()
+        except (OSError, ValueError):  # stdout closed: losing a line must not fail a request
+            pass

@@ -1,0 +1,64 @@
+"""Prometheus metrics (SPEC §8), served on the admin listener.
+
+With ``--workers N`` the parent sets ``PROMETHEUS_MULTIPROC_DIR`` before any worker
+imports prometheus-client; ``/metrics`` then aggregates every worker's samples.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """The request metrics; one instance per process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "iap_requests_total",
+            "Requests answered, by route, method and status code.",
+            ["route", "method", "code"],
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            "iap_request_duration_seconds",
+            "Time from the first byte of a request to its last response byte.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream_duration = Histogram(
+            "iap_upstream_duration_seconds",
+            "Time from sending a request upstream until its response headers arrived.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_request(self, route: str, method: str, code: int, seconds: float) -> None:
+        method = method if method in _METHODS else "OTHER"
+        self.requests.labels(route, method, str(code)).inc()
+        self.request_duration.labels(route).observe(seconds)
+
+    def observe_upstream(self, route: str, seconds: float) -> None:
+        self.upstream_duration.labels(route).observe(seconds)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The Prometheus text format, across all workers when there are several."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,96 @@
+"""The ``iap`` command (SPEC §4). Exit codes: 0 ok, 2 bad config or usage, 1 runtime failure."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from iap import __version__, config
+from iap.errors import ConfigError
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="iap", description="Identity-aware proxy for the mesh edge."
+    )
+    parser.add_argument("--version", action="version", version=f"iap {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the proxy")
+    run.add_argument("-c", "--config", required=True, help="path to iap.yaml")
+    run.add_argument("--workers", type=_positive, default=1, help="processes sharing the port")
+
+    dev = commands.add_parser("dev", help="run iap with a demo upstream on 127.0.0.1")
+    dev.add_argument("--port", type=int, default=8080, help="public port (default 8080)")
+
+    check = commands.add_parser("check", help="validate a config and print every problem")
+    check.add_argument("-c", "--config", required=True, help="path to iap.yaml")
+    return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check":
+            config.load(args.config)
+            print(f"{args.config}: ok")
+            return EXIT_OK
+        if args.command == "run":
+            return _run(config.load(args.config), workers=args.workers)
+        if args.command == "dev":
+            from iap.dev.run import run_dev
+
+            return _event_loop(run_dev(args.port))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
+
+
+def _run(cfg: config.Config, *, workers: int) -> int:
+    if workers > 1:
+        from iap.supervisor import supervise
+
+        return supervise(cfg, workers)
+    from iap.web.server import Edge
+
+    edge = Edge(cfg)
+    return _event_loop(serve(edge, reuse_port=False))
+
+
+def _event_loop(main: Coroutine[Any, Any, int]) -> int:
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+async def serve(edge: Any, *, reuse_port: bool) -> int:
+    """Serve until SIGTERM or SIGINT, then drain. ``edge`` is an :class:`iap.web.server.Edge`."""
+    from iap.web.server import wait_for_signals
+
+    try:
+        await edge.start(reuse_port=reuse_port)
+    except OSError as exc:
+        print(f"iap: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        await edge.stop()
+        return EXIT_FAILURE
+    print(f"iap listening: {edge.describe()}", file=sys.stderr, flush=True)
+    await wait_for_signals(signal.SIGTERM, signal.SIGINT)
+    print("iap: draining", file=sys.stderr, flush=True)
+    await edge.stop()
+    return EXIT_OK

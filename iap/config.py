@@ -1,0 +1,437 @@
+"""The configuration tree: parsed once at startup, immutable afterwards.
+
+Invariants:
+- Every problem in a file is reported at once, each naming its key path
+  (``routes[0].match.path_prefix: ...``); nothing is served from a config with problems.
+- Unknown keys are errors: a misspelt security setting must not silently fall back to a default.
+- Secrets are read from files or ``IAP_*`` environment variables and held in
+  :class:`pydantic.SecretStr`; no error message repeats an input value.
+- Request handling never parses config: durations are seconds, sizes are bytes,
+  CIDRs are :mod:`ipaddress` networks by the time a :class:`Config` exists.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    FilePath,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from iap.errors import ConfigError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$")
+_SIZE_UNITS = {
+    None: 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "KiB": 2**10,
+    "MiB": 2**20,
+    "GiB": 2**30,
+}
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _duration(value: object) -> float:
+    """``"30s"``, ``"5m"``, ``"8h"``, ``"250ms"`` or a number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m or 8h")
+    if isinstance(value, int | float):
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError("expected a duration such as 30s, 5m or 8h")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _size(value: object) -> int:
+    """``"10MiB"``, ``"200MB"`` or a number of bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError("expected a size such as 512KiB, 10MiB or 200MB")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+Duration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
+Size = Annotated[int, BeforeValidator(_size), Field(gt=0)]
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A ``host:port`` listen address; ``[::1]:8443`` for IPv6."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _address(value: object) -> Address:
+    if isinstance(value, Address):
+        return value
+    text = str(value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("expected host:port, e.g. 0.0.0.0:8443")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+            raise ValueError("expected host:port, e.g. 0.0.0.0:8443") from None
+    return Address(host, int(port))
+
+
+AddressField = Annotated[Address, BeforeValidator(_address)]
+
+
+def _url(*schemes: str) -> Any:
+    def check(value: object) -> str:
+        text = str(value)
+        parts = urlsplit(text)
+        if parts.scheme not in schemes or not parts.hostname:
+            raise ValueError(f"expected an absolute {' or '.join(schemes)} URL")
+        if parts.username or parts.password:
+            raise ValueError("credentials do not belong in a URL; use a *_file key")
+        return text.rstrip("/") if parts.path in ("", "/") else text
+
+    return BeforeValidator(check)
+
+
+HttpUrl = Annotated[str, _url("http", "https")]
+
+
+def _header_name(value: object) -> str:
+    text = str(value)
+    if not _HEADER_NAME.match(text):
+        raise ValueError("not a valid HTTP header name")
+    return text.lower().replace("_", "-")
+
+
+HeaderName = Annotated[str, BeforeValidator(_header_name)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+
+class TLSFiles(_Model):
+    cert_file: FilePath
+    key_file: FilePath
+
+
+class Listen(_Model):
+    address: AddressField = _address("0.0.0.0:8443")
+    tls: TLSFiles | None = None
+
+
+class Admin(_Model):
+    address: AddressField = _address("127.0.0.1:9090")
+
+
+class Limits(_Model):
+    """Request bounds applied before any other work (SPEC §2 step 1)."""
+
+    max_headers: int = Field(100, gt=0, le=1000)
+    max_header_bytes: Size = 32 * 1024
+    max_url_bytes: Size = 8 * 1024
+
+
+class ClientCertificate(_Model):
+    cert_file: FilePath
+    key_file: FilePath
+
+
+class OIDC(_Model):
+    issuer: HttpUrl
+    allowed_tenants: list[str] = Field(min_length=1)
+    client_id: str = Field(min_length=1)
+    client_secret_file: FilePath | None = None
+    client_certificate: ClientCertificate | None = None
+    scopes: list[str] = ["openid", "profile", "email", "offline_access"]
+    groups_overage: Literal["graph", "deny"] = "graph"
+
+    @model_validator(mode="after")
+    def _one_client_credential(self) -> OIDC:
+        has_env = bool(os.environ.get("IAP_OIDC_CLIENT_SECRET"))
+        given = [self.client_secret_file is not None, self.client_certificate is not None, has_env]
+        if sum(given) != 1:
+            raise ValueError(
+                "set exactly one of client_secret_file, client_certificate "
+                "or the IAP_OIDC_CLIENT_SECRET environment variable"
+            )
+        return self
+
+
+class Session(_Model):
+    store: Literal["cookie", "redis"] = "cookie"
+    keys_file: FilePath | None = None
+    lifetime: Duration = 8 * 3600.0
+    idle_timeout: Duration = 3600.0
+
+
+class Redis(_Model):
+    url: Annotated[str, _url("redis", "rediss", "unix")]
+
+
+class Tokens(_Model):
+    issuer: HttpUrl
+    keys_dir: Path
+    ttl: Duration = 300.0
+    publish_before_use: Duration = 1500.0
+    header: HeaderName = "authorization"
+    roles: dict[str, str] = {}
+
+
+class Bearer(_Model):
+    entra_audiences: list[str] = []
+
+
+class Match(_Model):
+    host: str | None = None
+    path_prefix: str = "/"
+    methods: frozenset[str] | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _lower_host(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?", value):
+            raise ValueError("expected a host name such as api.contoso.com")
+        return value.lower() if value else value
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _absolute_prefix(cls, value: str) -> str:
+        if not value.startswith("/") or "\\" in value or "/../" in value + "/" or "%" in value:
+            raise ValueError("expected a normalised absolute path such as /orders/")
+        return value
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _upper_methods(cls, value: object) -> object:
+        if isinstance(value, list | tuple | set | frozenset):
+            return frozenset(str(m).upper() for m in value)
+        return value
+
+
+class UpstreamTLS(_Model):
+    ca_file: FilePath | None = None
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+    server_name: str | None = None
+    verify_san: list[str] = []
+
+    @model_validator(mode="after")
+    def _pair(self) -> UpstreamTLS:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class Allow(_Model):
+    roles: list[str] = []
+    groups: list[str] = []
+    emails: list[str] = []
+    domains: list[str] = []
+    tenants: list[str] = []
+    claims: dict[str, list[str]] = {}
+    authenticated: bool = False
+
+
+class Policy(_Model):
+    public: bool = False
+    allow: Allow | None = None
+
+    @model_validator(mode="after")
+    def _public_or_allow(self) -> Policy:
+        if self.public and self.allow is not None:
+            raise ValueError("a policy is either public: true or an allow rule, not both")
+        return self
+
+
+class RateLimit(_Model):
+    requests: int = Field(gt=0)
+    per: Duration
+    burst: int = Field(0, ge=0)
+    on_store_error: Literal["allow", "deny"] = "allow"
+
+
+class Timeouts(_Model):
+    connect: Duration = 2.0
+    read: Duration = 30.0
+
+
+class Circuit(_Model):
+    """Upstream circuit breaker: open after consecutive connection failures."""
+
+    failures: int = Field(5, gt=0)
+    cooldown: Duration = 10.0
+
+
+class Route(_Model):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    match: Match = Match()
+    upstream: HttpUrl
+    upstream_tls: UpstreamTLS | None = None
+    audience: str | None = None
+    policy: Policy
+    rate_limit: RateLimit | None = None
+    timeouts: Timeouts = Timeouts()
+    circuit: Circuit = Circuit()
+    max_body: Size = 10 * 2**20
+    preserve_host: bool = True
+
+
+class Telemetry(_Model):
+    service_name: str = "iap"
+    otlp_endpoint: HttpUrl | None = None
+    propagators: list[Literal["tracecontext", "baggage", "b3multi", "b3"]] = [
+        "tracecontext",
+        "baggage",
+        "b3multi",
+    ]
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+
+
+DEFAULT_IDENTITY_HEADERS = (
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-groups",
+    "x-auth-request-preferred-username",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-preferred-username",
+    "x-remote-user",
+    "remote-user",
+    "x-user",
+    "x-email",
+    "x-ms-client-principal",
+    "x-ms-client-principal-id",
+    "x-ms-client-principal-name",
+    "x-ms-token-aad-access-token",
+    "x-ms-token-aad-id-token",
+)
+
+
+class Config(_Model):
+    """The whole of ``iap.yaml``. Keys of SPEC §5 keep their names."""
+
+    public_url: HttpUrl
+    listen: Listen = Listen()
+    admin: Admin = Admin()
+    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    identity_headers: list[HeaderName] = list(DEFAULT_IDENTITY_HEADERS)
+    limits: Limits = Limits()
+    drain_timeout: Duration = 25.0
+    oidc: OIDC | None = None
+    session: Session = Session()
+    redis: Redis | None = None
+    tokens: Tokens | None = None
+    bearer: Bearer = Bearer()
+    routes: list[Route] = Field(min_length=1)
+    telemetry: Telemetry = Telemetry()
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        if not isinstance(value, list):
+            return value
+        networks: list[object] = []
+        for item in value:
+            try:
+                networks.append(ipaddress.ip_network(str(item), strict=True))
+            except ValueError:
+                raise ValueError("expected CIDRs such as 10.0.0.0/8 (host bits unset)") from None
+        return networks
+
+    @model_validator(mode="after")
+    def _routes_consistent(self) -> Config:
+        names = [route.name for route in self.routes]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"route names must be unique: {', '.join(duplicates)}")
+        return self
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif not part.startswith(("function-", "json-or-python", "lax-", "tagged-union")):
+            text += f".{part}" if text else part
+    return text or "(top level)"
+
+
+def _problems(error: ValidationError) -> list[str]:
+    problems = []
+    for item in error.errors(include_input=False, include_url=False):
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append(f"{_location(item['loc'])}: {message}")
+    return problems
+
+
+def _capability_problems(config: Config) -> list[str]:
+    """Settings that parse but that this build cannot honour yet: refuse, never serve openly."""
+    problems = []
+    for index, route in enumerate(config.routes):
+        if not route.policy.public:
+            problems.append(
+                f"routes[{index}].policy: only `public: true` routes can be served until "
+                "sign-in (oidc) is available in this build; refusing to serve this route"
+            )
+    return problems
+
+
+def parse(document: object) -> Config:
+    """Build a :class:`Config` from a parsed YAML document, or raise :class:`ConfigError`."""
+    if not isinstance(document, Mapping):
+        raise ConfigError(["(top level): expected a mapping of keys"])
+    try:
+        config = Config.model_validate(document)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc)) from None
+    problems = _capability_problems(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate ``path``; every problem is collected into one :class:`ConfigError`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"{path}: not valid YAML{where}"]) from None
+    return parse(document)

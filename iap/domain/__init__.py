@@ -1,0 +1,1 @@
+"""Pure protocol and security logic: plain values in, plain values out, no IO."""

@@ -1,0 +1,100 @@
+"""The exception tree. Each error knows its HTTP status and a message safe to show.
+
+    IapError
+    ├── ConfigError              bad configuration (exit 2, never a request error)
+    └── RequestError             answered by iap itself, never forwarded
+        ├── BadRequest           400 malformed or ambiguous request
+        ├── NotFound             404 no route
+        ├── PayloadTooLarge      413 body over the route's limit
+        ├── UriTooLong           414 request target over the limit
+        ├── HeadersTooLarge      431 too many or too large headers
+        └── UpstreamError        the upstream could not answer
+            ├── BadGateway       502 refused, reset, TLS failure
+            ├── CircuitOpen      503 upstream marked unhealthy
+            └── GatewayTimeout   504 connect or read timeout
+
+``public`` is what a client may see; ``detail`` is for the log and the span only.
+Foreign exceptions are translated at the adapter boundary with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class IapError(Exception):
+    """Root of every error iap raises on purpose."""
+
+
+class ConfigError(IapError):
+    """A configuration that must not be served. ``problems`` name their keys."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__(f"{len(problems)} configuration problem(s)")
+        self.problems = list(problems)
+
+
+class RequestError(IapError):
+    """A request iap answers itself; ``public`` is safe to show, ``detail`` is not."""
+
+    status = 500
+    public = "Internal error."
+    reason = "internal_error"
+
+    def __init__(self, detail: str = "", *, public: str | None = None) -> None:
+        super().__init__(detail or self.reason)
+        self.detail = detail or self.reason
+        if public is not None:
+            self.public = public
+
+
+class BadRequest(RequestError):
+    status = 400
+    public = "Bad request."
+    reason = "bad_request"
+
+
+class NotFound(RequestError):
+    status = 404
+    public = "Not found."
+    reason = "no_route"
+
+
+class PayloadTooLarge(RequestError):
+    status = 413
+    public = "Request body too large."
+    reason = "body_too_large"
+
+
+class UriTooLong(RequestError):
+    status = 414
+    public = "Request URI too long."
+    reason = "uri_too_long"
+
+
+class HeadersTooLarge(RequestError):
+    status = 431
+    public = "Request header fields too large."
+    reason = "headers_too_large"
+
+
+class UpstreamError(RequestError):
+    """The upstream did not give an answer; the client learns only which kind of failure."""
+
+
+class BadGateway(UpstreamError):
+    status = 502
+    public = "The upstream service could not be reached."
+    reason = "upstream_unreachable"
+
+
+class CircuitOpen(UpstreamError):
+    status = 503
+    public = "The upstream service is temporarily unavailable."
+    reason = "circuit_open"
+
+
+class GatewayTimeout(UpstreamError):
+    status = 504
+    public = "The upstream service did not answer in time."
+    reason = "upstream_timeout"

@@ -1,0 +1,29 @@
+"""Plain values shared by the layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What is known about one request as it moves through the edge; becomes its audit line."""
+
+    started: float
+    correlation_id: str
+    client_ip: str
+    method: str
+    host: str
+    path: str
+    route: str | None = None
+    status: int = 0
+    reason: str | None = None
+    decision: str | None = None
+    authn_method: str | None = None
+    subject: str | None = None
+    tenant: str | None = None
+    upstream: str | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0

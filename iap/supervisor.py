@@ -1,0 +1,58 @@
+"""``iap run --workers N``: N forked processes, each with its own SO_REUSEPORT listeners.
+
+Invariants:
+- The config, TLS material and the addresses are checked in the parent before any
+  fork, so a bad config exits 2 and a taken port exits 1 once, not N times.
+- SIGTERM, SIGINT and SIGHUP are passed on to every worker; the parent exits when all
+  workers have, with the worst of their exit codes.
+- Metrics from all workers are aggregated through prometheus-client's multiprocess mode,
+  which must be switched on before prometheus-client is first imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import tempfile
+from types import FrameType
+
+from iap.config import Config
+
+
+def supervise(config: Config, workers: int) -> int:
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="iap-metrics-"))
+    from iap.cli import EXIT_FAILURE, _event_loop, serve
+    from iap.web.server import Edge, bind
+
+    Edge(config)  # raises ConfigError before anything is bound or forked
+    try:
+        for address in (config.listen.address, config.admin.address):
+            bind(address, reuse_port=True).close()
+    except OSError as exc:
+        print(f"iap: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, measured by the subprocess tests
+            code = EXIT_FAILURE
+            try:
+                code = _event_loop(serve(Edge(config), reuse_port=True))
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def relay(number: int, _: FrameType | None) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, number)
+
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(number, relay)
+    worst = 0
+    for child in children:
+        _, status = os.waitpid(child, 0)
+        worst = max(worst, os.waitstatus_to_exitcode(status) if status else 0)
+    return worst

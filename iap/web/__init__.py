@@ -1,0 +1,1 @@
+"""The aiohttp shell: listeners, the request pipeline, iap's own endpoints and error pages."""

@@ -1,0 +1,225 @@
+"""The request pipeline of the public listener (SPEC §2), in its order.
+
+Invariants:
+- Fail closed: any error before the upstream answered means nothing was forwarded
+  and the client gets iap's own generic error page.
+- The path that is routed is the path that is forwarded (``iap.domain.paths``).
+- The reserved prefix ``/.iap/`` is never forwarded.
+- Exactly one audit line and one set of metrics per request, whatever happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import ssl
+import time
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from iap.adapters.audit import AuditLog
+from iap.adapters.metrics import Metrics
+from iap.adapters.upstream import Transfer, Upstream, Upstreams, forward, forward_websocket
+from iap.config import Config, Route
+from iap.domain import correlation
+from iap.domain.headers import HeaderFilter, TrustedProxies, forwarded
+from iap.domain.paths import normalise
+from iap.domain.routing import RouteTable
+from iap.errors import (
+    BadRequest,
+    ConfigError,
+    HeadersTooLarge,
+    NotFound,
+    RequestError,
+    UriTooLong,
+)
+from iap.model import Exchange
+from iap.web.errorpage import error_response
+
+log = logging.getLogger("iap")
+
+RESERVED_PREFIX = "/.iap/"
+_HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """A route with everything request handling needs, prepared at startup."""
+
+    name: str
+    config: Route
+    upstream: Upstream
+    timeouts: aiohttp.ClientTimeout
+
+
+class Gateway:
+    """Routes, filters and forwards; one instance per listener and process."""
+
+    def __init__(self, config: Config, *, metrics: Metrics, audit: AuditLog) -> None:
+        self._limits = config.limits
+        self._trust = TrustedProxies(config.trusted_proxies)
+        self._filter = HeaderFilter(config.identity_headers)
+        self._upstreams = Upstreams()
+        self._metrics = metrics
+        self._audit = audit
+        prepared, problems = [], []
+        for index, route in enumerate(config.routes):
+            try:
+                prepared.append((route.match, self._prepare(route)))
+            except (OSError, ssl.SSLError) as exc:
+                reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+                problems.append(
+                    f"routes[{index}].upstream_tls: cannot load TLS material ({reason})"
+                )
+        if problems:
+            raise ConfigError(problems)
+        self._routes = RouteTable(prepared)
+        self.draining = False
+
+    def _prepare(self, route: Route) -> _Route:
+        timeouts = aiohttp.ClientTimeout(
+            total=None, sock_connect=route.timeouts.connect, sock_read=route.timeouts.read
+        )
+        return _Route(route.name, route, self._upstreams.for_route(route), timeouts)
+
+    async def close(self) -> None:
+        await self._upstreams.close()
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Answer one request; never raises."""
+        started = time.perf_counter()
+        peer = request.remote or ""
+        trusted = self._trust.contains(peer)
+        headers = request.headers
+        exchange = Exchange(
+            started=started,
+            correlation_id=correlation.choose(headers.get("X-Correlation-ID"), trusted=trusted),
+            client_ip=self._trust.client_ip(peer, headers.get("X-Forwarded-For")),
+            method=request.method,
+            host=headers.get("Host", ""),
+            path="",
+        )
+        transfer = Transfer()
+        try:
+            response = await self._serve(request, exchange, transfer, peer=peer, trusted=trusted)
+        except RequestError as exc:
+            response = self._refuse(request, exchange, exc)
+        except Exception:
+            log.exception("unexpected error, correlation_id=%s", exchange.correlation_id)
+            response = self._refuse(request, exchange, RequestError("unexpected error"))
+        self._record(exchange, transfer, response)
+        return response
+
+    async def _serve(
+        self,
+        request: web.BaseRequest,
+        exchange: Exchange,
+        transfer: Transfer,
+        *,
+        peer: str,
+        trusted: bool,
+    ) -> web.StreamResponse:
+        self._check_bounds(request)
+        exchange.path = request.raw_path.partition("?")[0][:1024]  # until normalised
+        target = normalise(request.raw_path)
+        exchange.path = target.path
+        host = exchange.host
+        if not _HOST.fullmatch(host):
+            raise BadRequest("missing or malformed Host header")
+        if target.path.startswith(RESERVED_PREFIX):
+            raise NotFound("no endpoint under the reserved prefix")
+        route = self._routes.match(host, target.path, request.method)
+        if route is None:
+            raise NotFound(f"no route for {request.method} {host}{target.path}")
+        exchange.route = route.name
+        exchange.upstream = route.upstream.origin
+        exchange.decision, exchange.reason = "allow", "public"
+        incoming = list(request.headers.items())
+        upstream_headers = self._filter.request(incoming, trusted=trusted)
+        if route.config.preserve_host:
+            upstream_headers.append(("Host", host))
+        upstream_headers += forwarded(
+            peer=peer, trusted=trusted, incoming=incoming, scheme=request.scheme, host=host
+        )
+        upstream_headers += [
+            ("X-Correlation-ID", exchange.correlation_id),
+            ("X-Request-ID", exchange.correlation_id),
+        ]
+        reply_headers = (("X-Correlation-ID", exchange.correlation_id),)
+        if request.method == "GET" and headers_say_websocket(request):
+            return await forward_websocket(
+                request,
+                route.upstream,
+                target=str(target),
+                headers=upstream_headers,
+                reply_headers=reply_headers,
+                timeouts=route.timeouts,
+                transfer=transfer,
+            )
+        return await forward(
+            request,
+            route.upstream,
+            target=str(target),
+            headers=upstream_headers,
+            reply_headers=reply_headers,
+            max_body=route.config.max_body,
+            timeouts=route.timeouts,
+            transfer=transfer,
+        )
+
+    def _check_bounds(self, request: web.BaseRequest) -> None:
+        """SPEC §2 step 1: bound the request before any other work."""
+        limits = self._limits
+        if len(request.raw_path) > limits.max_url_bytes:
+            raise UriTooLong(f"request target of {len(request.raw_path)} bytes")
+        raw = request.raw_headers
+        if len(raw) > limits.max_headers:
+            raise HeadersTooLarge(f"{len(raw)} header fields")
+        if sum(len(name) + len(value) for name, value in raw) > limits.max_header_bytes:
+            raise HeadersTooLarge("header section over the size limit")
+
+    def _refuse(
+        self, request: web.BaseRequest, exchange: Exchange, exc: RequestError
+    ) -> web.Response:
+        exchange.reason = exc.reason
+        if exc.status >= 500:
+            log.warning(
+                "%s: %s, correlation_id=%s", exc.reason, exc.detail, exchange.correlation_id
+            )
+        return error_response(
+            exc.status,
+            exc.reason,
+            exc.public,
+            exchange.correlation_id,
+            request.headers.get("Accept"),
+        )
+
+    def _record(self, exchange: Exchange, transfer: Transfer, response: web.StreamResponse) -> None:
+        now = time.perf_counter()
+        exchange.status = response.status
+        exchange.bytes_in = transfer.bytes_in
+        exchange.bytes_out = transfer.bytes_out
+        if isinstance(response, web.Response) and response.body is not None:
+            exchange.bytes_out = len(response.body)  # type: ignore[arg-type]
+        if transfer.client_gone:
+            exchange.reason = "client_closed"
+        elif transfer.aborted:
+            exchange.reason = "upstream_aborted"
+        route = exchange.route or "_none"
+        self._metrics.observe_request(
+            route, exchange.method, exchange.status, now - exchange.started
+        )
+        if transfer.upstream_seconds is not None:
+            self._metrics.observe_upstream(route, transfer.upstream_seconds)
+        self._audit.record(exchange, now=now)
+
+    def readiness(self) -> dict[str, bool]:
+        """Checks for ``/readyz``; every value must be true to receive traffic."""
+        return {"accepting": not self.draining, "routes": True}
+
+
+def headers_say_websocket(request: web.BaseRequest) -> bool:
+    """An RFC 6455 upgrade request."""
+    return request.headers.get("Upgrade", "").lower() == "websocket"

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests need when they are missing and we may (root).
+# Without root, the tests that need a missing package skip and name it; under CI=true
+# nothing may skip, so a missing package is an error here.
+set -euo pipefail
+
+want=("$@")
+[ ${#want[@]} -gt 0 ] || want=(redis-server)
+
+missing=()
+for pkg in "${want[@]}"; do
+  case "$pkg" in
+    redis-server) command -v redis-server >/dev/null || missing+=(redis-server) ;;
+    wrk) command -v wrk >/dev/null || missing+=(wrk) ;;
+    chromium) command -v chromium >/dev/null || missing+=(chromium) ;;
+    *) echo "sysdeps: unknown package $pkg" >&2; exit 2 ;;
+  esac
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "sysdeps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+elif [ "${CI:-}" = "true" ]; then
+  echo "sysdeps: missing ${missing[*]} and cannot install (not root); CI may not skip" >&2
+  exit 1
+else
+  echo "sysdeps: missing ${missing[*]}; the tests that need them will skip"
+fi
