@@ -247,7 +247,8 @@ def _translate(exc: Exception, upstream: Upstream, transfer: Transfer) -> Reques
     if isinstance(exc, TimeoutError):
         return GatewayTimeout(f"upstream timeout ({name})")
     if isinstance(exc, aiohttp.ClientError | OSError):
-        return BadGateway(f"upstream failure ({name}): {exc}")
+        # Not str(exc): it can carry the request URL (query strings hold codes) or upstream bytes.
+        return BadGateway(f"upstream failure ({name})")
     raise exc
 
 
