@@ -193,7 +193,8 @@ class Edge:
 
 
 async def wait_for_signals(*signals: int) -> int:
-    """Block until one of ``signals`` arrives; returns it."""
+    """Block until one of ``signals`` arrives; returns it. Repeats are ignored, so a second
+    SIGTERM from an impatient orchestrator does not cut the drain short."""
     loop = asyncio.get_running_loop()
     received: asyncio.Future[int] = loop.create_future()
 
@@ -203,8 +204,4 @@ async def wait_for_signals(*signals: int) -> int:
 
     for number in signals:
         loop.add_signal_handler(number, deliver, number)
-    try:
-        return await received
-    finally:
-        for number in signals:
-            loop.remove_signal_handler(number)
+    return await received

@@ -1,0 +1,156 @@
+"""iap as operators run it: the CLI, exit codes, memory under large bodies, drain, workers."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from iap.config import Address
+from iap.web.server import bind
+from tests.conftest import Upstream, edge_config, free_port
+from tests.support.process import start_iap, write_config
+
+MB = 10**6
+
+
+def iap_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "iap", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_check_reports_every_problem_and_exits_2(tmp_path: Path) -> None:
+    document = edge_config("http://127.0.0.1:1")
+    document["trusted_proxies"] = ["10.0.0.1/8"]
+    document["routes"][0]["timeouts"] = {"connect": "soon"}
+    document["listen"]["adress"] = "0.0.0.0:1"
+    result = iap_cli("check", "-c", str(write_config(tmp_path, document)))
+    assert result.returncode == 2
+    problems = [line for line in result.stderr.splitlines() if line.startswith("config error: ")]
+    assert len(problems) == 3, result.stderr
+    joined = "\n".join(problems)
+    assert "trusted_proxies" in joined
+    assert "routes[0].timeouts.connect" in joined
+    assert "listen.adress: unknown key" in joined
+
+
+def test_check_accepts_a_valid_config(tmp_path: Path) -> None:
+    result = iap_cli("check", "-c", str(write_config(tmp_path, edge_config("http://127.0.0.1:1"))))
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_run_with_bad_config_exits_2_before_binding(tmp_path: Path) -> None:
+    port = free_port()
+    document = edge_config("http://127.0.0.1:1", listen={"address": f"127.0.0.1:{port}"})
+    document["routes"][0]["policy"] = {"allow": {"roles": ["staff"]}}
+    result = iap_cli("run", "-c", str(write_config(tmp_path, document)))
+    assert result.returncode == 2
+    assert "routes[0].policy" in result.stderr
+    assert "listening" not in result.stderr
+
+
+def test_run_on_a_taken_port_exits_1(tmp_path: Path) -> None:
+    with bind(Address("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        document = edge_config("http://127.0.0.1:1", listen={"address": f"127.0.0.1:{port}"})
+        result = iap_cli("run", "-c", str(write_config(tmp_path, document)))
+    assert result.returncode == 1
+    assert "cannot listen" in result.stderr
+
+
+def test_usage_errors_exit_2() -> None:
+    assert iap_cli("run").returncode == 2
+    assert iap_cli("frobnicate").returncode == 2
+
+
+async def test_large_bodies_stream_with_bounded_memory(tmp_path: Path, upstream: Upstream) -> None:
+    size = 200 * MB
+    document = edge_config(upstream.url, route={"max_body": "300MB"})
+    iap = await start_iap("run", "-c", str(write_config(tmp_path, document)))
+    try:
+        baseline_kib = iap.memory_kib("VmRSS")
+        async with aiohttp.ClientSession() as client:
+            received = 0
+            async with client.get(f"{iap.public_url}/big?n={size}") as resp:
+                assert resp.status == 200
+                async for chunk in resp.content.iter_any():
+                    received += len(chunk)
+            assert received == size
+
+            async def upload() -> AsyncIterator[bytes]:
+                block = b"u" * 2**16
+                for _ in range(size // len(block)):
+                    yield block
+                yield b"u" * (size % len(block))
+
+            async with client.post(f"{iap.public_url}/upload", data=upload()) as resp:
+                assert (await resp.json())["bytes"] == size
+        growth_mb = (iap.memory_kib("VmHWM") - baseline_kib) * 1024 / MB
+        assert growth_mb < 50, f"RSS grew by {growth_mb:.1f} MB"
+    finally:
+        assert await iap.stop() == 0
+
+
+async def test_sigterm_drains_in_flight_requests(tmp_path: Path, upstream: Upstream) -> None:
+    iap = await start_iap("run", "-c", str(write_config(tmp_path, edge_config(upstream.url))))
+    async with aiohttp.ClientSession() as client:
+        pending = asyncio.ensure_future(client.get(f"{iap.public_url}/hold"))
+        await upstream.seen.arrived.wait()
+        iap.proc.send_signal(signal.SIGTERM)
+        await iap.wait_for_stderr("iap: draining")
+        upstream.seen.release.set()
+        async with await pending as resp:
+            assert resp.status == 200
+            assert await resp.text() == "released"
+    assert await iap.stop() == 0
+    assert sum('"status":200' in line for line in iap.stdout_lines) == 1
+
+
+async def test_workers_share_the_port_and_aggregate_metrics(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    document = edge_config(
+        upstream.url,
+        listen={"address": f"127.0.0.1:{free_port()}"},
+        admin={"address": f"127.0.0.1:{free_port()}"},
+    )
+    iap = await start_iap("run", "-c", str(write_config(tmp_path, document)), "--workers", "2")
+    try:
+        async with aiohttp.ClientSession() as client:
+            await iap.wait_for_stderr("iap listening: ", count=2)
+            assert len(iap.children()) == 2
+            for _ in range(20):
+                async with client.get(iap.public_url, headers={"Connection": "close"}) as resp:
+                    assert resp.status == 200
+            async with client.get(f"{iap.admin_url}/metrics") as resp:
+                text = await resp.text()
+        assert 'iap_requests_total{code="200",method="GET",route="app"} 20.0' in text
+    finally:
+        assert await iap.stop() == 0
+
+
+async def test_dev_serves_the_demo_page(tmp_path: Path) -> None:
+    port = free_port()
+    iap = await start_iap("dev", "--port", str(port), ready_marker="iap dev ready: ")
+    try:
+        assert iap.public_url == f"http://127.0.0.1:{port}"
+        async with (
+            aiohttp.ClientSession() as client,
+            client.get(iap.public_url + "/", headers={"Accept": "text/html"}) as resp,
+        ):
+            assert resp.status == 200
+            assert "Hello from the demo upstream" in await resp.text()
+    finally:
+        assert await iap.stop() == 0
+
+
+def test_config_file_is_plain_yaml(tmp_path: Path) -> None:
+    path = write_config(tmp_path, edge_config("http://127.0.0.1:1"))
+    assert yaml.safe_load(path.read_text())["routes"][0]["name"] == "app"
