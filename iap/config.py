@@ -367,13 +367,6 @@ class Config(_Model):
                 raise ValueError("expected CIDRs such as 10.0.0.0/8 (host bits unset)") from None
         return networks
 
-    @model_validator(mode="after")
-    def _routes_consistent(self) -> Config:
-        names = [route.name for route in self.routes]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"route names must be unique: {', '.join(duplicates)}")
-        return self
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -396,11 +389,23 @@ def _problems(error: ValidationError) -> list[str]:
     return problems
 
 
-def _capability_problems(config: Config) -> list[str]:
-    """Settings that parse but that this build cannot honour yet: refuse, never serve openly."""
-    problems = []
-    for index, route in enumerate(config.routes):
-        if not route.policy.public:
+def _route_problems(document: Mapping[str, object]) -> list[str]:
+    """Checks across routes, on the raw document so they are reported with the field errors."""
+    routes = document.get("routes")
+    if not isinstance(routes, list):
+        return []
+    problems, first_seen = [], {}
+    for index, route in enumerate(routes):
+        if not isinstance(route, Mapping):
+            continue
+        name = route.get("name")
+        if isinstance(name, str) and name in first_seen:
+            problems.append(f"routes[{index}].name: duplicates routes[{first_seen[name]}].name")
+        elif isinstance(name, str):
+            first_seen[name] = index
+        policy = route.get("policy")
+        # Refuse what this build cannot enforce yet rather than serve it openly.
+        if isinstance(policy, Mapping) and policy.get("public") is not True:
             problems.append(
                 f"routes[{index}].policy: only `public: true` routes can be served until "
                 "sign-in (oidc) is available in this build; refusing to serve this route"
@@ -412,11 +417,11 @@ def parse(document: object) -> Config:
     """Build a :class:`Config` from a parsed YAML document, or raise :class:`ConfigError`."""
     if not isinstance(document, Mapping):
         raise ConfigError(["(top level): expected a mapping of keys"])
+    problems = _route_problems(document)
     try:
         config = Config.model_validate(document)
     except ValidationError as exc:
-        raise ConfigError(_problems(exc)) from None
-    problems = _capability_problems(config)
+        problems = _problems(exc) + problems
     if problems:
         raise ConfigError(problems)
     return config

@@ -149,6 +149,9 @@ async def forward(
             return await _relay(request, answer, reply_headers, transfer)
     except UpstreamError:
         raise
+    except asyncio.CancelledError:
+        upstream.circuit.abandoned()
+        raise
     except Exception as exc:
         raise _translate(exc, upstream, transfer) from exc
 

@@ -38,6 +38,10 @@ class CircuitBreaker:
         self._failures = 0
         self._trial_running = False
 
+    def abandoned(self) -> None:
+        """The request that was let through ended without a verdict (e.g. cancelled)."""
+        self._trial_running = False
+
     def failed(self) -> None:
         self._failures += 1
         self._trial_running = False

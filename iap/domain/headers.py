@@ -133,6 +133,8 @@ class TrustedProxies:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:  # dual-stack sockets
+            ip = ip.ipv4_mapped
         return any(ip in network for network in self._networks)
 
     def client_ip(self, peer: str, forwarded_for: str | None) -> str:

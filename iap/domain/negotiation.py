@@ -22,9 +22,9 @@ def _weights(accept: str) -> dict[str, float]:
 
 def prefers_html(accept: str | None) -> bool:
     """True when ``accept`` ranks ``text/html`` above JSON: a browser navigation."""
-    if not accept or "html" not in accept:
+    if not accept:
         return False
     weights = _weights(accept)
     html = weights.get("text/html", weights.get("application/xhtml+xml", 0.0))
-    json = weights.get("application/json", weights.get("*/*", 0.0) if html == 0.0 else 0.0)
+    json = weights.get("application/json", weights.get("*/*", 0.0))
     return html > 0.0 and html >= json

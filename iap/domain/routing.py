@@ -66,4 +66,5 @@ def _host_name(host: str) -> str:
     host = host.lower()
     if host.startswith("["):
         return host.partition("]")[0] + "]"
-    return host.rpartition(":")[0] if host.count(":") == 1 else host
+    name = host.rpartition(":")[0] if host.count(":") == 1 else host
+    return name.rstrip(".")  # "api.contoso.com." is the same host (RFC 1034 §3.1)
