@@ -313,6 +313,9 @@ class Telemetry(_Model):
         "b3multi",
     ]
     sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    export_timeout: Duration = 10.0
+    max_queue_size: int = Field(2048, gt=0)
 
 
 DEFAULT_IDENTITY_HEADERS = (
@@ -368,7 +371,6 @@ class Config(_Model):
         return networks
 
 
-
 def _location(loc: tuple[int | str, ...]) -> str:
     text = ""
     for part in loc:
@@ -394,7 +396,8 @@ def _route_problems(document: Mapping[str, object]) -> list[str]:
     routes = document.get("routes")
     if not isinstance(routes, list):
         return []
-    problems, first_seen = [], {}
+    problems: list[str] = []
+    first_seen: dict[str, int] = {}
     for index, route in enumerate(routes):
         if not isinstance(route, Mapping):
             continue

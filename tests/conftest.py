@@ -16,6 +16,7 @@ from aiohttp import web
 from iap import config
 from iap.adapters.audit import AuditLog
 from iap.web.server import Edge
+from tests.support.otlp import Receiver, receiver_app
 from tests.support.upstream import Seen, upstream_app
 
 
@@ -129,3 +130,19 @@ async def start_edge() -> AsyncIterator[StartEdge]:
 async def edge(upstream: Upstream, start_edge: StartEdge) -> RunningEdge:
     """iap in front of the test upstream with one public route."""
     return await start_edge(edge_config(upstream.url, route={"timeouts": {"read": "1s"}}))
+
+
+@dataclass
+class RunningReceiver:
+    url: str
+    received: Receiver
+
+
+@pytest.fixture
+async def otlp_receiver() -> AsyncIterator[RunningReceiver]:
+    received = Receiver()
+    runner = web.AppRunner(receiver_app(received), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield RunningReceiver(f"http://127.0.0.1:{runner.addresses[0][1]}", received)
+    await runner.cleanup()

@@ -47,6 +47,12 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.spans_dropped = Counter(
+            "iap_spans_dropped_total",
+            "Spans lost because the export queue was full or the export failed.",
+            registry=self.registry,
+        )
+
     def observe_request(self, route: str, method: str, code: int, seconds: float) -> None:
         method = method if method in _METHODS else "OTHER"
         self.requests.labels(route, method, str(code)).inc()

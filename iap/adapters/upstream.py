@@ -18,6 +18,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -69,6 +70,8 @@ class Upstream:
     """One upstream origin with its TLS settings: a keep-alive pool and a circuit breaker."""
 
     origin: str
+    host: str
+    port: int
     tls: ssl.SSLContext | None
     server_name: str | None
     circuit: CircuitBreaker
@@ -106,8 +109,11 @@ class Upstreams:
         key = (route.upstream, repr(route.upstream_tls))
         if key not in self._pools:
             https = route.upstream.startswith("https:")
+            url = urlsplit(route.upstream)
             self._pools[key] = Upstream(
                 origin=route.upstream,
+                host=url.hostname or "",
+                port=url.port or (443 if https else 80),
                 tls=client_tls_context(route.upstream_tls) if https else None,
                 server_name=route.upstream_tls.server_name if route.upstream_tls else None,
                 circuit=CircuitBreaker(route.circuit.failures, route.circuit.cooldown, self._clock),

@@ -89,8 +89,9 @@ def connection_nominated(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
 class HeaderFilter:
     """Removes what must not pass from the client to the upstream; built once at startup."""
 
-    def __init__(self, identity_headers: Iterable[str]) -> None:
-        base = HOP_BY_HOP | EDGE_SET | {fold(name) for name in identity_headers}
+    def __init__(self, identity_headers: Iterable[str], propagation: Iterable[str] = ()) -> None:
+        """``propagation``: trace headers iap writes itself (``traceparent``, ``x-b3-*``...)."""
+        base = HOP_BY_HOP | EDGE_SET | {fold(name) for name in (*identity_headers, *propagation)}
         self._trusted = frozenset(base)
         self._untrusted = frozenset(base | PROXY_ONLY)
 

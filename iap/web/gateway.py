@@ -21,6 +21,7 @@ from aiohttp import web
 
 from iap.adapters.audit import AuditLog
 from iap.adapters.metrics import Metrics
+from iap.adapters.telemetry import RequestSpan, Tracing
 from iap.adapters.upstream import Transfer, Upstream, Upstreams, forward, forward_websocket
 from iap.config import Config, Route
 from iap.domain import correlation
@@ -57,10 +58,13 @@ class _Route:
 class Gateway:
     """Routes, filters and forwards; one instance per listener and process."""
 
-    def __init__(self, config: Config, *, metrics: Metrics, audit: AuditLog) -> None:
+    def __init__(
+        self, config: Config, *, metrics: Metrics, audit: AuditLog, tracing: Tracing
+    ) -> None:
         self._limits = config.limits
         self._trust = TrustedProxies(config.trusted_proxies)
-        self._filter = HeaderFilter(config.identity_headers)
+        self._tracing = tracing
+        self._filter = HeaderFilter(config.identity_headers, tracing.propagation_headers)
         self._upstreams = Upstreams()
         self._metrics = metrics
         self._audit = audit
@@ -101,15 +105,34 @@ class Gateway:
             host=headers.get("Host", ""),
             path="",
         )
+        span = self._tracing.start_request(
+            name=request.method,
+            headers=headers,
+            trusted=trusted,
+            attributes={
+                "http.request.method": request.method,
+                "url.scheme": request.scheme,
+                "server.address": exchange.host.rpartition(":")[0] or exchange.host,
+                "client.address": exchange.client_ip,
+                "network.peer.address": peer,
+                "iap.correlation_id": exchange.correlation_id,
+            },
+        )
+        exchange.trace_id, exchange.span_id = span.ids
         transfer = Transfer()
         try:
-            response = await self._serve(request, exchange, transfer, peer=peer, trusted=trusted)
+            response = await self._serve(
+                request, exchange, transfer, span, peer=peer, trusted=trusted
+            )
         except RequestError as exc:
+            span.end_upstream(None, exc.reason)
             response = self._refuse(request, exchange, exc)
         except Exception:
             log.exception("unexpected error, correlation_id=%s", exchange.correlation_id)
             response = self._refuse(request, exchange, RequestError("unexpected error"))
         self._record(exchange, transfer, response)
+        span.set("url.path", exchange.path)
+        span.end(response.status, exchange.reason)
         return response
 
     async def _serve(
@@ -117,6 +140,7 @@ class Gateway:
         request: web.BaseRequest,
         exchange: Exchange,
         transfer: Transfer,
+        span: RequestSpan,
         *,
         peer: str,
         trusted: bool,
@@ -136,6 +160,16 @@ class Gateway:
         exchange.route = route.name
         exchange.upstream = route.upstream.origin
         exchange.decision, exchange.reason = "allow", "public"
+        span.rename(f"{request.method} {route.name}")
+        span.set("iap.route", route.name)
+        span.decision(
+            "iap.authz",
+            {
+                "iap.authn.method": "none",
+                "iap.authz.decision": "allow",
+                "iap.authz.reason": "public",
+            },
+        )
         incoming = list(request.headers.items())
         upstream_headers = self._filter.request(incoming, trusted=trusted)
         if route.config.preserve_host:
@@ -147,9 +181,18 @@ class Gateway:
             ("X-Correlation-ID", exchange.correlation_id),
             ("X-Request-ID", exchange.correlation_id),
         ]
+        upstream_headers += span.start_upstream(
+            request.method,
+            {
+                "http.request.method": request.method,
+                "server.address": route.upstream.host,
+                "server.port": route.upstream.port,
+                "url.full": route.upstream.origin + target.path,
+            },
+        ).items()
         reply_headers = (("X-Correlation-ID", exchange.correlation_id),)
         if request.method == "GET" and headers_say_websocket(request):
-            return await forward_websocket(
+            response = await forward_websocket(
                 request,
                 route.upstream,
                 target=str(target),
@@ -158,16 +201,19 @@ class Gateway:
                 timeouts=route.timeouts,
                 transfer=transfer,
             )
-        return await forward(
-            request,
-            route.upstream,
-            target=str(target),
-            headers=upstream_headers,
-            reply_headers=reply_headers,
-            max_body=route.config.max_body,
-            timeouts=route.timeouts,
-            transfer=transfer,
-        )
+        else:
+            response = await forward(
+                request,
+                route.upstream,
+                target=str(target),
+                headers=upstream_headers,
+                reply_headers=reply_headers,
+                max_body=route.config.max_body,
+                timeouts=route.timeouts,
+                transfer=transfer,
+            )
+        span.end_upstream(response.status)
+        return response
 
     def _check_bounds(self, request: web.BaseRequest) -> None:
         """SPEC §2 step 1: bound the request before any other work."""

@@ -25,6 +25,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from iap.adapters.audit import AuditLog
 from iap.adapters.metrics import Metrics
+from iap.adapters.telemetry import Tracing
 from iap.config import Address, Config, TLSFiles
 from iap.errors import ConfigError
 from iap.model import Exchange
@@ -141,7 +142,8 @@ class Edge:
             self._tls = listener_tls_context(config.listen.tls)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError([f"listen.tls: cannot load certificate or key ({exc})"]) from None
-        self.gateway = Gateway(config, metrics=self.metrics, audit=self.audit)
+        self.tracing = Tracing(config.telemetry, dropped=self.metrics.spans_dropped.inc)
+        self.gateway = Gateway(config, metrics=self.metrics, audit=self.audit, tracing=self.tracing)
         self._runners: list[web.BaseRunner] = []
         self.public_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
@@ -155,6 +157,7 @@ class Edge:
 
     async def start(self, *, reuse_port: bool = False) -> None:
         """Bind both listeners and serve."""
+        self.tracing.start()
         limits = self.config.limits
         server = _PublicServer(
             self.gateway,
@@ -186,6 +189,7 @@ class Edge:
         for runner in self._runners:
             await runner.cleanup()
         await self.gateway.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.tracing.shutdown)
 
     def describe(self) -> str:
         admin = self.admin_address or ("?", 0)
