@@ -349,6 +349,7 @@ class Config(_Model):
     identity_headers: list[HeaderName] = list(DEFAULT_IDENTITY_HEADERS)
     limits: Limits = Limits()
     drain_timeout: Duration = 25.0
+    tls_watch_interval: Duration = 5.0
     oidc: OIDC | None = None
     session: Session = Session()
     redis: Redis | None = None

@@ -12,6 +12,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -47,6 +48,19 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.tls_reload_failures = Counter(
+            "iap_tls_reload_failures_total",
+            "Reloads of changed TLS files that failed; the previous material stayed in use.",
+            ["name"],
+            registry=self.registry,
+        )
+        self.certificate_expiry = Gauge(
+            "iap_certificate_expiry_seconds",
+            "Seconds until the certificate in use expires.",
+            ["name"],
+            registry=self.registry,
+            multiprocess_mode="min",
+        )
         self.spans_dropped = Counter(
             "iap_spans_dropped_total",
             "Spans lost because the export queue was full or the export failed.",

@@ -144,18 +144,23 @@ class Tracing:
         self._tracer: trace.Tracer = trace.NoOpTracer()
 
     def start(self) -> None:
-        """Create the provider and its export thread (after any fork)."""
+        """Create the provider and its export thread (after any fork).
+
+        Without an exporter nothing would ever see a span, so none are made: the NoOp
+        tracer passes a trusted proxy's context through to the upstream unchanged.
+        """
+        exporter = self._exporter or _exporter(self._config)
+        if exporter is None:
+            return
         name = os.environ.get("OTEL_SERVICE_NAME") or self._config.service_name
         self._provider = TracerProvider(
             resource=Resource.create({SERVICE_NAME: name}),
             sampler=ParentBased(TraceIdRatioBased(self._config.sample_ratio)),
         )
-        exporter = self._exporter or _exporter(self._config)
-        if exporter is not None:
-            counting = _CountingExporter(exporter, self._dropped)
-            self._provider.add_span_processor(
-                _CountingBatchProcessor(counting, self._config.max_queue_size, self._dropped)
-            )
+        counting = _CountingExporter(exporter, self._dropped)
+        self._provider.add_span_processor(
+            _CountingBatchProcessor(counting, self._config.max_queue_size, self._dropped)
+        )
         self._tracer = self._provider.get_tracer("iap")
 
     def flush(self) -> bool:

@@ -24,6 +24,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from iap.adapters.tls import Material, upstream_material
 from iap.config import Route, UpstreamTLS
 from iap.domain.circuit import CircuitBreaker
 from iap.domain.headers import HeaderFilter
@@ -54,17 +55,6 @@ class Transfer:
     aborted: str | None = None
 
 
-def client_tls_context(tls: UpstreamTLS | None) -> ssl.SSLContext:
-    """The TLS context for an upstream; built at startup so bad files fail the config."""
-    context = ssl.create_default_context(
-        cafile=str(tls.ca_file) if tls is not None and tls.ca_file else None
-    )
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if tls is not None and tls.cert_file and tls.key_file:
-        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    return context
-
-
 @dataclass
 class Upstream:
     """One upstream origin with its TLS settings: a keep-alive pool and a circuit breaker."""
@@ -72,7 +62,7 @@ class Upstream:
     origin: str
     host: str
     port: int
-    tls: ssl.SSLContext | None
+    tls: Material | None
     server_name: str | None
     circuit: CircuitBreaker
     limit: int = 1000
@@ -81,9 +71,7 @@ class Upstream:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self.limit, keepalive_timeout=30, ssl=self.tls or False
-            )
+            connector = aiohttp.TCPConnector(limit=self.limit, keepalive_timeout=30)
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 auto_decompress=False,
@@ -92,6 +80,11 @@ class Upstream:
                 timeout=aiohttp.ClientTimeout(total=None),
             )
         return self._session
+
+    @property
+    def ssl(self) -> ssl.SSLContext | bool:
+        """The current context: swapped on rotation, so new connections use new material."""
+        return self.tls.context if self.tls is not None else False
 
     async def close(self) -> None:
         if self._session is not None:
@@ -114,14 +107,28 @@ class Upstreams:
                 origin=route.upstream,
                 host=url.hostname or "",
                 port=url.port or (443 if https else 80),
-                tls=client_tls_context(route.upstream_tls) if https else None,
+                tls=_material(route) if https else None,
                 server_name=route.upstream_tls.server_name if route.upstream_tls else None,
                 circuit=CircuitBreaker(route.circuit.failures, route.circuit.cooldown, self._clock),
             )
         return self._pools[key]
 
+    def materials(self) -> list[Material]:
+        return [pool.tls for pool in self._pools.values() if pool.tls is not None]
+
     async def close(self) -> None:
         await asyncio.gather(*(pool.close() for pool in self._pools.values()))
+
+
+def _material(route: Route) -> Material:
+    tls = route.upstream_tls or UpstreamTLS()
+    return upstream_material(
+        f"upstream:{route.name}",
+        ca_file=tls.ca_file,
+        cert_file=tls.cert_file,
+        key_file=tls.key_file,
+        verify_san=tls.verify_san,
+    )
 
 
 async def forward(
@@ -148,6 +155,7 @@ async def forward(
             data=body,
             allow_redirects=False,
             timeout=timeouts,
+            ssl=upstream.ssl,
             server_hostname=upstream.server_name,
         ) as answer:
             transfer.upstream_seconds = time.perf_counter() - started
@@ -251,7 +259,9 @@ def _translate(exc: Exception, upstream: Upstream, transfer: Transfer) -> Reques
         upstream.circuit.failed()
     else:  # the connection worked; a slow or broken answer says nothing about reachability
         upstream.circuit.succeeded()
-    if isinstance(exc, aiohttp.ClientSSLError | aiohttp.ClientConnectorCertificateError):
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return BadGateway(f"upstream certificate refused: {exc.certificate_error}")
+    if isinstance(exc, aiohttp.ClientSSLError):
         return BadGateway(f"upstream TLS failure ({name}): {exc}")
     if isinstance(exc, TimeoutError):
         return GatewayTimeout(f"upstream timeout ({name})")
@@ -283,6 +293,7 @@ async def forward_websocket(
             headers=CIMultiDict(headers),
             protocols=[p for p in offered if p],
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=timeouts.sock_read),
+            ssl=upstream.ssl,
             server_hostname=upstream.server_name,
             autoping=False,
             max_msg_size=0,

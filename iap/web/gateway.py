@@ -22,6 +22,7 @@ from aiohttp import web
 from iap.adapters.audit import AuditLog
 from iap.adapters.metrics import Metrics
 from iap.adapters.telemetry import RequestSpan, Tracing
+from iap.adapters.tls import Material
 from iap.adapters.upstream import Transfer, Upstream, Upstreams, forward, forward_websocket
 from iap.config import Config, Route
 from iap.domain import correlation
@@ -87,6 +88,10 @@ class Gateway:
             total=None, sock_connect=route.timeouts.connect, sock_read=route.timeouts.read
         )
         return _Route(route.name, route, self._upstreams.for_route(route), timeouts)
+
+    @property
+    def tls_materials(self) -> list[Material]:
+        return self._upstreams.materials()
 
     async def close(self) -> None:
         await self._upstreams.close()

@@ -17,6 +17,7 @@ import socket
 import ssl
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -26,7 +27,8 @@ from aiohttp.web_protocol import RequestHandler
 from iap.adapters.audit import AuditLog
 from iap.adapters.metrics import Metrics
 from iap.adapters.telemetry import Tracing
-from iap.config import Address, Config, TLSFiles
+from iap.adapters.tls import Material, expiry_in, listener_material
+from iap.config import Address, Config
 from iap.errors import ConfigError
 from iap.model import Exchange
 from iap.web.errorpage import error_response
@@ -83,18 +85,9 @@ class _PublicServer(web.Server):
         return _Protocol(self, loop=self._loop, **self._kwargs)
 
 
-def listener_tls_context(tls: TLSFiles | None) -> ssl.SSLContext | None:
-    """Server TLS for the public listener: TLS 1.2+, HTTP/1.1 via ALPN."""
-    if tls is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    context.set_alpn_protocols(["http/1.1"])
-    return context
-
-
-def admin_app(gateway: Gateway, metrics: Metrics) -> web.Application:
+def admin_app(
+    gateway: Gateway, metrics: Metrics, materials: Callable[[], list[Material]]
+) -> web.Application:
     """``/healthz``, ``/readyz`` and ``/metrics``; never exposed publicly."""
 
     async def healthz(_: web.Request) -> web.Response:
@@ -102,6 +95,8 @@ def admin_app(gateway: Gateway, metrics: Metrics) -> web.Application:
 
     async def readyz(_: web.Request) -> web.Response:
         checks = gateway.readiness()
+        for material in materials():
+            checks[f"tls:{material.name}"] = material.usable()
         ready = all(checks.values())
         return web.json_response(
             {"status": "ready" if ready else "not ready", "checks": checks},
@@ -138,13 +133,15 @@ class Edge:
         self.config = config
         self.metrics = Metrics()
         self.audit = audit or AuditLog()
+        tls = config.listen.tls
         try:
-            self._tls = listener_tls_context(config.listen.tls)
-        except (OSError, ssl.SSLError) as exc:
+            self._tls = listener_material(tls.cert_file, tls.key_file) if tls else None
+        except (OSError, ssl.SSLError, ValueError) as exc:
             raise ConfigError([f"listen.tls: cannot load certificate or key ({exc})"]) from None
         self.tracing = Tracing(config.telemetry, dropped=self.metrics.spans_dropped.inc)
         self.gateway = Gateway(config, metrics=self.metrics, audit=self.audit, tracing=self.tracing)
         self._runners: list[web.BaseRunner] = []
+        self._watcher: asyncio.Task[None] | None = None
         self.public_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
 
@@ -171,21 +168,40 @@ class Edge:
             server, shutdown_timeout=self.config.drain_timeout, handle_signals=False
         )
         admin = web.AppRunner(
-            admin_app(self.gateway, self.metrics), access_log=None, shutdown_timeout=1.0
+            admin_app(self.gateway, self.metrics, self.tls_materials),
+            access_log=None,
+            shutdown_timeout=1.0,
         )
         for runner in (public, admin):
             await runner.setup()
             self._runners.append(runner)
         public_sock = bind(self.config.listen.address, reuse_port=reuse_port)
         admin_sock = bind(self.config.admin.address, reuse_port=reuse_port)
-        await web.SockSite(public, public_sock, ssl_context=self._tls).start()
+        listener_ssl = self._tls.context if self._tls else None
+        await web.SockSite(public, public_sock, ssl_context=listener_ssl).start()
         await web.SockSite(admin, admin_sock).start()
         self.public_address = public_sock.getsockname()[:2]
         self.admin_address = admin_sock.getsockname()[:2]
+        self._watcher = asyncio.ensure_future(self._watch_tls())
+
+    def tls_materials(self) -> list[Material]:
+        listener = [self._tls] if self._tls else []
+        return listener + self.gateway.tls_materials
+
+    async def _watch_tls(self) -> None:
+        """Re-read TLS files when they change; publish seconds to expiry."""
+        while True:
+            for material in self.tls_materials():
+                if material.refresh() is False:
+                    self.metrics.tls_reload_failures.labels(material.name).inc()
+                self.metrics.certificate_expiry.labels(material.name).set(expiry_in(material))
+            await asyncio.sleep(self.config.tls_watch_interval)
 
     async def stop(self) -> None:
         """Drain in-flight requests (bounded by ``drain_timeout``), then close everything."""
         self.gateway.draining = True
+        if self._watcher is not None:
+            self._watcher.cancel()
         for runner in self._runners:
             await runner.cleanup()
         await self.gateway.close()
