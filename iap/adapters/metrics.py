@@ -7,6 +7,7 @@ imports prometheus-client; ``/metrics`` then aggregates every worker's samples.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -61,6 +62,8 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="min",
         )
+        # labels() takes a lock and builds a key on every call; the label sets are few.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
         self.spans_dropped = Counter(
             "iap_spans_dropped_total",
             "Spans lost because the export queue was full or the export failed.",
@@ -68,12 +71,20 @@ class Metrics:
         )
 
     def observe_request(self, route: str, method: str, code: int, seconds: float) -> None:
-        method = method if method in _METHODS else "OTHER"
-        self.requests.labels(route, method, str(code)).inc()
-        self.request_duration.labels(route).observe(seconds)
+        key = (route, method if method in _METHODS else "OTHER", code)  # bounded: no raw methods
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(route, key[1], str(code)),
+                self.request_duration.labels(route),
+                self.upstream_duration.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
-    def observe_upstream(self, route: str, seconds: float) -> None:
-        self.upstream_duration.labels(route).observe(seconds)
+    def observe_upstream(self, route: str, method: str, code: int, seconds: float) -> None:
+        """After :meth:`observe_request` for the same request (it prepares the children)."""
+        self._children[(route, method if method in _METHODS else "OTHER", code)][2].observe(seconds)
 
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus text format, across all workers when there are several."""

@@ -141,7 +141,8 @@ class Tracing:
             "tracestate",
         }
         self._provider: TracerProvider | None = None
-        self._tracer: trace.Tracer = trace.NoOpTracer()
+        self.tracer: trace.Tracer = trace.NoOpTracer()
+        self.enabled = False
 
     def start(self) -> None:
         """Create the provider and its export thread (after any fork).
@@ -161,7 +162,8 @@ class Tracing:
         self._provider.add_span_processor(
             _CountingBatchProcessor(counting, self._config.max_queue_size, self._dropped)
         )
-        self._tracer = self._provider.get_tracer("iap")
+        self.tracer = self._provider.get_tracer("iap")
+        self.enabled = True
 
     def flush(self) -> bool:
         """Export everything queued now (blocking); for tests and shutdown."""
@@ -180,21 +182,70 @@ class Tracing:
         attributes: Mapping[str, Any],
     ) -> RequestSpan:
         """The SERVER span of one request; continues the incoming trace only if ``trusted``."""
+        if not self.enabled:
+            return _PassThrough(self.propagator, headers) if trusted else _UNTRACED
         incoming = self.propagator.extract(headers, context=_EMPTY_CONTEXT)
         incoming_span = trace.get_current_span(incoming).get_span_context()
         links: tuple[Link, ...] = ()
         parent = incoming
         if not trusted and incoming_span.is_valid:
             parent, links = _EMPTY_CONTEXT, (Link(incoming_span, {"iap.link": "untrusted"}),)
-        span = self._tracer.start_span(
+        span = self.tracer.start_span(
             name, context=parent, kind=SpanKind.SERVER, attributes=attributes, links=links
         )
-        return RequestSpan(self, span)
+        return _RecordedSpan(self, span)
 
 
 class RequestSpan:
-    """Wraps the SERVER span: naming, decisions, the upstream CLIENT span, the end."""
+    """The tracing face of one request. This base records nothing (tracing off, untrusted)."""
 
+    __slots__ = ()
+
+    @property
+    def ids(self) -> tuple[str | None, str | None]:
+        """Trace and span id in hex for the audit line; None when not recorded."""
+        return None, None
+
+    def rename(self, name: str) -> None:
+        """Name the SERVER span once the route is known (``{method} {route}``)."""
+
+    def set(self, key: str, value: str | int | bool) -> None:
+        """Set one attribute on the SERVER span."""
+
+    def decision(self, event: str, attributes: Mapping[str, str]) -> None:
+        """Record an authentication/authorization/rate-limit/mint decision as a span event."""
+
+    def start_upstream(self, method: str, attributes: Mapping[str, Any]) -> dict[str, str]:
+        """Open the CLIENT span; return the trace headers for the upstream request."""
+        return {}
+
+    def end_upstream(self, status: int | None, error: str | None = None) -> None:
+        """Close the CLIENT span with the upstream's status or the failure's reason."""
+
+    def end(self, status: int, reason: str | None) -> None:
+        """Close the SERVER span."""
+
+
+_UNTRACED = RequestSpan()
+
+
+class _PassThrough(RequestSpan):
+    """Tracing off, trusted peer: hand the incoming context to the upstream unchanged."""
+
+    __slots__ = ("_headers", "_propagator")
+
+    def __init__(self, propagator: TextMapPropagator, headers: Mapping[str, str]) -> None:
+        self._propagator = propagator
+        self._headers = headers
+
+    def start_upstream(self, method: str, attributes: Mapping[str, Any]) -> dict[str, str]:
+        carrier: dict[str, str] = {}
+        context = self._propagator.extract(self._headers, context=_EMPTY_CONTEXT)
+        self._propagator.inject(carrier, context=context)
+        return carrier
+
+
+class _RecordedSpan(RequestSpan):
     __slots__ = ("_client", "_span", "_tracing")
 
     def __init__(self, tracing: Tracing, span: trace.Span) -> None:
@@ -204,7 +255,6 @@ class RequestSpan:
 
     @property
     def ids(self) -> tuple[str | None, str | None]:
-        """Trace and span id in hex for the audit line; None when not recorded."""
         context = self._span.get_span_context()
         if not context.is_valid:
             return None, None
@@ -217,14 +267,12 @@ class RequestSpan:
         self._span.set_attribute(key, value)
 
     def decision(self, event: str, attributes: Mapping[str, str]) -> None:
-        """Record an authentication/authorization/rate-limit/mint decision as a span event."""
         self._span.set_attributes(attributes)
         self._span.add_event(event, attributes)
 
     def start_upstream(self, method: str, attributes: Mapping[str, Any]) -> dict[str, str]:
-        """Open the CLIENT span and return the trace headers for the upstream request."""
         parent = trace.set_span_in_context(self._span)
-        self._client = self._tracing._tracer.start_span(
+        self._client = self._tracing.tracer.start_span(
             method, context=parent, kind=SpanKind.CLIENT, attributes=attributes
         )
         carrier: dict[str, str] = {}

@@ -263,7 +263,9 @@ class Gateway:
             route, exchange.method, exchange.status, now - exchange.started
         )
         if transfer.upstream_seconds is not None:
-            self._metrics.observe_upstream(route, transfer.upstream_seconds)
+            self._metrics.observe_upstream(
+                route, exchange.method, exchange.status, transfer.upstream_seconds
+            )
         self._audit.record(exchange, now=now)
 
     def readiness(self) -> dict[str, bool]:
