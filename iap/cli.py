@@ -7,6 +7,7 @@ import asyncio
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from iap import __version__, config
@@ -31,6 +32,21 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a config and print every problem")
     check.add_argument("-c", "--config", required=True, help="path to iap.yaml")
+
+    certs = commands.add_parser("certs", help="certificate tooling")
+    certs_commands = certs.add_subparsers(dest="certs_command", required=True, metavar="COMMAND")
+    certs_dev = certs_commands.add_parser(
+        "dev", help="write a development CA and the edge and ingress certificates"
+    )
+    certs_dev.add_argument("--out", required=True, help="directory to write the files into")
+    certs_dev.add_argument(
+        "--server-name",
+        default="api.mesh.internal",
+        help="the ingress gateway's name (upstream_tls.server_name; default api.mesh.internal)",
+    )
+    certs_dev.add_argument(
+        "--days", type=_positive, default=30, help="certificate lifetime in days (default 30)"
+    )
     return parser
 
 
@@ -54,11 +70,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             from iap.dev.run import run_dev
 
             return _event_loop(run_dev(args.port))
+        if args.command == "certs":
+            return _certs_dev(args.out, server_name=args.server_name, days=args.days)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"config error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
+
+
+def _certs_dev(out: str, *, server_name: str, days: int) -> int:
+    from iap.certs import issue_dev_material
+
+    try:
+        material = issue_dev_material(Path(out), server_name=server_name, days=days)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        where = getattr(exc, "filename", None) or out
+        print(f"iap certs dev: cannot write the material to {where}: {reason}", file=sys.stderr)
+        return EXIT_FAILURE
+    for path in material.files():
+        print(path)
+    print(
+        "private keys (*.key, ingress-gateway-secret.yaml) are mode 0600;"
+        " this material is for development only, never for production",
+        file=sys.stderr,
+    )
+    return EXIT_OK
 
 
 def _run(cfg: config.Config, *, workers: int) -> int:

@@ -179,7 +179,7 @@ class Tracing:
         name: str,
         headers: Mapping[str, str],
         trusted: bool,
-        attributes: Mapping[str, Any],
+        attributes: Callable[[], Mapping[str, Any]],
     ) -> RequestSpan:
         """The SERVER span of one request; continues the incoming trace only if ``trusted``."""
         if not self.enabled:
@@ -191,7 +191,7 @@ class Tracing:
         if not trusted and incoming_span.is_valid:
             parent, links = _EMPTY_CONTEXT, (Link(incoming_span, {"iap.link": "untrusted"}),)
         span = self.tracer.start_span(
-            name, context=parent, kind=SpanKind.SERVER, attributes=attributes, links=links
+            name, context=parent, kind=SpanKind.SERVER, attributes=attributes(), links=links
         )
         return _RecordedSpan(self, span)
 
@@ -200,6 +200,7 @@ class RequestSpan:
     """The tracing face of one request. This base records nothing (tracing off, untrusted)."""
 
     __slots__ = ()
+    recording = False  # callers skip building attributes nobody records
 
     @property
     def ids(self) -> tuple[str | None, str | None]:
@@ -215,7 +216,9 @@ class RequestSpan:
     def decision(self, event: str, attributes: Mapping[str, str]) -> None:
         """Record an authentication/authorization/rate-limit/mint decision as a span event."""
 
-    def start_upstream(self, method: str, attributes: Mapping[str, Any]) -> dict[str, str]:
+    def start_upstream(
+        self, method: str, attributes: Callable[[], Mapping[str, Any]]
+    ) -> dict[str, str]:
         """Open the CLIENT span; return the trace headers for the upstream request."""
         return {}
 
@@ -238,7 +241,9 @@ class _PassThrough(RequestSpan):
         self._propagator = propagator
         self._headers = headers
 
-    def start_upstream(self, method: str, attributes: Mapping[str, Any]) -> dict[str, str]:
+    def start_upstream(
+        self, method: str, attributes: Callable[[], Mapping[str, Any]]
+    ) -> dict[str, str]:
         carrier: dict[str, str] = {}
         context = self._propagator.extract(self._headers, context=_EMPTY_CONTEXT)
         self._propagator.inject(carrier, context=context)
@@ -247,6 +252,7 @@ class _PassThrough(RequestSpan):
 
 class _RecordedSpan(RequestSpan):
     __slots__ = ("_client", "_span", "_tracing")
+    recording = True
 
     def __init__(self, tracing: Tracing, span: trace.Span) -> None:
         self._tracing = tracing
@@ -270,10 +276,12 @@ class _RecordedSpan(RequestSpan):
         self._span.set_attributes(attributes)
         self._span.add_event(event, attributes)
 
-    def start_upstream(self, method: str, attributes: Mapping[str, Any]) -> dict[str, str]:
+    def start_upstream(
+        self, method: str, attributes: Callable[[], Mapping[str, Any]]
+    ) -> dict[str, str]:
         parent = trace.set_span_in_context(self._span)
         self._client = self._tracing.tracer.start_span(
-            method, context=parent, kind=SpanKind.CLIENT, attributes=attributes
+            method, context=parent, kind=SpanKind.CLIENT, attributes=attributes()
         )
         carrier: dict[str, str] = {}
         self._tracing.propagator.inject(carrier, context=trace.set_span_in_context(self._client))

@@ -6,10 +6,12 @@ Invariants:
   the reason is logged and ``iap_tls_reload_failures_total`` counts it.
 - Upstream contexts are swapped by reference: new connections take the new context,
   connections already open (and requests in flight on them) finish on the old one.
-- The listener context is updated in place only after the same files loaded into a
-  scratch context, so a failed reload cannot leave it half-updated.
+- The listener swaps by reference too: the listening socket's context moves every new
+  handshake onto the current context (``sni_callback``); files are read once per reload.
 - ``verify_san`` is checked during the handshake, before a single request byte (or a
   token) is written to the connection.
+- A TLS alert that ends an upstream connection after the handshake (how a TLS 1.3
+  gateway refuses a client certificate) is logged with its reason.
 - Material that is missing on disk or expired makes ``/readyz`` fail.
 """
 
@@ -23,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 
@@ -33,16 +36,47 @@ class SanMismatch(ssl.SSLCertVerificationError):
     """The peer's certificate is valid but names none of the pinned identities."""
 
 
-def _pinned_sslobject(pins: frozenset[str]) -> type[ssl.SSLObject]:
-    class PinnedSSLObject(ssl.SSLObject):
+# Read errors that are part of a connection's normal life, not a refusal by the peer.
+_QUIET_READ_ERRORS = (
+    ssl.SSLWantReadError,
+    ssl.SSLWantWriteError,
+    ssl.SSLZeroReturnError,
+    ssl.SSLEOFError,
+)
+
+
+def _upstream_sslobject(name: str, pins: frozenset[str]) -> type[ssl.SSLObject]:
+    class UpstreamSSLObject(ssl.SSLObject):
+        """Checks ``verify_san`` in the handshake; names the alerts that end a connection.
+
+        With TLS 1.3 the client's handshake is complete before the server has looked at
+        the client certificate, so a gateway refusing it (missing, unknown CA, expired)
+        shows up as an alert on the first read; the HTTP client only reports a broken
+        connection, so the alert's reason is logged here.
+        """
+
         def do_handshake(self) -> None:
             super().do_handshake()
-            entries = (self.getpeercert() or {}).get("subjectAltName", ())
-            names = {str(entry[1]) for entry in entries if isinstance(entry, tuple)}
-            if not names & pins:
-                raise SanMismatch("upstream certificate SAN matches no verify_san entry")
+            if pins:
+                entries = (self.getpeercert() or {}).get("subjectAltName", ())
+                names = {str(entry[1]) for entry in entries if isinstance(entry, tuple)}
+                if not names & pins:
+                    raise SanMismatch("upstream certificate SAN matches no verify_san entry")
 
-    return PinnedSSLObject
+        def read(self, len: int = 1024, buffer: Any = None) -> bytes:
+            try:
+                return super().read(len, buffer)
+            except _QUIET_READ_ERRORS:
+                raise
+            except ssl.SSLError as exc:
+                log.warning(
+                    "tls %s: the upstream ended the connection with a TLS error: %s",
+                    name,
+                    exc.reason or exc,
+                )
+                raise
+
+    return UpstreamSSLObject
 
 
 def client_context(
@@ -51,14 +85,14 @@ def client_context(
     cert_file: Path | None,
     key_file: Path | None,
     verify_san: Sequence[str] = (),
+    name: str = "upstream",
 ) -> ssl.SSLContext:
     """Client TLS to an upstream: TLS 1.2+, the configured CA, our certificate, SAN pins."""
     context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if cert_file and key_file:
         context.load_cert_chain(str(cert_file), str(key_file))
-    if verify_san:
-        context.sslobject_class = _pinned_sslobject(frozenset(verify_san))
+    context.sslobject_class = _upstream_sslobject(name, frozenset(verify_san))
     return context
 
 
@@ -96,28 +130,38 @@ class Material:
     files: tuple[Path, ...]
     cert_file: Path | None
     build: Callable[[], ssl.SSLContext]
-    apply: Callable[[ssl.SSLContext], ssl.SSLContext] = lambda fresh: fresh
 
     def __post_init__(self) -> None:
         self.context = self.build()
         self._signature = _signature(self.files)
+        self._failed: tuple[tuple[int, int, int], ...] | None = None
         self.expires = not_after(self.cert_file) if self.cert_file else float("inf")
         self.present = True
 
     def refresh(self) -> bool | None:
-        """Rebuild if the files changed: True swapped, False kept the old, None unchanged."""
+        """Rebuild if the files changed: True swapped, False kept the old, None unchanged.
+
+        A change that failed to load is reported (False) once, not on every later call
+        while the files stay as they are.
+        """
         signature = _signature(self.files)
         self.present = signature is not None
-        if signature == self._signature or signature is None:
+        if signature is None or signature in (self._signature, self._failed):
             return None
         try:
             fresh = self.build()
             expires = not_after(self.cert_file) if self.cert_file else float("inf")
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            log.warning("tls %s: keeping the previous material, reload failed: %s", self.name, exc)
+        except Exception as exc:  # any broken file keeps the working material
+            self._failed = signature
+            log.warning(
+                "tls %s: keeping the previous material, reload of %s failed: %s",
+                self.name,
+                ", ".join(str(path) for path in self.files),
+                exc,
+            )
             return False
-        self.context = self.apply(fresh)
-        self._signature, self.expires = signature, expires
+        self.context = fresh
+        self._signature, self._failed, self.expires = signature, None, expires
         log.info("tls %s: reloaded", self.name)
         return True
 
@@ -139,25 +183,34 @@ def upstream_material(
         files=files,
         cert_file=cert_file,
         build=lambda: client_context(
-            ca_file=ca_file, cert_file=cert_file, key_file=key_file, verify_san=verify_san
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+            verify_san=verify_san,
+            name=name,
         ),
     )
 
 
 def listener_material(cert_file: Path, key_file: Path) -> Material:
-    live: list[ssl.SSLContext] = []
+    """The public listener's material. The listening socket keeps the first context for
+    good; its ``sni_callback`` (run in every handshake, with or without SNI) moves each new
+    connection onto the current context, so a reload swaps by reference as upstreams do,
+    and connections already open keep the certificate they were made with."""
+    current: list[Material] = []
+
+    def follow(sslobj: ssl.SSLObject, _server_name: str | None, context: ssl.SSLContext) -> None:
+        live = current[0].context
+        if live is not context:
+            sslobj.context = live
 
     def build() -> ssl.SSLContext:
-        return server_context(cert_file, key_file)
+        context = server_context(cert_file, key_file)
+        context.sni_callback = follow
+        return context
 
-    def apply(fresh: ssl.SSLContext) -> ssl.SSLContext:
-        # The listening socket holds the first context: load the checked files into it.
-        live[0].load_cert_chain(str(cert_file), str(key_file))
-        return live[0]
-
-    material = Material("listen", (cert_file, key_file), cert_file, build, apply)
-    live.append(material.context)
-    return material
+    current.append(Material("listen", (cert_file, key_file), cert_file, build))
+    return current[0]
 
 
 def expiry_in(material: Material) -> float:

@@ -41,6 +41,7 @@ SERVER = "iap"
 # Bodies of known length up to this size are read whole: one write instead of a stream.
 SMALL_BODY = 64 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
+_REPLACED = frozenset({"server", "x-correlation-id"})
 
 
 @dataclass(slots=True)
@@ -151,7 +152,7 @@ async def forward(
         async with upstream.session.request(
             request.method,
             upstream.origin + target,
-            headers=CIMultiDict(headers),
+            headers=headers,
             data=body,
             allow_redirects=False,
             timeout=timeouts,
@@ -204,10 +205,10 @@ async def _relay(
     reply_headers: Sequence[tuple[str, str]],
     transfer: Transfer,
 ) -> web.StreamResponse:
-    headers = CIMultiDict(HeaderFilter.response(list(answer.headers.items())))
-    headers["Server"] = SERVER  # as Envoy does by default: no upstream banner leaks
-    for name, value in reply_headers:
-        headers[name] = value
+    # Server is overwritten as Envoy does by default: no upstream banner leaks.
+    headers = HeaderFilter.response(answer.headers.items(), _REPLACED)
+    headers.append(("Server", SERVER))
+    headers.extend(reply_headers)
     length = answer.content_length
     if request.method == "HEAD" or answer.status in _NO_BODY_STATUS:
         response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)

@@ -14,14 +14,25 @@ td{{padding:.2em .8em;font-family:monospace}}
 </style></head><body><h1>Hello from the demo upstream</h1>
 <p>This page is served behind iap. <b>{method}</b> <code>{path}</code></p>
 <h2>Identity</h2><p id="subject">{subject}</p>
+<h2>Mutual TLS</h2><p>iap's client certificate, as this upstream saw it:
+<code id="client-certificate">{client_certificate}</code></p>
 <h2>Headers received</h2><table>{rows}</table></body></html>
 """
+
+
+def client_certificate_uris(request: web.Request) -> list[str]:
+    """URI SANs (the SPIFFE ID) of the client certificate verified on this connection."""
+    transport = request.transport
+    peer = transport.get_extra_info("peercert") if transport is not None else None
+    entries = (peer or {}).get("subjectAltName", ())
+    return [str(value) for kind, value in entries if kind == "URI"]
 
 
 async def echo(request: web.Request) -> web.Response:
     """Echo the request as JSON, or as an HTML page for browsers."""
     headers = [[name, value] for name, value in request.headers.items()]
     subject = request.headers.get("X-IAP-Subject", "anonymous (public route)")
+    client_uris = client_certificate_uris(request)
     if "text/html" in request.headers.get("Accept", ""):
         rows = "".join(
             f"<tr><td>{html.escape(name)}</td><td>{html.escape(value)}</td></tr>"
@@ -32,6 +43,7 @@ async def echo(request: web.Request) -> web.Response:
                 method=html.escape(request.method),
                 path=html.escape(request.path_qs),
                 subject=html.escape(subject),
+                client_certificate=html.escape(", ".join(client_uris) or "none (no TLS)"),
                 rows=rows,
             ),
             content_type="text/html",
@@ -42,6 +54,7 @@ async def echo(request: web.Request) -> web.Response:
             "method": request.method,
             "path": request.raw_path,
             "subject": subject,
+            "client_certificate_uris": client_uris,
             "headers": headers,
             "body_bytes": len(body),
         },

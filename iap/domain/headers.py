@@ -108,8 +108,12 @@ class HeaderFilter:
         return kept
 
     @staticmethod
-    def response(headers: Headers) -> list[tuple[str, str]]:
-        """Upstream response headers that may reach the client (framing is iap's own)."""
+    def response(
+        headers: Iterable[tuple[str, str]], replaced: frozenset[str] = frozenset()
+    ) -> list[tuple[str, str]]:
+        """Upstream response headers that may reach the client: framing is iap's own, and
+        ``replaced`` (folded names) are dropped because the caller sets them."""
+        headers = list(headers)
         nominated = connection_nominated(headers)
         return [
             (name, value)
@@ -117,6 +121,7 @@ class HeaderFilter:
             if (folded := fold(name)) not in HOP_BY_HOP
             and folded not in nominated
             and folded != "content-length"
+            and folded not in replaced
         ]
 
 

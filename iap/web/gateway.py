@@ -43,6 +43,11 @@ from iap.web.errorpage import error_response
 log = logging.getLogger("iap")
 
 RESERVED_PREFIX = "/.iap/"
+_PUBLIC_DECISION = {
+    "iap.authn.method": "none",
+    "iap.authz.decision": "allow",
+    "iap.authz.reason": "public",
+}
 _HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
 
 
@@ -114,7 +119,7 @@ class Gateway:
             name=request.method,
             headers=headers,
             trusted=trusted,
-            attributes={
+            attributes=lambda: {
                 "http.request.method": request.method,
                 "url.scheme": request.scheme,
                 "server.address": exchange.host.rpartition(":")[0] or exchange.host,
@@ -136,7 +141,8 @@ class Gateway:
             log.exception("unexpected error, correlation_id=%s", exchange.correlation_id)
             response = self._refuse(request, exchange, RequestError("unexpected error"))
         self._record(exchange, transfer, response)
-        span.set("url.path", exchange.path)
+        if span.recording:
+            span.set("url.path", exchange.path)
         span.end(response.status, exchange.reason)
         return response
 
@@ -165,16 +171,10 @@ class Gateway:
         exchange.route = route.name
         exchange.upstream = route.upstream.origin
         exchange.decision, exchange.reason = "allow", "public"
-        span.rename(f"{request.method} {route.name}")
-        span.set("iap.route", route.name)
-        span.decision(
-            "iap.authz",
-            {
-                "iap.authn.method": "none",
-                "iap.authz.decision": "allow",
-                "iap.authz.reason": "public",
-            },
-        )
+        if span.recording:
+            span.rename(f"{request.method} {route.name}")
+            span.set("iap.route", route.name)
+            span.decision("iap.authz", _PUBLIC_DECISION)
         incoming = list(request.headers.items())
         upstream_headers = self._filter.request(incoming, trusted=trusted)
         if route.config.preserve_host:
@@ -188,7 +188,7 @@ class Gateway:
         ]
         upstream_headers += span.start_upstream(
             request.method,
-            {
+            lambda: {
                 "http.request.method": request.method,
                 "server.address": route.upstream.host,
                 "server.port": route.upstream.port,

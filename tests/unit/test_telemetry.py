@@ -46,7 +46,7 @@ def tracing_with(exporter: SpanExporter, queue: int) -> tuple[Tracing, list[int]
 
 def finish_requests(tracing: Tracing, count: int) -> None:
     for _ in range(count):
-        span = tracing.start_request(name="GET", headers={}, trusted=False, attributes={})
+        span = tracing.start_request(name="GET", headers={}, trusted=False, attributes=dict)
         span.end(200, None)
 
 
@@ -73,10 +73,10 @@ def test_untrusted_incoming_context_is_linked_not_continued() -> None:
     tracing, _ = tracing_with(StuckExporter(), queue=64)
     incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     untrusted = tracing.start_request(
-        name="GET", headers={"traceparent": incoming}, trusted=False, attributes={}
+        name="GET", headers={"traceparent": incoming}, trusted=False, attributes=dict
     )
     trusted = tracing.start_request(
-        name="GET", headers={"traceparent": incoming}, trusted=True, attributes={}
+        name="GET", headers={"traceparent": incoming}, trusted=True, attributes=dict
     )
     assert untrusted.ids[0] != "0af7651916cd43dd8448eb211c80319c"
     assert trusted.ids[0] == "0af7651916cd43dd8448eb211c80319c"
