@@ -12,10 +12,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from typing import cast
 
 import uvloop
 
-BODY = b'{"service":"bench-upstream","status":"ok","detail":"a fixed response for reverse proxy benchmarks"}\n'
+BODY = (
+    b'{"service":"bench-upstream","status":"ok",'
+    b'"detail":"a fixed response for reverse proxy benchmarks"}\n'
+)
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\n"
     b"Content-Type: application/json\r\n"
@@ -33,8 +37,8 @@ class FixedResponse(asyncio.Protocol):
         self.buffer = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's TCPTransport implements asyncio.Transport without subclassing it
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None

@@ -1,0 +1,537 @@
+"""``make bench``: requests/s and p50/p99 latency of iap against baselines, in one run.
+
+Every target is measured with the same wrk settings, one after another, each after a short
+warm-up, against one shared fast upstream (bench/upstream.py). The results table, the ratios of
+each iap row to each naive-proxy row and a description of the machine are printed and written
+between the markers in docs/PERFORMANCE.md.
+
+Adding a scenario is one entry in :data:`SCENARIOS`. A scenario's ``start`` is a context manager
+factory: given the :class:`Env` it starts its target, yields the URL to load and cleans up on
+exit. For another iap configuration, ``iap_target(config)`` does the work; ``config`` maps the
+upstream URL to the config keys besides ``public_url``, ``listen`` and ``admin``.
+
+Environment: BENCH_DURATION (seconds per target, default 10), BENCH_CONNECTIONS (default 32),
+BENCH_WARMUP (seconds, default 2), BENCH_THREADS (wrk threads, default 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime as dt
+import importlib.metadata
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, NoReturn
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+DOC = ROOT / "docs" / "PERFORMANCE.md"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+HOST = "127.0.0.1"
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM it if this runner dies, even by SIGKILL."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@contextlib.contextmanager
+def spawn(argv: Sequence[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Start ``argv`` in its own session (stdout discarded, stderr to ``log``); stop it on exit."""
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,  # Ctrl-C reaches only this runner, which stops children
+            preexec_fn=_die_with_parent,
+        )
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def http_status(url: str, timeout: float = 2.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            response.read()
+            status: int = response.status
+            return status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Poll ``url`` until it answers 200; fail early if ``proc`` exits."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{proc.args!r} exited with {proc.returncode}:\n{tail(log)}")
+        try:
+            status = http_status(url, timeout=1.0)
+            if status == 200:
+                return
+            last = f"HTTP {status}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.05)
+    raise BenchError(f"{url} not ready after {READY_TIMEOUT:.0f}s ({last}):\n{tail(log)}")
+
+
+def tail(log: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class BenchError(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+@dataclass(frozen=True)
+class Env:
+    """What every scenario gets: the shared upstream and a private scratch directory."""
+
+    upstream: str
+    workdir: Path
+
+
+Start = Callable[[Env], contextlib.AbstractContextManager[str]]
+Kind = Literal["direct", "naive", "iap"]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A row of the table. ``kind`` picks the ratios: each iap row against each naive row."""
+
+    name: str
+    start: Start
+    kind: Kind = "iap"
+    ratio_label: str = ""  # naive rows: the column header "iap / <ratio_label>"
+
+
+@contextlib.contextmanager
+def direct_target(env: Env) -> Iterator[str]:
+    yield f"{env.upstream}/"
+
+
+def naive_target(loop: Literal["asyncio", "uvloop"]) -> Start:
+    @contextlib.contextmanager
+    def start(env: Env) -> Iterator[str]:
+        port = free_port()
+        log = env.workdir / f"naive-{loop}.log"
+        argv = [sys.executable, str(BENCH / "naive_proxy.py"), "--port", str(port)]
+        argv += ["--upstream", env.upstream, "--loop", loop]
+        with spawn(argv, log) as proc:
+            url = f"http://{HOST}:{port}/"
+            wait_ready(url, proc, log)
+            yield url
+
+    return start
+
+
+def iap_executable() -> str:
+    beside = Path(sys.executable).parent / "iap"
+    return str(beside) if beside.exists() else str(ROOT / ".venv" / "bin" / "iap")
+
+
+def iap_target(config: Callable[[str], dict[str, Any]]) -> Start:
+    """``iap run`` (one process) with ``config(upstream_url)`` plus listen/admin/public_url."""
+
+    @contextlib.contextmanager
+    def start(env: Env) -> Iterator[str]:
+        port, admin = free_port(), free_port()
+        url = f"http://{HOST}:{port}"
+        document = {
+            "public_url": url,
+            "listen": {"address": f"{HOST}:{port}"},
+            "admin": {"address": f"{HOST}:{admin}"},
+            **config(env.upstream),
+        }
+        path = env.workdir / f"iap-{port}.yaml"
+        path.write_text(yaml.safe_dump(document, sort_keys=False))
+        log = env.workdir / f"iap-{port}.log"
+        with spawn([iap_executable(), "run", "-c", str(path)], log) as proc:
+            wait_ready(f"http://{HOST}:{admin}/readyz", proc, log)
+            yield f"{url}/"
+
+    return start
+
+
+def public_route(upstream: str) -> dict[str, Any]:
+    return {"routes": [{"name": "bench", "upstream": upstream, "policy": {"public": True}}]}
+
+
+SCENARIOS: list[Scenario] = [
+    Scenario("direct", direct_target, kind="direct"),
+    Scenario("naive (asyncio loop)", naive_target("asyncio"), "naive", "naive (asyncio)"),
+    Scenario("naive (uvloop)", naive_target("uvloop"), "naive", "naive (uvloop)"),
+    Scenario("iap public route", iap_target(public_route)),
+]
+
+
+# --------------------------------------------------------------------------- wrk
+
+
+@dataclass(frozen=True)
+class Settings:
+    duration: int
+    connections: int
+    warmup: int
+    threads: int
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            duration=_env_int("BENCH_DURATION", 10),
+            connections=_env_int("BENCH_CONNECTIONS", 32),
+            warmup=_env_int("BENCH_WARMUP", 2, minimum=0),
+            threads=_env_int("BENCH_THREADS", 1),
+        )
+
+    def wrk_args(self, duration: int) -> list[str]:
+        return [f"-t{self.threads}", f"-c{self.connections}", f"-d{duration}s", "--latency"]
+
+    def describe(self) -> str:
+        args = " ".join(self.wrk_args(self.duration))
+        return f"`wrk {args} URL`, after a {self.warmup}s warm-up with the same settings"
+
+
+def _env_int(name: str, default: int, minimum: int = 1) -> int:
+    text = os.environ.get(name, "").strip().removesuffix("s")
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise BenchError(f"{name}={text!r}: expected a whole number") from None
+    if value < minimum:
+        raise BenchError(f"{name}={value}: must be at least {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    kind: Kind
+    ratio_label: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx_3xx: int
+    socket_errors: int
+    socket_detail: str
+
+
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+_PERCENTILE = re.compile(r"^\s*(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.MULTILINE)
+_RPS = re.compile(r"^Requests/sec:\s+([\d.]+)", re.MULTILINE)
+_TOTAL = re.compile(r"^\s*(\d+) requests in ", re.MULTILINE)
+_NON_2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
+_SOCKET = re.compile(r"Socket errors: (connect \d+, read \d+, write \d+, timeout \d+)")
+
+
+def run_wrk(settings: Settings, url: str, duration: int) -> str:
+    argv = ["wrk", *settings.wrk_args(duration), url]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise BenchError(f"{' '.join(argv)} exited with {done.returncode}:\n{done.stderr}")
+    return done.stdout
+
+
+def parse_wrk(output: str, scenario: Scenario) -> Result:
+    percentiles = {m[0]: float(m[1]) * _UNIT_MS[m[2]] for m in _PERCENTILE.findall(output)}
+    rps, total = _RPS.search(output), _TOTAL.search(output)
+    if rps is None or total is None or set(percentiles) != {"50", "99"}:
+        raise BenchError(f"cannot parse wrk output for {scenario.name}:\n{output}")
+    non_2xx = _NON_2XX.search(output)
+    sockets = _SOCKET.search(output)
+    socket_detail = sockets.group(1) if sockets else ""
+    return Result(
+        name=scenario.name,
+        kind=scenario.kind,
+        ratio_label=scenario.ratio_label,
+        rps=float(rps.group(1)),
+        p50_ms=percentiles["50"],
+        p99_ms=percentiles["99"],
+        requests=int(total.group(1)),
+        non_2xx_3xx=int(non_2xx.group(1)) if non_2xx else 0,
+        socket_errors=sum(int(n) for n in re.findall(r"\d+", socket_detail)),
+        socket_detail=socket_detail,
+    )
+
+
+def measure(scenario: Scenario, env: Env, settings: Settings) -> Result:
+    print(f"== {scenario.name}", file=sys.stderr, flush=True)
+    with scenario.start(env) as url:
+        status = http_status(url)
+        if status != 200:
+            print(f"   warning: GET {url} answered {status}", file=sys.stderr)
+        if settings.warmup:
+            run_wrk(settings, url, settings.warmup)
+        output = run_wrk(settings, url, settings.duration)
+    result = parse_wrk(output, scenario)
+    print(
+        f"   {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms",
+        file=sys.stderr,
+    )
+    if result.non_2xx_3xx or result.socket_errors:
+        print(f"   errors: {result.non_2xx_3xx} non-2xx/3xx", file=sys.stderr, end="")
+        print(f"; socket errors: {result.socket_detail or 'none'}", file=sys.stderr)
+    return result
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine() -> list[tuple[str, str]]:
+    return [
+        ("CPU", _cpu_model()),
+        ("Cores", _cores()),
+        ("Memory", _memory()),
+        ("Kernel", f"{platform.system()} {platform.release()} ({platform.machine()})"),
+        ("Python", f"{platform.python_implementation()} {platform.python_version()}"),
+        ("aiohttp", _version("aiohttp")),
+        ("uvloop", _version("uvloop")),
+        ("wrk", _wrk_version()),
+        ("iap", f"{_version('iap')}, commit {_git_commit()}"),
+        ("Date", dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")),
+    ]
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Hardware", "cpu model") and value.strip():
+                return value.strip()
+    return platform.processor() or "unknown"
+
+
+def _cores() -> str:
+    total = os.cpu_count() or 0
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else total
+    text = f"{total} logical CPUs"
+    return text if usable == total else f"{text} ({usable} usable by this process)"
+
+
+def _memory() -> str:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return f"{int(line.split()[1]) / 2**20:.1f} GiB"
+    return "unknown"
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _wrk_version() -> str:
+    done = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
+    first = (done.stdout or done.stderr).splitlines()[:1]
+    return first[0].split(" Copyright")[0].strip() if first else "unknown"
+
+
+def _git_commit() -> str:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return (
+        f"{commit} + uncommitted changes" if git("status", "--porcelain", "--", "iap") else commit
+    )
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right_from: int = 1) -> str:
+    align = ["---" if i < right_from else "---:" for i in range(len(header))]
+    lines = [header, align, *rows]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+
+
+def results_table(results: Sequence[Result]) -> str:
+    header = ["Target", "Requests/s", "p50 (ms)", "p99 (ms)", "Requests", "Non-2xx/3xx"]
+    header.append("Socket errors")
+    rows = [
+        [
+            r.name,
+            f"{r.rps:,.0f}",
+            f"{r.p50_ms:.2f}",
+            f"{r.p99_ms:.2f}",
+            f"{r.requests:,}",
+            f"{r.non_2xx_3xx:,}",
+            f"{r.socket_errors:,}",
+        ]
+        for r in results
+    ]
+    return _table(header, rows)
+
+
+def ratios_table(results: Sequence[Result]) -> str:
+    naive = [r for r in results if r.kind == "naive"]
+    iap = [r for r in results if r.kind == "iap"]
+    if not naive or not iap:
+        return "(no iap or no naive rows in this run)"
+    header = ["Target", "Metric", *(f"iap / {n.ratio_label or n.name}" for n in naive)]
+    rows = []
+    for row in iap:
+        for metric, value in (("Requests/s", "rps"), ("p50", "p50_ms"), ("p99", "p99_ms")):
+            mine = getattr(row, value)
+            cells = [_ratio(mine, getattr(n, value)) for n in naive]
+            rows.append([row.name, metric, *cells])
+    return _table(header, rows, right_from=2)
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b else "n/a"
+
+
+def report(results: Sequence[Result], settings: Settings) -> str:
+    machine_rows = [[key, value.replace("|", "\\|")] for key, value in machine()]
+    parts = [
+        "<!-- Generated by bench/run.py (`make bench`); edits between the markers are lost. -->",
+        "### Machine",
+        _table(["Property", "Value"], machine_rows, right_from=2),
+        "### Settings",
+        f"{settings.describe()}; targets run one after another against one upstream "
+        "(bench/upstream.py) answering every request with a fixed 200 and a 100-byte body.",
+        "### Results",
+        results_table(results),
+        "### iap relative to the naive proxy",
+        "Requests/s below 1 and latency above 1 mean iap is slower than the naive proxy.",
+        ratios_table(results),
+    ]
+    return "\n\n".join(parts)
+
+
+INTRO = """\
+# Performance
+
+`make bench` (bench/run.py) measures requests per second and p50/p99 latency of
+
+- `direct`: [wrk](https://github.com/wg/wrk) straight to a fast upstream (bench/upstream.py,
+  a minimal keep-alive HTTP/1.1 server on uvloop that answers every request with the same
+  100-byte 200 response), the ceiling of this machine;
+- `naive`: bench/naive_proxy.py, the ~40-line aiohttp passthrough proxy a user would write
+  (one shared `ClientSession`, whole body buffered, no authentication, no audit log), once on
+  the default asyncio event loop and once on uvloop;
+- `iap`: the real proxy, `iap run` as a single process, with the configurations listed in
+  `SCENARIOS` in bench/run.py (so far a public route: no authentication; the JSON audit line
+  iap prints on stdout for every request goes to /dev/null).
+
+Every target is measured one after another with the same wrk settings after a short warm-up.
+Reproduce with `make bench`; `BENCH_DURATION` (seconds per target), `BENCH_CONNECTIONS`,
+`BENCH_WARMUP` and `BENCH_THREADS` change the wrk settings. The run rewrites the section
+between the markers below.
+
+The figures are from one run on the machine described below. wrk, the upstream and the proxy
+under test share its 2 cores, so the absolute numbers are low and move between runs and
+machines; only the ratios within one run mean something.
+
+"""
+
+
+def write_doc(section: str, path: Path = DOC) -> None:
+    block = f"{BEGIN}\n{section}\n{END}"
+    text = path.read_text() if path.exists() else INTRO
+    start, end = text.find(BEGIN), text.find(END)
+    if start >= 0 and end > start:
+        text = text[:start] + block + text[end + len(END) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _terminate(signum: int, _frame: object) -> NoReturn:
+    raise SystemExit(128 + signum)
+
+
+def run(scenarios: Sequence[Scenario], settings: Settings) -> list[Result]:
+    with tempfile.TemporaryDirectory(prefix="iap-bench-") as tmp:
+        workdir = Path(tmp)
+        port = free_port()
+        log = workdir / "upstream.log"
+        argv = [sys.executable, str(BENCH / "upstream.py"), "--port", str(port)]
+        with spawn(argv, log) as upstream:
+            env = Env(upstream=f"http://{HOST}:{port}", workdir=workdir)
+            wait_ready(f"{env.upstream}/", upstream, log)
+            return [measure(scenario, env, settings) for scenario in scenarios]
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with INT ignored
+    try:
+        settings = Settings.from_env()
+        results = run(SCENARIOS, settings)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+    section = report(results, settings)
+    print(section)
+    write_doc(section)
+    print(f"\nwrote {DOC.relative_to(ROOT)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
