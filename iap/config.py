@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -217,9 +218,10 @@ class Match(_Model):
     @field_validator("host")
     @classmethod
     def _lower_host(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?", value):
-            raise ValueError("expected a host name such as api.contoso.com")
-        return value.lower() if value else value
+        # Routing compares host names only: a port here could never match.
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9.-]+", value):
+            raise ValueError("expected a host name without port, such as api.contoso.com")
+        return value.lower().rstrip(".") if value else value
 
     @field_validator("path_prefix")
     @classmethod
@@ -290,10 +292,17 @@ class Circuit(_Model):
     cooldown: Duration = 10.0
 
 
+def _origin(value: object) -> str:
+    text = str(value).rstrip("/")
+    if urlsplit(text).path or "?" in text or "#" in text:
+        raise ValueError("expected an origin such as https://gateway:443, without a path")
+    return text
+
+
 class Route(_Model):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
     match: Match = Match()
-    upstream: HttpUrl
+    upstream: Annotated[HttpUrl, AfterValidator(_origin)]
     upstream_tls: UpstreamTLS | None = None
     audience: str | None = None
     policy: Policy
@@ -302,6 +311,12 @@ class Route(_Model):
     circuit: Circuit = Circuit()
     max_body: Size = 10 * 2**20
     preserve_host: bool = True
+
+    @model_validator(mode="after")
+    def _tls_needs_https(self) -> Route:
+        if self.upstream_tls is not None and not self.upstream.startswith("https://"):
+            raise ValueError("upstream_tls is set but upstream is not an https:// URL")
+        return self
 
 
 class Telemetry(_Model):

@@ -76,7 +76,7 @@ class Upstream:
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 auto_decompress=False,
-                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
                 cookie_jar=aiohttp.DummyCookieJar(),
                 timeout=aiohttp.ClientTimeout(total=None),
             )
@@ -280,6 +280,7 @@ async def forward_websocket(
     headers: Sequence[tuple[str, str]],
     reply_headers: Sequence[tuple[str, str]],
     timeouts: aiohttp.ClientTimeout,
+    max_message: int,
     transfer: Transfer,
 ) -> web.StreamResponse:
     """Proxy a WebSocket: handshake upstream first, then upgrade the client and relay frames."""
@@ -297,7 +298,7 @@ async def forward_websocket(
             ssl=upstream.ssl,
             server_hostname=upstream.server_name,
             autoping=False,
-            max_msg_size=0,
+            max_msg_size=max_message,
         )
     except aiohttp.WSServerHandshakeError as exc:
         upstream.circuit.succeeded()
@@ -310,7 +311,7 @@ async def forward_websocket(
         client_ws = web.WebSocketResponse(
             protocols=[upstream_ws.protocol] if upstream_ws.protocol else (),
             autoping=False,
-            max_msg_size=0,
+            max_msg_size=max_message,
         )
         client_ws.headers["Server"] = SERVER
         client_ws.headers.extend(reply_headers)

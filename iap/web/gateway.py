@@ -204,6 +204,7 @@ class Gateway:
                 headers=upstream_headers,
                 reply_headers=reply_headers,
                 timeouts=route.timeouts,
+                max_message=route.config.max_body,
                 transfer=transfer,
             )
         else:

@@ -15,7 +15,7 @@ import yaml
 from iap.config import Address
 from iap.web.server import bind
 from tests.conftest import Upstream, edge_config, free_port
-from tests.support.process import start_iap, write_config
+from tests.support.process import IapProcess, start_iap, write_config
 
 MB = 10**6
 
@@ -136,6 +136,19 @@ async def test_workers_share_the_port_and_aggregate_metrics(
         assert await iap.stop() == 0
 
 
+def exists(path: Path) -> bool:
+    return path.exists()
+
+
+async def stdout_line(iap: IapProcess, prefix: str) -> str:
+    """The first line of the child's stdout that starts with ``prefix``, once it is there."""
+    async with asyncio.timeout(60):  # a hang guard, not a performance bound
+        while not (lines := [line for line in iap.stdout_lines if line.startswith(prefix)]):
+            iap._changed.clear()
+            await iap._changed.wait()
+    return lines[0]
+
+
 async def test_dev_serves_the_demo_page(tmp_path: Path) -> None:
     port = free_port()
     iap = await start_iap("dev", "--port", str(port), ready_marker="iap dev ready: ")
@@ -146,9 +159,17 @@ async def test_dev_serves_the_demo_page(tmp_path: Path) -> None:
             client.get(iap.public_url + "/", headers={"Accept": "text/html"}) as resp,
         ):
             assert resp.status == 200
-            assert "Hello from the demo upstream" in await resp.text()
+            page = await resp.text()
+        assert "Hello from the demo upstream" in page
+        # The hop to the demo upstream is mutual TLS: it saw iap's SPIFFE ID.
+        spiffe = '<code id="client-certificate">spiffe://cluster.local/ns/iap/sa/iap</code>'
+        assert spiffe in page
+        line = await stdout_line(iap, "  dev certificates: ")
+        certs = Path(line.removeprefix("  dev certificates: ").split(" (")[0])
+        assert exists(certs / "edge-client.crt")
     finally:
         assert await iap.stop() == 0
+    assert not exists(certs)  # the temporary material is removed at exit
 
 
 def test_config_file_is_plain_yaml(tmp_path: Path) -> None:
