@@ -61,11 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "check":
-            config.load(args.config)
+            from iap.web.server import Edge
+
+            Edge(config.load(args.config))  # also loads TLS material, binds nothing
             print(f"{args.config}: ok")
             return EXIT_OK
         if args.command == "run":
-            return _run(config.load(args.config), workers=args.workers)
+            return _run(config.load(args.config), args.config, workers=args.workers)
         if args.command == "dev":
             from iap.dev.run import run_dev
 
@@ -99,15 +101,15 @@ def _certs_dev(out: str, *, server_name: str, days: int) -> int:
     return EXIT_OK
 
 
-def _run(cfg: config.Config, *, workers: int) -> int:
+def _run(cfg: config.Config, path: str, *, workers: int) -> int:
     if workers > 1:
         from iap.supervisor import supervise
 
-        return supervise(cfg, workers)
+        return supervise(cfg, path, workers)
     from iap.web.server import Edge
 
     edge = Edge(cfg)
-    return _event_loop(serve(edge, reuse_port=False))
+    return _event_loop(serve(edge, reuse_port=False, config_path=path))
 
 
 def _event_loop(main: Coroutine[Any, Any, int]) -> int:
@@ -117,8 +119,11 @@ def _event_loop(main: Coroutine[Any, Any, int]) -> int:
         return runner.run(main)
 
 
-async def serve(edge: Any, *, reuse_port: bool) -> int:
-    """Serve until SIGTERM or SIGINT, then drain. ``edge`` is an :class:`iap.web.server.Edge`."""
+async def serve(edge: Any, *, reuse_port: bool, config_path: str | None = None) -> int:
+    """Serve until SIGTERM or SIGINT, then drain; SIGHUP reloads routes from ``config_path``.
+
+    ``edge`` is an :class:`iap.web.server.Edge`.
+    """
     from iap.web.server import wait_for_signals
 
     try:
@@ -128,7 +133,30 @@ async def serve(edge: Any, *, reuse_port: bool) -> int:
         await edge.stop()
         return EXIT_FAILURE
     print(f"iap listening: {edge.describe()}", file=sys.stderr, flush=True)
+    reloads: set[asyncio.Task[None]] = set()
+    if config_path is not None:
+
+        def on_hup() -> None:
+            task = asyncio.ensure_future(_reload(edge, config_path))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)
     await wait_for_signals(signal.SIGTERM, signal.SIGINT)
     print("iap: draining", file=sys.stderr, flush=True)
+    for task in reloads:
+        task.cancel()
     await edge.stop()
     return EXIT_OK
+
+
+async def _reload(edge: Any, path: str) -> None:
+    try:
+        old = edge.reload(config.load(path))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"iap: reload refused: config error: {problem}", file=sys.stderr, flush=True)
+        return
+    print("iap: reloaded routes and policies", file=sys.stderr, flush=True)
+    await asyncio.sleep(edge.config.drain_timeout)  # requests in flight on the old routes
+    await old.close()

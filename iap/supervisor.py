@@ -21,7 +21,7 @@ from types import FrameType
 from iap.config import Config
 
 
-def supervise(config: Config, workers: int) -> int:
+def supervise(config: Config, path: str, workers: int) -> int:
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="iap-metrics-"))
     from iap.cli import EXIT_FAILURE, _event_loop, serve
     from iap.web.server import Edge, bind
@@ -39,7 +39,7 @@ def supervise(config: Config, workers: int) -> int:
         if pid == 0:  # pragma: no cover - runs in the child, measured by the subprocess tests
             code = EXIT_FAILURE
             try:
-                code = _event_loop(serve(Edge(config), reuse_port=True))
+                code = _event_loop(serve(Edge(config), reuse_port=True, config_path=path))
             finally:
                 os._exit(code)
         children.append(pid)
@@ -54,5 +54,8 @@ def supervise(config: Config, workers: int) -> int:
     worst = 0
     for child in children:
         _, status = os.waitpid(child, 0)
-        worst = max(worst, os.waitstatus_to_exitcode(status) if status else 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:  # negative: killed by a signal, which is a failure too
+            print(f"iap: worker {child} exited with {code}", file=sys.stderr)
+            worst = max(worst, code if code > 0 else EXIT_FAILURE)
     return worst

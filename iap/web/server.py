@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import ssl
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -34,6 +35,8 @@ from iap.model import Exchange
 from iap.web.errorpage import error_response
 from iap.web.gateway import Gateway
 
+log = logging.getLogger("iap")
+
 
 class _Protocol(RequestHandler):
     """aiohttp's connection handler, with iap's error page for unparseable requests."""
@@ -47,16 +50,7 @@ class _Protocol(RequestHandler):
     ) -> web.StreamResponse:
         if request.writer.output_size > 0:
             raise ConnectionError("response already started")
-        oversized = isinstance(exc, LineTooLong) or (
-            isinstance(exc, BadHttpMessage) and "headers" in str(exc.message)
-        )
-        status, code, public = (
-            (431, "headers_too_large", "Request header fields too large.")
-            if oversized
-            else (status, "bad_request", "Bad request.")
-            if status < 500
-            else (500, "internal_error", "Internal error.")
-        )
+        status, code, public = _parser_error(exc, status)
         correlation_id = str(uuid.uuid4())
         server: _PublicServer = self._manager  # type: ignore[assignment]
         server.audit.record(
@@ -76,9 +70,27 @@ class _Protocol(RequestHandler):
         return response
 
 
+def _parser_error(exc: BaseException | None, status: int) -> tuple[int, str, str]:
+    """What to answer for a request aiohttp's parser refused."""
+    if isinstance(exc, LineTooLong) and "b'/" in str(exc):  # the request line's target
+        return 414, "uri_too_long", "Request URI too long."
+    if isinstance(exc, LineTooLong) or (
+        isinstance(exc, BadHttpMessage) and "headers" in str(exc.message)
+    ):
+        return 431, "headers_too_large", "Request header fields too large."
+    if status < 500:
+        return status, "bad_request", "Bad request."
+    return 500, "internal_error", "Internal error."
+
+
 class _PublicServer(web.Server):
-    def __init__(self, gateway: Gateway, audit: AuditLog, **kwargs: Any) -> None:
-        super().__init__(gateway.handle, **kwargs)
+    def __init__(
+        self,
+        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+        audit: AuditLog,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, **kwargs)
         self.audit = audit
 
     def __call__(self) -> RequestHandler:
@@ -86,7 +98,9 @@ class _PublicServer(web.Server):
 
 
 def admin_app(
-    gateway: Gateway, metrics: Metrics, materials: Callable[[], list[Material]]
+    readiness: Callable[[], dict[str, bool]],
+    metrics: Metrics,
+    materials: Callable[[], list[Material]],
 ) -> web.Application:
     """``/healthz``, ``/readyz`` and ``/metrics``; never exposed publicly."""
 
@@ -94,7 +108,7 @@ def admin_app(
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
-        checks = gateway.readiness()
+        checks = readiness()
         for material in materials():
             checks[f"tls:{material.name}"] = material.usable()
         ready = all(checks.values())
@@ -134,12 +148,18 @@ class Edge:
         self.metrics = Metrics()
         self.audit = audit or AuditLog()
         tls = config.listen.tls
+        problems = []
         try:
             self._tls = listener_material(tls.cert_file, tls.key_file) if tls else None
         except (OSError, ssl.SSLError, ValueError) as exc:
-            raise ConfigError([f"listen.tls: cannot load certificate or key ({exc})"]) from None
+            problems.append(f"listen.tls: cannot load certificate or key ({exc})")
         self.tracing = Tracing(config.telemetry, dropped=self.metrics.spans_dropped.inc)
-        self.gateway = Gateway(config, metrics=self.metrics, audit=self.audit, tracing=self.tracing)
+        try:
+            self.gateway = self._gateway(config)
+        except ConfigError as exc:
+            problems += exc.problems
+        if problems:
+            raise ConfigError(problems)
         self._runners: list[web.BaseRunner] = []
         self._watcher: asyncio.Task[None] | None = None
         self.public_address: tuple[str, int] | None = None
@@ -157,18 +177,19 @@ class Edge:
         self.tracing.start()
         limits = self.config.limits
         server = _PublicServer(
-            self.gateway,
+            self._dispatch,
             self.audit,
             max_headers=limits.max_headers * 2,
             max_field_size=limits.max_header_bytes,
-            max_line_size=limits.max_url_bytes + 64,
+            # Generous, so that our own check answers 414 with an audit line.
+            max_line_size=max(8 * limits.max_url_bytes, 65536),
             access_log=None,
         )
         public = web.ServerRunner(
             server, shutdown_timeout=self.config.drain_timeout, handle_signals=False
         )
         admin = web.AppRunner(
-            admin_app(self.gateway, self.metrics, self.tls_materials),
+            admin_app(lambda: self.gateway.readiness(), self.metrics, self.tls_materials),
             access_log=None,
             shutdown_timeout=1.0,
         )
@@ -184,6 +205,23 @@ class Edge:
         self.admin_address = admin_sock.getsockname()[:2]
         self._watcher = asyncio.ensure_future(self._watch_tls())
 
+    def _gateway(self, config: Config) -> Gateway:
+        return Gateway(config, metrics=self.metrics, audit=self.audit, tracing=self.tracing)
+
+    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        # One indirection so SIGHUP can swap the gateway under open keep-alive connections.
+        return await self.gateway.handle(request)
+
+    def reload(self, config: Config) -> Gateway:
+        """SIGHUP: new routes and policies for new requests; returns the old gateway, which
+        the caller closes once requests in flight on it had ``drain_timeout`` to finish.
+
+        Listen addresses, the listener's TLS files and telemetry need a restart.
+        """
+        fresh = self._gateway(config)  # raises ConfigError; the running gateway stays
+        old, self.gateway = self.gateway, fresh
+        return old
+
     def tls_materials(self) -> list[Material]:
         listener = [self._tls] if self._tls else []
         return listener + self.gateway.tls_materials
@@ -192,9 +230,12 @@ class Edge:
         """Re-read TLS files when they change; publish seconds to expiry."""
         while True:
             for material in self.tls_materials():
-                if material.refresh() is False:
-                    self.metrics.tls_reload_failures.labels(material.name).inc()
-                self.metrics.certificate_expiry.labels(material.name).set(expiry_in(material))
+                try:
+                    if material.refresh() is False:
+                        self.metrics.tls_reload_failures.labels(material.name).inc()
+                    self.metrics.certificate_expiry.labels(material.name).set(expiry_in(material))
+                except Exception:  # one bad material must not stop the others' rotation
+                    log.exception("tls %s: watch failed", material.name)
             await asyncio.sleep(self.config.tls_watch_interval)
 
     async def stop(self) -> None:
@@ -202,6 +243,7 @@ class Edge:
         self.gateway.draining = True
         if self._watcher is not None:
             self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
         for runner in self._runners:
             await runner.cleanup()
         await self.gateway.close()

@@ -175,3 +175,42 @@ async def test_dev_serves_the_demo_page(tmp_path: Path) -> None:
 def test_config_file_is_plain_yaml(tmp_path: Path) -> None:
     path = write_config(tmp_path, edge_config("http://127.0.0.1:1"))
     assert yaml.safe_load(path.read_text())["routes"][0]["name"] == "app"
+
+
+async def test_sighup_reloads_routes_and_refuses_a_bad_config(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    path = write_config(tmp_path, edge_config(upstream.url))
+    iap = await start_iap("run", "-c", str(path))
+    try:
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"{iap.public_url}/old") as resp:
+                assert resp.status == 200
+            write_config(
+                tmp_path, edge_config(upstream.url, route={"match": {"path_prefix": "/new/"}})
+            )
+            iap.proc.send_signal(signal.SIGHUP)
+            await iap.wait_for_stderr("iap: reloaded routes and policies")
+            async with client.get(f"{iap.public_url}/old") as resp:
+                assert resp.status == 404
+            async with client.get(f"{iap.public_url}/new/x") as resp:
+                assert resp.status == 200
+            path.write_text("routes: [}", encoding="utf-8")
+            iap.proc.send_signal(signal.SIGHUP)
+            await iap.wait_for_stderr("iap: reload refused")
+            async with client.get(f"{iap.public_url}/new/x") as resp:
+                assert resp.status == 200  # the last good routes keep serving
+    finally:
+        assert await iap.stop() == 0
+
+
+def test_check_loads_tls_material_and_names_every_key(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate", encoding="utf-8")
+    document = edge_config("https://127.0.0.1:1")
+    document["listen"]["tls"] = {"cert_file": str(garbage), "key_file": str(garbage)}
+    document["routes"][0]["upstream_tls"] = {"ca_file": str(garbage)}
+    result = iap_cli("check", "-c", str(write_config(tmp_path, document)))
+    assert result.returncode == 2
+    assert "listen.tls" in result.stderr
+    assert "routes[0].upstream_tls" in result.stderr

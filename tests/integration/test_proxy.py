@@ -382,3 +382,10 @@ async def test_one_audit_line_per_request_of_every_kind(
     }
     assert all(set(line) == fields for line in lines)
     assert len({line["correlation_id"] for line in lines}) == 5
+
+
+@pytest.mark.parametrize("length", [9000, 20_000, 100_000])
+async def test_overlong_request_target_gives_414(edge: RunningEdge, length: int) -> None:
+    answer = await raw_request(edge.port, request_head("/" + "a" * length))
+    assert answer.status == 414
+    assert answer.headers["server"] == "iap"
