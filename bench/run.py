@@ -2,16 +2,24 @@
 
 Every target is measured with the same wrk settings, one after another, each after a short
 warm-up, against one shared fast upstream (bench/upstream.py). The results table, the ratios of
-each iap row to each naive-proxy row and a description of the machine are printed and written
-between the markers in docs/PERFORMANCE.md.
+each iap row to each naive-proxy row, the cost of tracing (each ``baseline`` row against the row
+it names, with its target) and a description of the machine are printed and written between the
+markers in docs/PERFORMANCE.md.
 
 Adding a scenario is one entry in :data:`SCENARIOS`. A scenario's ``start`` is a context manager
 factory: given the :class:`Env` it starts its target, yields the URL to load and cleans up on
-exit. For another iap configuration, ``iap_target(config)`` does the work; ``config`` maps the
-upstream URL to the config keys besides ``public_url``, ``listen`` and ``admin``.
+exit; it may leave facts for the report in ``env.notes`` (an OTLP sink's span count, iap's
+``iap_spans_dropped_total``). For another iap configuration, ``iap_target(config)`` does the work;
+``config`` maps the upstream URL to the config keys besides ``public_url``, ``listen`` and
+``admin``. ``traced_target(ratio)`` runs the public route with tracing exported to
+bench/otlp_sink.py at that sample ratio.
 
 Environment: BENCH_DURATION (seconds per target, default 10), BENCH_CONNECTIONS (default 32),
-BENCH_WARMUP (seconds, default 2), BENCH_THREADS (wrk threads, default 1).
+BENCH_WARMUP (seconds, default 2), BENCH_THREADS (wrk threads, default 1), BENCH_ONLY
+(comma-separated parts of scenario names: run only those, for a quick look; such a partial run
+prints its tables but leaves docs/PERFORMANCE.md alone), BENCH_PROFILE (a directory: run every
+iap target under bench/profiled_iap.py, cProfile on every thread, one subdirectory per scenario;
+the figures of such a run are distorted and the doc is left alone).
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -121,6 +129,17 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     raise BenchError(f"{url} not ready after {READY_TIMEOUT:.0f}s ({last}):\n{tail(log)}")
 
 
+def _metric(url: str, name: str) -> float | None:
+    """One unlabelled sample from a Prometheus text page; None when absent or unreachable."""
+    try:
+        with urllib.request.urlopen(url, timeout=5.0) as response:
+            text = response.read().decode(errors="replace")
+    except OSError:
+        return None
+    found = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else None
+
+
 def tail(log: Path, lines: int = 20) -> str:
     try:
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
@@ -137,10 +156,12 @@ class BenchError(Exception):
 
 @dataclass(frozen=True)
 class Env:
-    """What every scenario gets: the shared upstream and a private scratch directory."""
+    """What every scenario gets: the shared upstream, a scratch directory and its own notes."""
 
     upstream: str
     workdir: Path
+    notes: dict[str, int] = field(default_factory=dict)  # filled by the scenario, for the report
+    scenario: str = ""
 
 
 Start = Callable[[Env], contextlib.AbstractContextManager[str]]
@@ -149,12 +170,20 @@ Kind = Literal["direct", "naive", "iap"]
 
 @dataclass(frozen=True)
 class Scenario:
-    """A row of the table. ``kind`` picks the ratios: each iap row against each naive row."""
+    """A row of the table. ``kind`` picks the ratios: each iap row against each naive row.
+
+    A row with a ``baseline`` (another row's name) is also compared with that row alone, for
+    the cost of one feature: requests/s of this row over the baseline's must reach ``target``.
+    """
 
     name: str
     start: Start
     kind: Kind = "iap"
     ratio_label: str = ""  # naive rows: the column header "iap / <ratio_label>"
+    baseline: str = ""
+    target: float | None = None
+    label: str = ""  # short name in the cost table, e.g. "tracing 0.1"
+    baseline_label: str = ""  # e.g. "tracing off"
 
 
 @contextlib.contextmanager
@@ -177,9 +206,14 @@ def naive_target(loop: Literal["asyncio", "uvloop"]) -> Start:
     return start
 
 
-def iap_executable() -> str:
+def iap_command(env: Env) -> list[str]:
+    """``iap``, or with BENCH_PROFILE iap under cProfile writing to a directory per scenario."""
+    profile = os.environ.get("BENCH_PROFILE", "").strip()
+    if profile:
+        out = Path(profile).resolve() / re.sub(r"[^A-Za-z0-9_.-]+", "_", env.scenario or "iap")
+        return [sys.executable, str(BENCH / "profiled_iap.py"), str(out)]
     beside = Path(sys.executable).parent / "iap"
-    return str(beside) if beside.exists() else str(ROOT / ".venv" / "bin" / "iap")
+    return [str(beside) if beside.exists() else str(ROOT / ".venv" / "bin" / "iap")]
 
 
 def iap_target(config: Callable[[str], dict[str, Any]]) -> Start:
@@ -198,9 +232,13 @@ def iap_target(config: Callable[[str], dict[str, Any]]) -> Start:
         path = env.workdir / f"iap-{port}.yaml"
         path.write_text(yaml.safe_dump(document, sort_keys=False))
         log = env.workdir / f"iap-{port}.log"
-        with spawn([iap_executable(), "run", "-c", str(path)], log) as proc:
+        with spawn([*iap_command(env), "run", "-c", str(path)], log) as proc:
             wait_ready(f"http://{HOST}:{admin}/readyz", proc, log)
+            env.notes["pid"] = proc.pid  # for the CPU of its threads
             yield f"{url}/"
+            dropped = _metric(f"http://{HOST}:{admin}/metrics", "iap_spans_dropped_total")
+            if dropped is not None:
+                env.notes["spans_dropped"] = round(dropped)
 
     return start
 
@@ -209,11 +247,58 @@ def public_route(upstream: str) -> dict[str, Any]:
     return {"routes": [{"name": "bench", "upstream": upstream, "policy": {"public": True}}]}
 
 
+_SINK_LINE = re.compile(r"otlp_sink: spans=(\d+) exports=(\d+) rejected=(\d+) bytes=(\d+)")
+
+
+def traced_target(sample_ratio: float) -> Start:
+    """The public route with spans exported over OTLP/HTTP to bench/otlp_sink.py.
+
+    Notes ``spans``, ``exports`` and ``rejected`` as counted by the sink after iap has stopped
+    (iap flushes its queue on SIGTERM), and iap's ``spans_dropped``.
+    """
+
+    @contextlib.contextmanager
+    def start(env: Env) -> Iterator[str]:
+        port = free_port()
+        log = env.workdir / f"otlp-sink-{port}.log"
+        argv = [sys.executable, str(BENCH / "otlp_sink.py"), "--port", str(port)]
+        with spawn(argv, log) as sink:
+            wait_ready(f"http://{HOST}:{port}/healthz", sink, log)
+
+            def config(upstream: str) -> dict[str, Any]:
+                telemetry = {"otlp_endpoint": f"http://{HOST}:{port}", "sample_ratio": sample_ratio}
+                return {**public_route(upstream), "telemetry": telemetry}
+
+            with iap_target(config)(env) as url:
+                yield url
+        found = _SINK_LINE.search(log.read_text(errors="replace"))
+        if found is None:
+            raise BenchError(f"the OTLP sink printed no counts:\n{tail(log)}")
+        spans, exports, rejected, _bytes = (int(n) for n in found.groups())
+        env.notes.update(spans=spans, exports=exports, rejected=rejected)
+
+    return start
+
+
+def tracing(ratio: float, target: float) -> Scenario:
+    """Issue 6: tracing at ``ratio`` keeps at least ``target`` of the requests/s without it."""
+    return Scenario(
+        f"iap tracing {ratio}",
+        traced_target(ratio),
+        baseline="iap public route",  # no otlp_endpoint: iap makes no spans at all
+        target=target,
+        label=f"tracing {ratio}",
+        baseline_label="tracing off",
+    )
+
+
 SCENARIOS: list[Scenario] = [
     Scenario("direct", direct_target, kind="direct"),
     Scenario("naive (asyncio loop)", naive_target("asyncio"), "naive", "naive (asyncio)"),
     Scenario("naive (uvloop)", naive_target("uvloop"), "naive", "naive (uvloop)"),
     Scenario("iap public route", iap_target(public_route)),
+    tracing(0.1, target=0.90),
+    tracing(1.0, target=0.65),
 ]
 
 
@@ -269,6 +354,8 @@ class Result:
     non_2xx_3xx: int
     socket_errors: int
     socket_detail: str
+    served: int = 0  # every request the target answered: warm-up, check and measured
+    notes: dict[str, int] = field(default_factory=dict)
 
 
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
@@ -285,6 +372,23 @@ def run_wrk(settings: Settings, url: str, duration: int) -> str:
     if done.returncode != 0:
         raise BenchError(f"{' '.join(argv)} exited with {done.returncode}:\n{done.stderr}")
     return done.stdout
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of ``pid``; empty where /proc is missing.
+
+    A thread that ended between two readings is missed, which the long-lived threads of iap
+    (event loop, span export) never do.
+    """
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    cpu = {}
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+                fields = stat[stat.rindex(")") + 2 :].split()
+                cpu[int(tid)] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return cpu
 
 
 def parse_wrk(output: str, scenario: Scenario) -> Result:
@@ -311,14 +415,26 @@ def parse_wrk(output: str, scenario: Scenario) -> Result:
 
 def measure(scenario: Scenario, env: Env, settings: Settings) -> Result:
     print(f"== {scenario.name}", file=sys.stderr, flush=True)
+    env = replace(env, notes={}, scenario=scenario.name)
+    warmup = 0
     with scenario.start(env) as url:
         status = http_status(url)
         if status != 200:
             print(f"   warning: GET {url} answered {status}", file=sys.stderr)
         if settings.warmup:
-            run_wrk(settings, url, settings.warmup)
+            warm = _TOTAL.search(run_wrk(settings, url, settings.warmup))
+            warmup = int(warm.group(1)) if warm else 0
+        pid = env.notes.get("pid")
+        before = thread_cpu(pid) if pid else {}
         output = run_wrk(settings, url, settings.duration)
+        after = thread_cpu(pid) if pid else {}
     result = parse_wrk(output, scenario)
+    notes = dict(env.notes)
+    if pid and after:
+        spent = {tid: cpu - before.get(tid, 0.0) for tid, cpu in after.items()}
+        notes["cpu_main_us"] = round(spent.pop(pid, 0.0) * 1e6)
+        notes["cpu_other_us"] = round(sum(spent.values()) * 1e6)
+    result = replace(result, served=1 + warmup + result.requests, notes=notes)
     print(
         f"   {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms",
         file=sys.stderr,
@@ -326,6 +442,9 @@ def measure(scenario: Scenario, env: Env, settings: Settings) -> Result:
     if result.non_2xx_3xx or result.socket_errors:
         print(f"   errors: {result.non_2xx_3xx} non-2xx/3xx", file=sys.stderr, end="")
         print(f"; socket errors: {result.socket_detail or 'none'}", file=sys.stderr)
+    if "spans" in result.notes:
+        print(f"   OTLP sink: {result.notes['spans']:,} spans", file=sys.stderr, end="")
+        print(f", iap dropped {result.notes.get('spans_dropped', 'n/a')}", file=sys.stderr)
     return result
 
 
@@ -434,11 +553,80 @@ def ratios_table(results: Sequence[Result]) -> str:
     return _table(header, rows, right_from=2)
 
 
+def cost_table(scenarios: Sequence[Scenario], results: Sequence[Result]) -> str:
+    """Each row with a baseline against that row: requests/s ratio, target, met or not."""
+    by_name = {r.name: r for r in results}
+    header = ["Ratio", "Requests/s", "Target", "Met", "p50", "p99"]
+    rows = []
+    for scenario in scenarios:
+        mine, base = by_name.get(scenario.name), by_name.get(scenario.baseline)
+        if not scenario.baseline or mine is None or base is None:
+            continue
+        ratio = mine.rps / base.rps if base.rps else 0.0
+        target, met = "", ""
+        if scenario.target is not None:
+            target = f">= {scenario.target:.2f}"
+            met = "pass" if base.rps and round(ratio, 2) >= scenario.target else "FAIL"
+        label = f"{scenario.label or scenario.name} / {scenario.baseline_label or base.name}"
+        p50, p99 = _ratio(mine.p50_ms, base.p50_ms), _ratio(mine.p99_ms, base.p99_ms)
+        rows.append([label, f"{ratio:.2f}", target, met, p50, p99])
+    if not rows:
+        return "(no rows with a baseline in this run)"
+    return _table(header, rows)
+
+
+def exporter_table(results: Sequence[Result]) -> str:
+    """What the OTLP sink received: proof that the exporter ran, and how much it dropped."""
+    header = ["Target", "Requests served", "Spans received", "Spans / request", "Exports"]
+    header += ["Rejected by sink", "iap_spans_dropped_total"]
+    rows = []
+    for r in results:
+        if "spans" not in r.notes:
+            continue
+        notes = r.notes
+        dropped = notes.get("spans_dropped")
+        rows.append(
+            [
+                r.name,
+                f"{r.served:,}",
+                f"{notes['spans']:,}",
+                f"{notes['spans'] / r.served:.3f}" if r.served else "n/a",
+                f"{notes.get('exports', 0):,}",
+                f"{notes.get('rejected', 0):,}",
+                f"{dropped:,}" if dropped is not None else "n/a",
+            ]
+        )
+    return _table(header, rows) if rows else "(no tracing rows in this run)"
+
+
+def cpu_table(results: Sequence[Result], settings: Settings) -> str:
+    """CPU of the iap process per measured request, split by thread (Linux /proc)."""
+    header = ["Target", "Event loop thread", "Other threads", "Total", "Cores busy"]
+    rows = []
+    for r in results:
+        if "cpu_main_us" not in r.notes or not r.requests:
+            continue
+        main, other = r.notes["cpu_main_us"], r.notes["cpu_other_us"]
+        cores = (main + other) / 1e6 / settings.duration
+        rows.append(
+            [
+                r.name,
+                f"{main / r.requests:.0f} µs",
+                f"{other / r.requests:.0f} µs",
+                f"{(main + other) / r.requests:.0f} µs",
+                f"{cores:.2f}",
+            ]
+        )
+    return _table(header, rows) if rows else "(no per-thread CPU figures on this system)"
+
+
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b else "n/a"
 
 
-def report(results: Sequence[Result], settings: Settings) -> str:
+def report(
+    results: Sequence[Result], settings: Settings, scenarios: Sequence[Scenario] = ()
+) -> str:
     machine_rows = [[key, value.replace("|", "\\|")] for key, value in machine()]
     parts = [
         "<!-- Generated by bench/run.py (`make bench`); edits between the markers are lost. -->",
@@ -452,6 +640,23 @@ def report(results: Sequence[Result], settings: Settings) -> str:
         "### iap relative to the naive proxy",
         "Requests/s below 1 and latency above 1 mean iap is slower than the naive proxy.",
         ratios_table(results),
+        "### Cost of tracing",
+        "Each tracing row over `iap public route` of the same run, which has no `otlp_endpoint` "
+        "(tracing off: iap makes no spans). The tracing rows export every sampled span over "
+        "OTLP/HTTP to bench/otlp_sink.py, which decodes each `ExportTraceServiceRequest` and "
+        "counts its spans. Targets from issue 6: requests/s at sample ratio 0.1 at least 0.90 of "
+        "tracing off, at ratio 1.0 at least 0.65. p50 and p99 are latency ratios (above 1: "
+        "slower).",
+        cost_table(scenarios, results),
+        "Spans the sink received while each tracing row ran (warm-up included; a proxied request "
+        "makes a SERVER and a CLIENT span, so spans per request is about 2 x the sample ratio):",
+        exporter_table(results),
+        "### CPU of the iap process per request",
+        "CPU time (user + system, from /proc) of iap's threads during the measured run, divided "
+        "by the requests wrk completed. The event loop thread handles every request; the other "
+        "threads are, with tracing on, the span exporter's. All threads share one GIL, so "
+        "their sum is what bounds one process at about one busy core.",
+        cpu_table(results, settings),
     ]
     return "\n\n".join(parts)
 
@@ -468,13 +673,20 @@ INTRO = """\
   (one shared `ClientSession`, whole body buffered, no authentication, no audit log), once on
   the default asyncio event loop and once on uvloop;
 - `iap`: the real proxy, `iap run` as a single process, with the configurations listed in
-  `SCENARIOS` in bench/run.py (so far a public route: no authentication; the JSON audit line
-  iap prints on stdout for every request goes to /dev/null).
+  `SCENARIOS` in bench/run.py: a public route (no authentication; the JSON audit line iap
+  prints on stdout for every request goes to /dev/null), with tracing off (no
+  `otlp_endpoint`: iap makes no spans), and the same route with tracing on at sample ratios
+  0.1 and 1.0 (`iap tracing 0.1`, `iap tracing 1.0`), each exporting over OTLP/HTTP to its own
+  bench/otlp_sink.py, a minimal uvloop receiver that decodes every
+  `ExportTraceServiceRequest`, counts its spans and answers 200. The sink's span count is
+  reported, so the tables show that the exporter really ran.
 
 Every target is measured one after another with the same wrk settings after a short warm-up.
 Reproduce with `make bench`; `BENCH_DURATION` (seconds per target), `BENCH_CONNECTIONS`,
 `BENCH_WARMUP` and `BENCH_THREADS` change the wrk settings. The run rewrites the section
-between the markers below.
+between the markers below. `BENCH_ONLY=tracing` (parts of scenario names) runs a subset, and
+`BENCH_PROFILE=DIR` runs iap under cProfile on every thread (bench/profiled_iap.py); both
+print their tables and leave this file alone.
 
 The figures are from one run on the machine described below. wrk, the upstream and the proxy
 under test share its 2 cores, so the absolute numbers are low and move between runs and
@@ -517,17 +729,24 @@ def run(scenarios: Sequence[Scenario], settings: Settings) -> list[Result]:
 def main() -> int:
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with INT ignored
+    only = [part.strip() for part in os.environ.get("BENCH_ONLY", "").split(",") if part.strip()]
+    scenarios = [s for s in SCENARIOS if not only or any(part in s.name for part in only)]
     try:
+        if not scenarios:
+            raise BenchError(f"BENCH_ONLY={os.environ['BENCH_ONLY']!r} matches no scenario")
         settings = Settings.from_env()
-        results = run(SCENARIOS, settings)
+        results = run(scenarios, settings)
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
         return 130
-    section = report(results, settings)
+    section = report(results, settings, scenarios)
     print(section)
+    if only or os.environ.get("BENCH_PROFILE", "").strip():
+        print(f"\npartial or profiled run: {DOC.relative_to(ROOT)} left alone", file=sys.stderr)
+        return 0
     write_doc(section)
     print(f"\nwrote {DOC.relative_to(ROOT)}", file=sys.stderr)
     return 0
