@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
@@ -132,6 +133,10 @@ async def serve(edge: Any, *, reuse_port: bool, config_path: str | None = None) 
         print(f"iap: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         await edge.stop()
         return EXIT_FAILURE
+    # Everything allocated so far lives as long as the process: keep the collector from
+    # walking it again and again (gc.freeze, as pre-fork servers do).
+    gc.collect()
+    gc.freeze()
     print(f"iap listening: {edge.describe()}", file=sys.stderr, flush=True)
     reloads: set[asyncio.Task[None]] = set()
     if config_path is not None:

@@ -20,6 +20,25 @@ from typing import TextIO
 
 from iap.model import Exchange
 
+# json.dumps with non-default arguments builds a new encoder on every call.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _second(whole: int) -> str:
+    return datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+_last_second: tuple[int, str] = (0, _second(0))
+
+
+def _timestamp(now: float) -> str:
+    """RFC 3339 UTC with milliseconds; the date part is formatted once per second."""
+    global _last_second
+    whole = int(now)
+    if whole != _last_second[0]:
+        _last_second = (whole, _second(whole))
+    return f"{_last_second[1]}.{int((now - whole) * 1000):03d}Z"
+
 
 class AuditLog:
     def __init__(self, stream: TextIO | None = None) -> None:
@@ -30,7 +49,7 @@ class AuditLog:
         """Write ``exchange`` as one line; ``now`` is a ``time.perf_counter`` reading."""
         elapsed = (now if now is not None else time.perf_counter()) - exchange.started
         line = {
-            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "ts": _timestamp(time.time()),
             "correlation_id": exchange.correlation_id,
             "trace_id": exchange.trace_id,
             "span_id": exchange.span_id,
@@ -50,7 +69,7 @@ class AuditLog:
             "bytes_in": exchange.bytes_in,
             "bytes_out": exchange.bytes_out,
         }
-        self._pending.append(json.dumps(line, separators=(",", ":")) + "\n")
+        self._pending.append(_encode(line) + "\n")
         if len(self._pending) == 1:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from datetime import datetime
 
-from iap.adapters.audit import AuditLog
+from hypothesis import given
+from hypothesis import strategies as st
+
+from iap.adapters.audit import AuditLog, _timestamp
 from iap.model import Exchange
 
 FIELDS = {
@@ -105,3 +109,11 @@ def test_closed_stream_does_not_raise() -> None:
     stream = io.StringIO()
     stream.close()
     AuditLog(stream).record(_exchange(), now=101.0)
+
+
+@given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
+def test_timestamps_are_rfc3339_utc_milliseconds(now: float) -> None:
+    text = _timestamp(now)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", text)
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    assert now - 0.001 <= parsed <= now + 0.000_001

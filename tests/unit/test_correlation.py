@@ -38,3 +38,14 @@ def test_trusted_but_unsafe_id_is_replaced(incoming: str) -> None:
 
 def test_generated_ids_differ() -> None:
     assert len({choose(None, trusted=True) for _ in range(50)}) == 50
+
+
+def test_generated_ids_are_unique_version_4_uuids() -> None:
+    import uuid
+
+    ids = [choose(None, trusted=False) for _ in range(3 * 256 + 7)]  # across batch refills
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert str(parsed) == text
