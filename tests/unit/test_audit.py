@@ -10,7 +10,8 @@ from datetime import datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from iap.adapters.audit import AuditLog, _timestamp
+from iap.adapters.audit import FIELDS as AUDIT_FIELDS
+from iap.adapters.audit import AuditLog, _timestamp, json_line
 from iap.model import Exchange
 
 FIELDS = {
@@ -117,3 +118,20 @@ def test_timestamps_are_rfc3339_utc_milliseconds(now: float) -> None:
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", text)
     parsed = datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     assert now - 0.001 <= parsed <= now + 0.000_001
+
+
+_VALUE = st.one_of(
+    st.none(),
+    st.text(),
+    st.integers(min_value=-(2**63), max_value=2**63),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+
+
+@given(st.lists(_VALUE, min_size=19, max_size=19))
+def test_json_line_is_what_json_dumps_writes(values: list[object]) -> None:
+    line = json_line(tuple(values))  # type: ignore[arg-type]
+    assert line.endswith("\n")
+    assert line.count("\n") == 1
+    expected = json.dumps(dict(zip(AUDIT_FIELDS, values, strict=True)), separators=(",", ":"))
+    assert line == expected + "\n"
