@@ -24,6 +24,14 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from iap.adapters.http1 import (
+    Answer,
+    BadResponse,
+    ConnectFailed,
+    ConnectTimeout,
+    Pool,
+    UpstreamClosed,
+)
 from iap.adapters.tls import Material, upstream_material
 from iap.config import Route, UpstreamTLS
 from iap.domain.circuit import CircuitBreaker
@@ -34,7 +42,6 @@ from iap.errors import (
     GatewayTimeout,
     PayloadTooLarge,
     RequestError,
-    UpstreamError,
 )
 
 SERVER = "iap"
@@ -68,9 +75,24 @@ class Upstream:
     circuit: CircuitBreaker
     limit: int = 1000
     _session: aiohttp.ClientSession | None = field(default=None, init=False)
+    _pool: Pool | None = field(default=None, init=False)
+
+    @property
+    def pool(self) -> Pool:
+        """Plain HTTP exchanges (created on first use, inside the event loop)."""
+        if self._pool is None:
+            self._pool = Pool(
+                self.host,
+                self.port,
+                tls=lambda: self.tls.context if self.tls is not None else None,
+                server_name=self.server_name,
+                limit=self.limit,
+            )
+        return self._pool
 
     @property
     def session(self) -> aiohttp.ClientSession:
+        """WebSocket upgrades (aiohttp)."""
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self.limit, keepalive_timeout=30)
             self._session = aiohttp.ClientSession(
@@ -88,6 +110,8 @@ class Upstream:
         return self.tls.context if self.tls is not None else False
 
     async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
         if self._session is not None:
             await self._session.close()
 
@@ -149,26 +173,27 @@ async def forward(
     body = await _request_body(request, max_body, transfer)
     started = time.perf_counter()
     try:
-        async with upstream.session.request(
+        answer = await upstream.pool.request(
             request.method,
-            upstream.origin + target,
-            headers=headers,
-            data=body,
-            allow_redirects=False,
-            timeout=timeouts,
-            ssl=upstream.ssl,
-            server_hostname=upstream.server_name,
-        ) as answer:
-            transfer.upstream_seconds = time.perf_counter() - started
-            upstream.circuit.succeeded()
-            return await _relay(request, answer, reply_headers, transfer)
-    except UpstreamError:
-        raise
+            target,
+            headers,
+            body,
+            connect_timeout=timeouts.sock_connect or 0.0,
+            read_timeout=timeouts.sock_read or 0.0,
+        )
     except asyncio.CancelledError:
         upstream.circuit.abandoned()
         raise
     except Exception as exc:
         raise _translate(exc, upstream, transfer) from exc
+    transfer.upstream_seconds = time.perf_counter() - started
+    upstream.circuit.succeeded()
+    try:
+        return await _relay(request, answer, reply_headers, transfer)
+    except (ConnectionError, TimeoutError) as exc:  # the body of a small answer broke off
+        raise _translate(exc, upstream, transfer) from exc
+    finally:
+        answer.release()
 
 
 async def _request_body(
@@ -201,12 +226,12 @@ async def _stream_body(
 
 async def _relay(
     request: web.BaseRequest,
-    answer: aiohttp.ClientResponse,
+    answer: Answer,
     reply_headers: Sequence[tuple[str, str]],
     transfer: Transfer,
 ) -> web.StreamResponse:
     # Server is overwritten as Envoy does by default: no upstream banner leaks.
-    headers = HeaderFilter.response(answer.headers.items(), _REPLACED)
+    headers = HeaderFilter.response(answer.headers, _REPLACED)
     headers.append(("Server", SERVER))
     headers.extend(reply_headers)
     length = answer.content_length
@@ -230,13 +255,13 @@ async def _relay(
 
 async def _pump(
     request: web.BaseRequest,
-    answer: aiohttp.ClientResponse,
+    answer: Answer,
     response: web.StreamResponse,
     transfer: Transfer,
 ) -> None:
     """Copy the body; on a failure mid-way, abort the client connection (status is sent)."""
     try:
-        async for chunk in answer.content.iter_any():
+        async for chunk in answer.chunks():
             try:
                 await response.write(chunk)
             except ConnectionError:
@@ -244,7 +269,7 @@ async def _pump(
                 return
             transfer.bytes_out += len(chunk)
         await response.write_eof()
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except (ConnectionError, TimeoutError) as exc:
         transfer.aborted = type(exc).__name__
         if request.transport is not None:
             request.transport.abort()
@@ -255,17 +280,28 @@ def _translate(exc: Exception, upstream: Upstream, transfer: Transfer) -> Reques
     if transfer.body_too_large:
         return PayloadTooLarge(f"streamed body over limit after {transfer.bytes_in} bytes")
     name = type(exc).__name__
-    unreachable = isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+    unreachable = isinstance(
+        exc,
+        ConnectFailed
+        | ConnectTimeout
+        | aiohttp.ClientConnectorError
+        | aiohttp.ConnectionTimeoutError,
+    )
     if unreachable:
         upstream.circuit.failed()
     else:  # the connection worked; a slow or broken answer says nothing about reachability
         upstream.circuit.succeeded()
+    cause = exc.__cause__ if isinstance(exc, ConnectFailed) else exc
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return BadGateway(f"upstream certificate refused: {cause}")
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return BadGateway(f"upstream certificate refused: {exc.certificate_error}")
-    if isinstance(exc, aiohttp.ClientSSLError):
-        return BadGateway(f"upstream TLS failure ({name}): {exc}")
+    if isinstance(cause, ssl.SSLError | aiohttp.ClientSSLError):
+        return BadGateway(f"upstream TLS failure ({type(cause).__name__}): {cause}")
     if isinstance(exc, TimeoutError):
         return GatewayTimeout(f"upstream timeout ({name})")
+    if isinstance(exc, ConnectFailed | UpstreamClosed | BadResponse):
+        return BadGateway(f"upstream failure ({name}): {exc}")
     if isinstance(exc, aiohttp.ClientError | OSError):
         # Not str(exc): it can carry the request URL (query strings hold codes) or upstream bytes.
         return BadGateway(f"upstream failure ({name})")
