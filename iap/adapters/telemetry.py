@@ -1,4 +1,8 @@
-"""Tracing (SPEC §2 step 3, §8): the only module that imports the OpenTelemetry SDK.
+"""Tracing (SPEC §2 step 3, §8): sampling, ids, propagation and span records.
+
+Together with ``iap.adapters.span_export`` the only place that imports OpenTelemetry.
+The request path records spans as plain tuples; OTLP encoding and export (the SDK's,
+pure Python, ~40 µs per span) run in a separate process fed through a pipe.
 
 Invariants:
 - An incoming trace context is continued only from a trusted proxy; from anyone else
@@ -7,9 +11,11 @@ Invariants:
 - The upstream's ``traceparent`` (and B3 headers) name iap's CLIENT span as parent.
 - Client-sent propagation headers never reach the upstream as sent; iap writes its own.
 - Spans carry no header values, query strings, tokens, cookies or emails.
-- An exporter that is down never slows a request: spans queue in a bounded buffer and
-  are exported from a background thread; spans lost to a full queue or a failed export
-  are counted in ``iap_spans_dropped_total``.
+- An exporter that is down never slows a request: spans wait in a bounded buffer that a
+  feeder thread hands to the exporter process; spans lost to a full buffer, a failed
+  export or a dead exporter are counted in ``iap_spans_dropped_total``.
+- Sampling follows the SDK's parent-based trace-id ratio: a trusted parent's flag, else
+  ``trace_id`` against ``TraceIdRatioBased``'s bound, so the whole trace agrees.
 - Decisions (authentication, authorization, rate limit, mint) are span *events* on the
   SERVER span, not child spans: an event costs a list append, a span an id, a context
   and an export record (see docs/observability.md).
@@ -18,18 +24,24 @@ Invariants:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence, Sized
+import pickle
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
+from opentelemetry.propagators.b3 import B3MultiFormat, B3SingleFormat
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import TextMapPropagator
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from iap.config import Telemetry as TelemetryConfig
@@ -38,9 +50,6 @@ _EMPTY_CONTEXT = Context()
 
 
 def _propagator(names: Sequence[str]) -> TextMapPropagator:
-    from opentelemetry.baggage.propagation import W3CBaggagePropagator
-    from opentelemetry.propagators.b3 import B3MultiFormat, B3SingleFormat
-
     known: dict[str, Callable[[], TextMapPropagator]] = {
         "tracecontext": TraceContextTextMapPropagator,
         "baggage": W3CBaggagePropagator,
@@ -50,85 +59,46 @@ def _propagator(names: Sequence[str]) -> TextMapPropagator:
     return CompositePropagator([known[name]() for name in names])
 
 
-class _CountingExporter(SpanExporter):
-    """Counts the spans of every failed export: with the collector down they are lost."""
-
-    def __init__(self, inner: SpanExporter, dropped: Callable[[int], None]) -> None:
-        self._inner = inner
-        self._dropped = dropped
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            result = self._inner.export(spans)
-        except Exception:
-            result = SpanExportResult.FAILURE
-        if result is not SpanExportResult.SUCCESS:
-            self._dropped(len(spans))
-        return result
-
-    def shutdown(self) -> None:
-        self._inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self._inner.force_flush(timeout_millis)
+SpanTuple = tuple[Any, ...]
+_SEND_EVERY = 0.5  # seconds between hand-overs to the exporter process
+_SEND_AT = 512  # or as soon as this many spans wait
+_SERVER, _CLIENT = SpanKind.SERVER.value, SpanKind.CLIENT.value
 
 
-class _CountingBatchProcessor(BatchSpanProcessor):
-    """BatchSpanProcessor that also counts spans refused because its queue is full."""
-
-    def __init__(
-        self, exporter: SpanExporter, max_queue_size: int, dropped: Callable[[int], None]
-    ) -> None:
-        super().__init__(
-            exporter, max_queue_size=max_queue_size, max_export_batch_size=min(512, max_queue_size)
-        )
-        self._max = max_queue_size
-        self._dropped = dropped
-        # The SDK keeps its queue private; without it only failed exports could be counted.
-        self._queue: Sized | None = getattr(self._batch_processor, "_queue", None)
-
-    def on_end(self, span: ReadableSpan) -> None:
-        sampled = span.context is not None and span.context.trace_flags.sampled
-        if sampled and self._queue is not None and len(self._queue) >= self._max:
-            self._dropped(1)
-        super().on_end(span)
-
-
-def _exporter(config: TelemetryConfig) -> SpanExporter | None:
-    """The OTLP exporter from config, else from ``OTEL_EXPORTER_OTLP_*``; None when neither."""
-    env_endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_ENDPOINT"
-    )
-    if config.otlp_endpoint is None and not env_endpoint:
+def _endpoint(config: TelemetryConfig) -> str | None:
+    """Where spans go: ``telemetry.otlp_endpoint``, else ``OTEL_EXPORTER_OTLP_*``."""
+    traces = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    base = config.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if config.otlp_endpoint is None and traces:
+        return traces
+    if base is None:
         return None
-    timeout = config.export_timeout
-    if config.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-            OTLPSpanExporter as GrpcExporter,
-        )
-
-        return GrpcExporter(endpoint=config.otlp_endpoint, timeout=timeout)
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-    endpoint = f"{config.otlp_endpoint}/v1/traces" if config.otlp_endpoint else None
-    return OTLPSpanExporter(endpoint=endpoint, timeout=timeout)
+    return base if config.protocol == "grpc" else f"{base.rstrip('/')}/v1/traces"
 
 
 class Tracing:
-    """Tracer, sampler, propagators and exporter for one process."""
+    """Sampling, ids, propagation and span records for one process.
+
+    Spans are recorded as tuples and handed in batches to a child process that encodes
+    and exports them (``iap.adapters.span_export``); a bounded buffer sits in between.
+    """
 
     def __init__(
         self,
         config: TelemetryConfig,
         *,
         dropped: Callable[[int], None],
-        exporter: SpanExporter | None = None,
+        spawn: bool = True,
     ) -> None:
-        """``exporter`` overrides the OTLP exporter the config describes (tests)."""
+        """``spawn=False`` records without an exporter process (tests of the buffer)."""
         self._config = config
-        self._exporter = exporter
         self._dropped = dropped
+        self._spawn = spawn
         self.propagator = _propagator(config.propagators)
+        self._fast_inject = set(config.propagators) <= {"tracecontext", "b3multi", "baggage"}
+        self._w3c = "tracecontext" in config.propagators
+        self._b3 = "b3multi" in config.propagators
+        self._baggage = "baggage" in config.propagators
         self.propagation_headers = frozenset(self.propagator.fields) | {
             "baggage",
             "b3",
@@ -140,39 +110,116 @@ class Tracing:
             "traceparent",
             "tracestate",
         }
-        self._provider: TracerProvider | None = None
-        self.tracer: trace.Tracer = trace.NoOpTracer()
+        self._bound = TraceIdRatioBased.get_bound_for_rate(config.sample_ratio)
+        self._spans: deque[SpanTuple] = deque()
+        self._wake = threading.Event()
+        self._flushed = threading.Event()
+        self._flush_wanted = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._process: BaseProcess | None = None
+        self._pipe: Connection | None = None
+        self._reported_drops = 0
         self.enabled = False
 
     def start(self) -> None:
-        """Create the provider and its export thread (after any fork).
+        """Start the exporter process and its feeder thread (after any fork).
 
-        Without an exporter nothing would ever see a span, so none are made: the NoOp
-        tracer passes a trusted proxy's context through to the upstream unchanged.
+        Without an endpoint nothing would ever see a span, so none are made: a trusted
+        proxy's context passes through to the upstream unchanged.
         """
-        exporter = self._exporter or _exporter(self._config)
-        if exporter is None:
+        endpoint = _endpoint(self._config)
+        if endpoint is None and self._spawn:
             return
-        name = os.environ.get("OTEL_SERVICE_NAME") or self._config.service_name
-        self._provider = TracerProvider(
-            resource=Resource.create({SERVICE_NAME: name}),
-            sampler=ParentBased(TraceIdRatioBased(self._config.sample_ratio)),
-        )
-        counting = _CountingExporter(exporter, self._dropped)
-        self._provider.add_span_processor(
-            _CountingBatchProcessor(counting, self._config.max_queue_size, self._dropped)
-        )
-        self.tracer = self._provider.get_tracer("iap")
         self.enabled = True
+        if not self._spawn:
+            return
+        import multiprocessing
+
+        from iap.adapters import span_export
+
+        context = multiprocessing.get_context("spawn")
+        self._pipe, child = context.Pipe()
+        settings = {
+            "endpoint": endpoint,
+            "protocol": self._config.protocol,
+            "timeout": self._config.export_timeout,
+            "service_name": os.environ.get("OTEL_SERVICE_NAME") or self._config.service_name,
+        }
+        self._process = context.Process(
+            target=span_export.run, args=(child, settings), name="iap-span-exporter", daemon=True
+        )
+        self._process.start()
+        child.close()
+        self._thread = threading.Thread(target=self._feed, name="iap-span-feeder", daemon=True)
+        self._thread.start()
+
+    # --- the hand-over to the exporter process (a thread: the pipe may block) ----------
+    def _record(self, span: SpanTuple) -> None:
+        if len(self._spans) >= self._config.max_queue_size:
+            self._dropped(1)
+            return
+        self._spans.append(span)
+        if len(self._spans) >= _SEND_AT:
+            self._wake.set()
+
+    def _feed(self) -> None:
+        assert self._pipe is not None
+        while True:
+            self._wake.wait(_SEND_EVERY)
+            self._wake.clear()
+            try:
+                self._send_pending()
+                if self._flush_wanted or self._stopping:
+                    self._sync()
+            except (OSError, EOFError):  # the exporter process is gone
+                self._dropped(len(self._spans))
+                self._spans.clear()
+                self._flushed.set()
+                return
+            if self._stopping:
+                self._pipe.send_bytes(pickle.dumps(None))
+                return
+
+    def _send_pending(self) -> None:
+        assert self._pipe is not None
+        while self._spans:
+            count = min(len(self._spans), self._config.max_queue_size)
+            batch = [self._spans.popleft() for _ in range(count)]
+            self._pipe.send_bytes(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def _sync(self) -> None:
+        """Wait until the exporter has exported everything sent; take its failure count."""
+        assert self._pipe is not None
+        self._pipe.send_bytes(pickle.dumps(("flush",)))
+        _, dropped = pickle.loads(self._pipe.recv_bytes())  # noqa: S301 - our own child
+        if dropped > self._reported_drops:
+            self._dropped(dropped - self._reported_drops)
+            self._reported_drops = dropped
+        self._flush_wanted = False
+        self._flushed.set()
 
     def flush(self) -> bool:
-        """Export everything queued now (blocking); for tests and shutdown."""
-        return self._provider.force_flush() if self._provider else True
+        """Export everything recorded so far (blocking); for tests and shutdown."""
+        if self._thread is None or not self._thread.is_alive():
+            return True
+        self._flushed.clear()
+        self._flush_wanted = True
+        self._wake.set()
+        return self._flushed.wait(self._config.export_timeout * 4 + 10)
 
     def shutdown(self) -> None:
-        if self._provider is not None:
-            self._provider.shutdown()
+        if self._thread is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(self._config.export_timeout * 4 + 10)
+        if self._process is not None:
+            self._process.join(5)
+            if self._process.is_alive():
+                self._process.kill()
 
+    # --- the request path ---------------------------------------------------------------
     def start_request(
         self,
         *,
@@ -182,18 +229,75 @@ class Tracing:
         attributes: Callable[[], Mapping[str, Any]],
     ) -> RequestSpan:
         """The SERVER span of one request; continues the incoming trace only if ``trusted``."""
+        incoming = _EMPTY_CONTEXT
+        if (
+            "traceparent" in headers
+            or "x-b3-traceid" in headers
+            or "b3" in headers
+            or (trusted and "baggage" in headers)
+        ):
+            incoming = self.propagator.extract(headers, context=_EMPTY_CONTEXT)
         if not self.enabled:
-            return _PassThrough(self.propagator, headers) if trusted else _UNTRACED
-        incoming = self.propagator.extract(headers, context=_EMPTY_CONTEXT)
-        incoming_span = trace.get_current_span(incoming).get_span_context()
-        links: tuple[Link, ...] = ()
-        parent = incoming
-        if not trusted and incoming_span.is_valid:
-            parent, links = _EMPTY_CONTEXT, (Link(incoming_span, {"iap.link": "untrusted"}),)
-        span = self.tracer.start_span(
-            name, context=parent, kind=SpanKind.SERVER, attributes=attributes(), links=links
-        )
-        return _RecordedSpan(self, span)
+            return _PassThrough(self.propagator, incoming) if trusted else _UNTRACED
+        claimed = trace.get_current_span(incoming).get_span_context()
+        links: tuple[tuple[int, int, dict[str, str]], ...] = ()
+        if trusted and claimed.is_valid:
+            trace_id, parent_id, sampled = (
+                claimed.trace_id,
+                claimed.span_id,
+                claimed.trace_flags.sampled,
+            )
+        else:
+            trace_id, parent_id = random.getrandbits(128) or 1, 0
+            sampled = trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < self._bound
+            if claimed.is_valid:
+                links = ((claimed.trace_id, claimed.span_id, {"iap.link": "untrusted"}),)
+            incoming = _EMPTY_CONTEXT  # no baggage or state from an untrusted client
+        span_id = random.getrandbits(64) or 1
+        if not sampled:
+            return _Unsampled(self, trace_id, span_id, incoming)
+        return _Sampled(self, name, trace_id, span_id, parent_id, incoming, links, attributes())
+
+    def inject(
+        self, trace_id: int, span_id: int, sampled: bool, incoming: Context
+    ) -> dict[str, str]:
+        """Propagation headers naming ``span_id`` as the upstream's parent."""
+        if not self._fast_inject:
+            context = trace.set_span_in_context(
+                trace.NonRecordingSpan(
+                    trace.SpanContext(
+                        trace_id,
+                        span_id,
+                        is_remote=False,
+                        trace_flags=trace.TraceFlags(1 if sampled else 0),
+                        trace_state=trace.get_current_span(incoming).get_span_context().trace_state,
+                    )
+                ),
+                incoming,
+            )
+            carrier: dict[str, str] = {}
+            self.propagator.inject(carrier, context=context)
+            return carrier
+        # W3C Trace Context §3.2 and B3 multi-header: fixed-width hex, as the library's
+        # propagators write them (tests/unit/test_telemetry.py holds them to that).
+        headers: dict[str, str] = {}
+        if self._w3c:
+            headers["traceparent"] = (
+                f"00-{trace_id:032x}-{span_id:016x}-{'01' if sampled else '00'}"
+            )
+            state = trace.get_current_span(incoming).get_span_context().trace_state
+            if state:
+                headers["tracestate"] = state.to_header()
+        if self._b3:
+            headers["x-b3-traceid"] = f"{trace_id:032x}"
+            headers["x-b3-spanid"] = f"{span_id:016x}"
+            headers["x-b3-sampled"] = "1" if sampled else "0"
+        if self._baggage and incoming is not _EMPTY_CONTEXT:
+            _BAGGAGE.inject(headers, context=incoming)
+        return headers
+
+
+_BAGGAGE = W3CBaggagePropagator()
 
 
 class RequestSpan:
@@ -235,76 +339,128 @@ _UNTRACED = RequestSpan()
 class _PassThrough(RequestSpan):
     """Tracing off, trusted peer: hand the incoming context to the upstream unchanged."""
 
-    __slots__ = ("_headers", "_propagator")
+    __slots__ = ("_incoming", "_propagator")
 
-    def __init__(self, propagator: TextMapPropagator, headers: Mapping[str, str]) -> None:
+    def __init__(self, propagator: TextMapPropagator, incoming: Context) -> None:
         self._propagator = propagator
-        self._headers = headers
+        self._incoming = incoming
 
     def start_upstream(
         self, method: str, attributes: Callable[[], Mapping[str, Any]]
     ) -> dict[str, str]:
         carrier: dict[str, str] = {}
-        context = self._propagator.extract(self._headers, context=_EMPTY_CONTEXT)
-        self._propagator.inject(carrier, context=context)
+        if self._incoming is not _EMPTY_CONTEXT:
+            self._propagator.inject(carrier, context=self._incoming)
         return carrier
 
 
-class _RecordedSpan(RequestSpan):
-    __slots__ = ("_client", "_span", "_tracing")
-    recording = True
+class _Unsampled(RequestSpan):
+    """Not sampled: ids for the audit line and for the upstream, nothing recorded."""
 
-    def __init__(self, tracing: Tracing, span: trace.Span) -> None:
+    __slots__ = ("_incoming", "_span_id", "_trace_id", "_tracing")
+
+    def __init__(self, tracing: Tracing, trace_id: int, span_id: int, incoming: Context) -> None:
         self._tracing = tracing
-        self._span = span
-        self._client: trace.Span | None = None
+        self._trace_id = trace_id
+        self._span_id = span_id
+        self._incoming = incoming
 
     @property
     def ids(self) -> tuple[str | None, str | None]:
-        context = self._span.get_span_context()
-        if not context.is_valid:
-            return None, None
-        return format(context.trace_id, "032x"), format(context.span_id, "016x")
-
-    def rename(self, name: str) -> None:
-        self._span.update_name(name)
-
-    def set(self, key: str, value: str | int | bool) -> None:
-        self._span.set_attribute(key, value)
-
-    def decision(self, event: str, attributes: Mapping[str, str]) -> None:
-        self._span.set_attributes(attributes)
-        self._span.add_event(event, attributes)
+        return f"{self._trace_id:032x}", f"{self._span_id:016x}"
 
     def start_upstream(
         self, method: str, attributes: Callable[[], Mapping[str, Any]]
     ) -> dict[str, str]:
-        parent = trace.set_span_in_context(self._span)
-        self._client = self._tracing.tracer.start_span(
-            method, context=parent, kind=SpanKind.CLIENT, attributes=attributes()
-        )
-        carrier: dict[str, str] = {}
-        self._tracing.propagator.inject(carrier, context=trace.set_span_in_context(self._client))
-        return carrier
+        client_id = random.getrandbits(64) or 1
+        return self._tracing.inject(self._trace_id, client_id, False, self._incoming)
+
+
+class _Sampled(RequestSpan):
+    """A recorded SERVER span and, once the upstream is called, its CLIENT span."""
+
+    __slots__ = (
+        "_attributes",
+        "_client",
+        "_events",
+        "_incoming",
+        "_links",
+        "_name",
+        "_parent_id",
+        "_span_id",
+        "_start",
+        "_trace_id",
+        "_tracing",
+    )
+    recording = True
+
+    def __init__(
+        self,
+        tracing: Tracing,
+        name: str,
+        trace_id: int,
+        span_id: int,
+        parent_id: int,
+        incoming: Context,
+        links: tuple[tuple[int, int, dict[str, str]], ...],
+        attributes: Mapping[str, Any],
+    ) -> None:
+        self._tracing = tracing
+        self._name = name
+        self._trace_id, self._span_id, self._parent_id = trace_id, span_id, parent_id
+        self._incoming = incoming
+        self._links = links
+        self._attributes = dict(attributes)
+        self._events: list[tuple[str, int, dict[str, str]]] = []
+        self._client: list[Any] | None = None
+        self._start = time.time_ns()
+
+    @property
+    def ids(self) -> tuple[str | None, str | None]:
+        return f"{self._trace_id:032x}", f"{self._span_id:016x}"
+
+    def rename(self, name: str) -> None:
+        self._name = name
+
+    def set(self, key: str, value: str | int | bool) -> None:
+        self._attributes[key] = value
+
+    def decision(self, event: str, attributes: Mapping[str, str]) -> None:
+        self._attributes.update(attributes)
+        self._events.append((event, time.time_ns(), dict(attributes)))
+
+    def start_upstream(
+        self, method: str, attributes: Callable[[], Mapping[str, Any]]
+    ) -> dict[str, str]:
+        client_id = random.getrandbits(64) or 1
+        self._client = [method, client_id, time.time_ns(), dict(attributes()), False]
+        return self._tracing.inject(self._trace_id, client_id, True, self._incoming)
 
     def end_upstream(self, status: int | None, error: str | None = None) -> None:
         if self._client is None:
             return
-        if status is not None:
-            self._client.set_attribute("http.response.status_code", status)
-        if error is not None or (status is not None and status >= 500):
-            self._client.set_attribute("error.type", error or str(status))
-            self._client.set_status(Status(StatusCode.ERROR))
-        self._client.end()
+        name, client_id, start, attributes, _ = self._client
         self._client = None
+        if status is not None:
+            attributes["http.response.status_code"] = status
+        failed = error is not None or (status is not None and status >= 500)
+        if failed:
+            attributes["error.type"] = error or str(status)
+        self._tracing._record(
+            (name, _CLIENT, self._trace_id, client_id, self._span_id, False, start,
+             time.time_ns(), attributes, [], [], failed)
+        )  # fmt: skip
 
     def end(self, status: int, reason: str | None) -> None:
-        span = self._span
-        span.set_attribute("http.response.status_code", status)
-        if reason:
-            span.set_attribute("iap.reason", reason)
-        if status >= 500:
-            span.set_attribute("error.type", reason or str(status))
-            span.set_status(Status(StatusCode.ERROR))
         self.end_upstream(None)
-        span.end()
+        attributes = self._attributes
+        attributes["http.response.status_code"] = status
+        if reason:
+            attributes["iap.reason"] = reason
+        if status >= 500:
+            attributes["error.type"] = reason or str(status)
+        self._tracing._record(
+            (self._name, _SERVER, self._trace_id, self._span_id, self._parent_id,
+             bool(self._parent_id), self._start, time.time_ns(), attributes, self._events,
+             list(self._links), status >= 500)
+        )  # fmt: skip

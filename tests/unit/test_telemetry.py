@@ -1,85 +1,95 @@
-"""The span pipeline's bounds: a stuck exporter never blocks, and what is lost is counted."""
+"""Sampling, ids, propagation and the span buffer (iap.adapters.telemetry)."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Sequence
+from hypothesis import given
+from hypothesis import strategies as st
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.propagators.b3 import B3MultiFormat
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-
-from iap.adapters.telemetry import Tracing
+from iap.adapters.telemetry import RequestSpan, Tracing
 from iap.config import Telemetry
 
-
-class StuckExporter(SpanExporter):
-    """Blocks every export until released, like a collector that stopped answering."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.exported = 0
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.release.wait(timeout=60)
-        self.exported += len(spans)
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        self.release.set()
+INCOMING = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
-class FailingExporter(SpanExporter):
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        raise ConnectionRefusedError("collector down")
-
-    def shutdown(self) -> None:
-        pass
-
-
-def tracing_with(exporter: SpanExporter, queue: int) -> tuple[Tracing, list[int]]:
+def recording(ratio: float = 1.0, queue: int = 2048) -> tuple[Tracing, list[int]]:
     drops: list[int] = []
-    config = Telemetry(max_queue_size=queue)
-    tracing = Tracing(config, dropped=drops.append, exporter=exporter)
+    tracing = Tracing(
+        Telemetry(sample_ratio=ratio, max_queue_size=queue), dropped=drops.append, spawn=False
+    )
     tracing.start()
     return tracing, drops
 
 
-def finish_requests(tracing: Tracing, count: int) -> None:
-    for _ in range(count):
-        span = tracing.start_request(name="GET", headers={}, trusted=False, attributes=dict)
-        span.end(200, None)
-
-
-def test_full_queue_drops_instead_of_blocking() -> None:
-    exporter = StuckExporter()
-    tracing, drops = tracing_with(exporter, queue=2)
-    finish_requests(tracing, 20)  # returns although nothing can be exported
-    # At most one batch is held by the stuck export and two spans wait in the queue.
-    assert sum(drops) >= 20 - 2 - 2
-    exporter.release.set()
-    tracing.shutdown()
-    # Nothing vanishes uncounted. (A drop can be counted for a span that still made it
-    # when the export thread frees a slot between the check and the enqueue.)
-    assert exporter.exported + sum(drops) >= 20
-
-
-def test_failed_exports_are_counted() -> None:
-    tracing, drops = tracing_with(FailingExporter(), queue=64)
-    finish_requests(tracing, 7)
-    assert tracing.flush()
-    assert sum(drops) == 7
-    tracing.shutdown()
-
-
-def test_untrusted_incoming_context_is_linked_not_continued() -> None:
-    tracing, _ = tracing_with(StuckExporter(), queue=64)
-    incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    untrusted = tracing.start_request(
-        name="GET", headers={"traceparent": incoming}, trusted=False, attributes=dict
+def serve(
+    tracing: Tracing, headers: dict[str, str] | None = None, *, trusted: bool = False
+) -> tuple[RequestSpan, dict[str, str]]:
+    span = tracing.start_request(
+        name="GET", headers=headers or {}, trusted=trusted, attributes=dict
     )
-    trusted = tracing.start_request(
-        name="GET", headers={"traceparent": incoming}, trusted=True, attributes=dict
+    upstream = span.start_upstream("GET", dict)
+    span.end_upstream(200)
+    span.end(200, None)
+    return span, upstream
+
+
+def test_a_full_buffer_drops_and_counts_instead_of_blocking() -> None:
+    tracing, drops = recording(queue=4)
+    for _ in range(10):
+        serve(tracing)  # two spans each; nothing takes them out of the buffer
+    assert sum(drops) == 20 - 4
+
+
+def test_untrusted_context_is_linked_not_continued() -> None:
+    tracing, _ = recording()
+    span, upstream = serve(tracing, {"traceparent": INCOMING})
+    assert span.ids[0] != INCOMING.split("-")[1]
+    assert upstream["traceparent"].split("-")[1] == span.ids[0]
+
+
+def test_trusted_context_is_continued_with_its_sampling_decision() -> None:
+    tracing, _ = recording(ratio=1.0)
+    unsampled = INCOMING[:-2] + "00"
+    span, upstream = serve(tracing, {"traceparent": unsampled}, trusted=True)
+    assert span.ids[0] == INCOMING.split("-")[1]
+    assert not span.recording
+    assert upstream["traceparent"].endswith("-00")
+    never, _ = recording(ratio=0.0)
+    span, upstream = serve(never, {"traceparent": INCOMING}, trusted=True)
+    assert span.recording
+    assert upstream["traceparent"].endswith("-01")
+
+
+def test_ratio_zero_records_nothing_but_still_propagates() -> None:
+    tracing, drops = recording(ratio=0.0, queue=1)
+    for _ in range(50):
+        span, upstream = serve(tracing)
+        assert not span.recording
+        assert upstream["traceparent"].split("-")[1] == span.ids[0]
+    assert drops == []
+
+
+@given(
+    st.integers(min_value=1, max_value=2**128 - 1),
+    st.integers(min_value=1, max_value=2**64 - 1),
+    st.booleans(),
+)
+def test_fast_headers_are_what_the_library_propagators_write(
+    trace_id: int, span_id: int, sampled: bool
+) -> None:
+    tracing, _ = recording()
+    ours = tracing.inject(trace_id, span_id, sampled, Context())
+    expected: dict[str, str] = {}
+    context = trace.set_span_in_context(
+        trace.NonRecordingSpan(
+            trace.SpanContext(
+                trace_id, span_id, is_remote=False, trace_flags=trace.TraceFlags(int(sampled))
+            )
+        )
     )
-    assert untrusted.ids[0] != "0af7651916cd43dd8448eb211c80319c"
-    assert trusted.ids[0] == "0af7651916cd43dd8448eb211c80319c"
-    tracing.shutdown()
+    TraceContextTextMapPropagator().inject(expected, context=context)
+    B3MultiFormat().inject(expected, context=context)
+    assert ours == expected
