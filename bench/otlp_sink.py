@@ -14,20 +14,18 @@ Usage: ``python bench/otlp_sink.py --port PORT``; prints ``ready`` on stdout onc
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gzip
-import signal
 import sys
 from dataclasses import dataclass
 from typing import cast
 
-import uvloop
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from protocol_server import serve_from_command_line
 
 END_OF_HEADERS = b"\r\n\r\n"
 MAX_HEAD = 16 * 1024
@@ -153,24 +151,9 @@ class Receiver(asyncio.Protocol):
         self.transport = None
 
 
-async def serve(host: str, port: int) -> None:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(Receiver, host, port, backlog=1024)
-    print("ready", flush=True)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with server:
-        await stop.wait()
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
     try:
-        uvloop.run(serve(args.host, args.port))
+        serve_from_command_line(Receiver, __doc__.splitlines()[0])
     finally:
         print(COUNTS.line(), file=sys.stderr, flush=True)
 

@@ -9,12 +9,10 @@ Usage: ``python bench/upstream.py --port PORT``; prints ``ready`` on stdout once
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import signal
 from typing import cast
 
-import uvloop
+from protocol_server import serve_from_command_line
 
 BODY = (
     b'{"service":"bench-upstream","status":"ok",'
@@ -66,23 +64,8 @@ class FixedResponse(asyncio.Protocol):
         self.transport = None
 
 
-async def serve(host: str, port: int) -> None:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(FixedResponse, host, port, backlog=1024)
-    print("ready", flush=True)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with server:
-        await stop.wait()
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    uvloop.run(serve(args.host, args.port))
+    serve_from_command_line(FixedResponse, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":
