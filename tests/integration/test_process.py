@@ -95,7 +95,7 @@ async def test_large_bodies_stream_with_bounded_memory(tmp_path: Path, upstream:
         growth_mb = (iap.memory_kib("VmHWM") - baseline_kib) * 1024 / MB
         assert growth_mb < 50, f"RSS grew by {growth_mb:.1f} MB"
     finally:
-        assert await iap.stop() == 0
+        assert await iap.stop() == 0, iap.stderr_lines
 
 
 async def test_sigterm_drains_in_flight_requests(tmp_path: Path, upstream: Upstream) -> None:
@@ -131,9 +131,9 @@ async def test_workers_share_the_port_and_aggregate_metrics(
                     assert resp.status == 200
             async with client.get(f"{iap.admin_url}/metrics") as resp:
                 text = await resp.text()
-        assert 'iap_requests_total{code="200",method="GET",route="app"} 20.0' in text
+        assert 'iap_requests_total{code="200",method="GET",route="app"} 20.0' in text, text
     finally:
-        assert await iap.stop() == 0
+        assert await iap.stop() == 0, iap.stderr_lines
 
 
 def exists(path: Path) -> bool:
@@ -168,7 +168,7 @@ async def test_dev_serves_the_demo_page(tmp_path: Path) -> None:
         certs = Path(line.removeprefix("  dev certificates: ").split(" (")[0])
         assert exists(certs / "edge-client.crt")
     finally:
-        assert await iap.stop() == 0
+        assert await iap.stop() == 0, iap.stderr_lines
     assert not exists(certs)  # the temporary material is removed at exit
 
 
@@ -201,7 +201,7 @@ async def test_sighup_reloads_routes_and_refuses_a_bad_config(
             async with client.get(f"{iap.public_url}/new/x") as resp:
                 assert resp.status == 200  # the last good routes keep serving
     finally:
-        assert await iap.stop() == 0
+        assert await iap.stop() == 0, iap.stderr_lines
 
 
 def test_check_loads_tls_material_and_names_every_key(tmp_path: Path) -> None:
