@@ -5,9 +5,10 @@ the interpreter lock for about 40 µs per span. Here they run in a child process
 receives finished spans as plain tuples over a pipe, rebuilds them as the SDK's
 ``ReadableSpan`` and exports them with the SDK's OTLP exporter.
 
-Messages on the pipe (pickled): a list of span tuples (see ``iap.adapters.telemetry``),
-``("flush",)`` answered with ``("flushed", dropped)`` once everything before it was
-exported, and ``None`` to stop. ``dropped`` counts spans whose export failed.
+Messages on the pipe (pickled). To the child: a list of span tuples (see
+``iap.adapters.telemetry``), ``("flush",)``, or ``None`` to stop. From the child:
+``("dropped", total)`` after every failed export and ``("flushed", total)`` once everything
+sent before a flush was exported; ``total`` counts spans whose export failed so far.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ _BATCH = 512
 def run(connection: Connection, settings: dict[str, Any]) -> None:
     """Entry point of the child process."""
     import os
+    import signal
 
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the proxy, which stops us
 
     # Telemetry yields to traffic: when the machine is busy the exporter falls behind and
     # the proxy's bounded buffer drops (and counts) spans, rather than requests slowing.
@@ -48,6 +52,7 @@ def run(connection: Connection, settings: dict[str, Any]) -> None:
             batch = message[start : start + _BATCH]
             if not _export(exporter, resource, batch):
                 dropped += len(batch)
+                connection.send_bytes(pickle.dumps(("dropped", dropped)))
     exporter.shutdown()
 
 

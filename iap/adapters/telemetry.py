@@ -170,6 +170,7 @@ class Tracing:
             self._wake.clear()
             try:
                 self._send_pending()
+                self._take_reports()
                 if self._flush_wanted or self._stopping:
                     self._sync()
             except (OSError, EOFError):  # the exporter process is gone
@@ -188,14 +189,22 @@ class Tracing:
             batch = [self._spans.popleft() for _ in range(count)]
             self._pipe.send_bytes(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
 
+    def _take_reports(self, *, until_flushed: bool = False) -> None:
+        """Read what the exporter said: failed-export totals, and the answer to a flush."""
+        assert self._pipe is not None
+        while until_flushed or self._pipe.poll():
+            kind, total = pickle.loads(self._pipe.recv_bytes())  # noqa: S301 - our own child
+            if total > self._reported_drops:
+                self._dropped(total - self._reported_drops)
+                self._reported_drops = total
+            if kind == "flushed":
+                return
+
     def _sync(self) -> None:
-        """Wait until the exporter has exported everything sent; take its failure count."""
+        """Wait until the exporter has exported everything sent so far."""
         assert self._pipe is not None
         self._pipe.send_bytes(pickle.dumps(("flush",)))
-        _, dropped = pickle.loads(self._pipe.recv_bytes())  # noqa: S301 - our own child
-        if dropped > self._reported_drops:
-            self._dropped(dropped - self._reported_drops)
-            self._reported_drops = dropped
+        self._take_reports(until_flushed=True)
         self._flush_wanted = False
         self._flushed.set()
 

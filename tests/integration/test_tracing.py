@@ -159,3 +159,20 @@ async def test_exporter_down_never_fails_requests_and_drops_are_counted(
         line for line in metrics.splitlines() if line.startswith("iap_spans_dropped_total")
     ]
     assert float(dropped.split()[1]) == 10.0  # five SERVER and five CLIENT spans
+
+
+async def test_failed_exports_are_counted_while_running(
+    upstream: Upstream, start_edge: StartEdge
+) -> None:
+    document = edge_config(
+        upstream.url, telemetry={"otlp_endpoint": closed_port_url(), "export_timeout": "1s"}
+    )
+    edge = await start_edge(document)
+    for _ in range(3):
+        assert (await get(edge, "/", {})).status == 200
+    async with aiohttp.ClientSession() as client, asyncio.timeout(60):  # a hang guard
+        while True:  # no flush: the exporter reports failures on its own
+            async with client.get(f"{edge.admin_url}/metrics") as r:
+                metrics = await r.text()
+            if "iap_spans_dropped_total 6.0" in metrics:
+                break
