@@ -50,9 +50,9 @@ class _Protocol(RequestHandler):
     ) -> web.StreamResponse:
         if request.writer.output_size > 0:
             raise ConnectionError("response already started")
-        status, code, public = _parser_error(exc, status)
-        correlation_id = str(uuid.uuid4())
         server: _PublicServer = self._manager  # type: ignore[assignment]
+        status, code, public = _parser_error(exc, status, server.line_limit)
+        correlation_id = str(uuid.uuid4())
         server.audit.record(
             Exchange(
                 started=time.perf_counter(),
@@ -70,9 +70,10 @@ class _Protocol(RequestHandler):
         return response
 
 
-def _parser_error(exc: BaseException | None, status: int) -> tuple[int, str, str]:
+def _parser_error(exc: BaseException | None, status: int, line_limit: int) -> tuple[int, str, str]:
     """What to answer for a request aiohttp's parser refused."""
-    if isinstance(exc, LineTooLong) and "b'/" in str(exc):  # the request line's target
+    # LineTooLong carries the limit it hit: the request line's differs from a header's.
+    if isinstance(exc, LineTooLong) and exc.args[1:2] == (line_limit,):
         return 414, "uri_too_long", "Request URI too long."
     if isinstance(exc, LineTooLong) or (
         isinstance(exc, BadHttpMessage) and "headers" in str(exc.message)
@@ -92,6 +93,7 @@ class _PublicServer(web.Server):
     ) -> None:
         super().__init__(handler, **kwargs)
         self.audit = audit
+        self.line_limit = int(kwargs.get("max_line_size", 8190))
 
     def __call__(self) -> RequestHandler:
         return _Protocol(self, loop=self._loop, **self._kwargs)
@@ -182,7 +184,9 @@ class Edge:
             max_headers=limits.max_headers * 2,
             max_field_size=limits.max_header_bytes,
             # Generous, so that our own check answers 414 with an audit line.
-            max_line_size=max(8 * limits.max_url_bytes, 65536),
+            # Generous, so our own check answers 414 with an audit line; never equal to the
+            # field limit, so a parser refusal still tells a long target from a long header.
+            max_line_size=max(8 * limits.max_url_bytes, 65536, limits.max_header_bytes + 1),
             access_log=None,
         )
         public = web.ServerRunner(

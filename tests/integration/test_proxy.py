@@ -369,3 +369,11 @@ async def test_overlong_request_target_gives_414(edge: RunningEdge, length: int)
     answer = await raw_request(edge.port, request_head("/" + "a" * length))
     assert answer.status == 414
     assert answer.headers["server"] == "iap"
+
+
+@pytest.mark.parametrize("value", ["/" + "a" * 70_000, "a" * 70_000])
+async def test_overlong_header_gives_431_whatever_it_starts_with(
+    edge: RunningEdge, value: str
+) -> None:
+    answer = await raw_request(edge.port, request_head("/", f"X-Big: {value}"))
+    assert answer.status == 431
