@@ -4,8 +4,8 @@ Invariants:
 - Every problem in a file is reported at once, each naming its key path
   (``routes[0].match.path_prefix: ...``); nothing is served from a config with problems.
 - Unknown keys are errors: a misspelt security setting must not silently fall back to a default.
-- Secrets are read from files or ``IAP_*`` environment variables and held in
-  :class:`pydantic.SecretStr`; no error message repeats an input value.
+- Secrets stay out of this tree: keys name files (``*_file``) or ``IAP_*`` variables, and
+  no error message repeats an input value (``hide_input_in_errors``).
 - Request handling never parses config: durations are seconds, sizes are bytes,
   CIDRs are :mod:`ipaddress` networks by the time a :class:`Config` exists.
 """
