@@ -315,11 +315,14 @@ async def forward_websocket(
     target: str,
     headers: Sequence[tuple[str, str]],
     reply_headers: Sequence[tuple[str, str]],
+    max_body: int,
     timeouts: aiohttp.ClientTimeout,
-    max_message: int,
     transfer: Transfer,
 ) -> web.StreamResponse:
-    """Proxy a WebSocket: handshake upstream first, then upgrade the client and relay frames."""
+    """Proxy a WebSocket: handshake upstream first, then upgrade the client and relay frames.
+
+    ``max_body`` bounds each message (close code 1009 beyond it).
+    """
     if not upstream.circuit.allow():
         raise CircuitOpen(f"circuit open for {upstream.origin}")
     offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
@@ -334,7 +337,7 @@ async def forward_websocket(
             ssl=upstream.ssl,
             server_hostname=upstream.server_name,
             autoping=False,
-            max_msg_size=max_message,
+            max_msg_size=max_body,
         )
     except aiohttp.WSServerHandshakeError as exc:
         upstream.circuit.succeeded()
@@ -347,7 +350,7 @@ async def forward_websocket(
         client_ws = web.WebSocketResponse(
             protocols=[upstream_ws.protocol] if upstream_ws.protocol else (),
             autoping=False,
-            max_msg_size=max_message,
+            max_msg_size=max_body,
         )
         client_ws.headers["Server"] = SERVER
         client_ws.headers.extend(reply_headers)

@@ -196,28 +196,17 @@ class Gateway:
             },
         ).items()
         reply_headers = (("X-Correlation-ID", exchange.correlation_id),)
-        if request.method == "GET" and headers_say_websocket(request):
-            response = await forward_websocket(
-                request,
-                route.upstream,
-                target=str(target),
-                headers=upstream_headers,
-                reply_headers=reply_headers,
-                timeouts=route.timeouts,
-                max_message=route.config.max_body,
-                transfer=transfer,
-            )
-        else:
-            response = await forward(
-                request,
-                route.upstream,
-                target=str(target),
-                headers=upstream_headers,
-                reply_headers=reply_headers,
-                max_body=route.config.max_body,
-                timeouts=route.timeouts,
-                transfer=transfer,
-            )
+        upgrade = request.method == "GET" and headers_say_websocket(request)
+        response = await (forward_websocket if upgrade else forward)(
+            request,
+            route.upstream,
+            target=str(target),
+            headers=upstream_headers,
+            reply_headers=reply_headers,
+            max_body=route.config.max_body,
+            timeouts=route.timeouts,
+            transfer=transfer,
+        )
         span.end_upstream(response.status)
         return response
 

@@ -377,3 +377,16 @@ async def test_overlong_header_gives_431_whatever_it_starts_with(
 ) -> None:
     answer = await raw_request(edge.port, request_head("/", f"X-Big: {value}"))
     assert answer.status == 431
+
+
+async def test_websocket_messages_are_bounded_by_max_body(
+    upstream: Upstream, start_edge: StartEdge
+) -> None:
+    edge = await start_edge(edge_config(upstream.url, route={"max_body": "1KiB"}))
+    async with aiohttp.ClientSession() as client, client.ws_connect(f"{edge.url}/ws") as ws:
+        await ws.send_str("small")
+        assert json.loads(await ws.receive_str()) == {"echo": "small"}
+        await ws.send_str("x" * 4096)
+        closing = await ws.receive()
+        assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert ws.close_code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
