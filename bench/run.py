@@ -654,8 +654,9 @@ def report(
         "### CPU of the iap process per request",
         "CPU time (user + system, from /proc) of iap's threads during the measured run, divided "
         "by the requests wrk completed. The event loop thread handles every request; the other "
-        "threads are, with tracing on, the span exporter's. All threads share one GIL, so "
-        "their sum is what bounds one process at about one busy core.",
+        "threads are, with tracing on, mainly the feeder that hands spans to the exporter "
+        "process (whose own CPU is not counted here). All threads share one GIL, so their sum "
+        "is what bounds one process at about one busy core.",
         cpu_table(results, settings),
     ]
     return "\n\n".join(parts)
