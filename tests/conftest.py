@@ -6,7 +6,7 @@ import asyncio
 import io
 import json
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ from iap import config
 from iap.adapters.audit import AuditLog
 from iap.web.server import Edge
 from tests.support.otlp import Receiver, receiver_app
+from tests.support.process import kill_leftovers
 from tests.support.upstream import Seen, upstream_app
 
 
@@ -67,6 +68,12 @@ class RunningEdge:
                 self.audit.written.clear()
                 await self.audit.written.wait()
         return lines
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_processes() -> Iterator[None]:
+    yield
+    kill_leftovers()
 
 
 def free_port() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -55,10 +56,28 @@ class IapProcess:
     async def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.returncode is None:
             self.proc.send_signal(sig)
-        async with asyncio.timeout(60):  # a hang guard, not a performance bound
-            code = await self.proc.wait()
-            await asyncio.gather(*self._readers)
+        try:
+            async with asyncio.timeout(60):  # a hang guard, not a performance bound
+                code = await self.proc.wait()
+                await asyncio.gather(*self._readers)
+        finally:
+            if self.proc.returncode is None:  # it hung: take its workers down with it
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
         return code
+
+
+_started: list[asyncio.subprocess.Process] = []
+
+
+def kill_leftovers() -> None:
+    """Kill every iap this test started that is still running (a failed test must not leave
+    a proxy and its workers behind, holding ports)."""
+    while _started:
+        proc = _started.pop()
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 async def _pump(stream: asyncio.StreamReader, sink: list[str], changed: asyncio.Event) -> None:
@@ -73,7 +92,9 @@ async def start_iap(*args: str, ready_marker: str = "iap listening: ") -> IapPro
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "iap", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        start_new_session=True,  # its own process group: workers go with it in kill_leftovers
     )  # fmt: skip
+    _started.append(proc)
     assert proc.stdout is not None
     assert proc.stderr is not None
     process = IapProcess(proc)
