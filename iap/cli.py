@@ -137,7 +137,7 @@ async def serve(edge: Any, *, reuse_port: bool, config_path: str | None = None) 
     # walking it again and again (gc.freeze, as pre-fork servers do).
     gc.collect()
     gc.freeze()
-    print(f"iap listening: {edge.describe()}", file=sys.stderr, flush=True)
+    _say(f"iap listening: {edge.describe()}")
     reloads: set[asyncio.Task[None]] = set()
     if config_path is not None:
 
@@ -148,11 +148,18 @@ async def serve(edge: Any, *, reuse_port: bool, config_path: str | None = None) 
 
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)
     await wait_for_signals(signal.SIGTERM, signal.SIGINT)
-    print("iap: draining", file=sys.stderr, flush=True)
+    _say("iap: draining")
     for task in reloads:
         task.cancel()
     await edge.stop()
     return EXIT_OK
+
+
+def _say(line: str) -> None:
+    """One status line on stderr in a single write(2): workers share stderr, and a pipe
+    keeps writes under PIPE_BUF whole, so their lines never interleave."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 async def _reload(edge: Any, path: str) -> None:
@@ -160,8 +167,8 @@ async def _reload(edge: Any, path: str) -> None:
         old = edge.reload(config.load(path))
     except ConfigError as exc:
         for problem in exc.problems:
-            print(f"iap: reload refused: config error: {problem}", file=sys.stderr, flush=True)
+            _say(f"iap: reload refused: config error: {problem}")
         return
-    print("iap: reloaded routes and policies", file=sys.stderr, flush=True)
+    _say("iap: reloaded routes and policies")
     await asyncio.sleep(edge.config.drain_timeout)  # requests in flight on the old routes
     await old.close()

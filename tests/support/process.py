@@ -107,6 +107,7 @@ async def start_iap(*args: str, ready_marker: str = "iap listening: ") -> IapPro
             if line.startswith(ready_marker):
                 _read_addresses(process, line.removeprefix(ready_marker))
                 break
+    assert process.public_url, f"iap did not start: {sink}"
     process._readers = [
         asyncio.ensure_future(_pump(proc.stdout, process.stdout_lines, process._changed)),
         asyncio.ensure_future(_pump(proc.stderr, process.stderr_lines, process._changed)),
