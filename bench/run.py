@@ -311,14 +311,16 @@ class Settings:
     connections: int
     warmup: int
     threads: int
+    rounds: int
 
     @classmethod
     def from_env(cls) -> Settings:
         return cls(
-            duration=_env_int("BENCH_DURATION", 10),
+            duration=_env_int("BENCH_DURATION", 8),
             connections=_env_int("BENCH_CONNECTIONS", 32),
             warmup=_env_int("BENCH_WARMUP", 2, minimum=0),
             threads=_env_int("BENCH_THREADS", 1),
+            rounds=_env_int("BENCH_ROUNDS", 3),
         )
 
     def wrk_args(self, duration: int) -> list[str]:
@@ -326,7 +328,11 @@ class Settings:
 
     def describe(self) -> str:
         args = " ".join(self.wrk_args(self.duration))
-        return f"`wrk {args} URL`, after a {self.warmup}s warm-up with the same settings"
+        return (
+            f"`wrk {args} URL`, after a {self.warmup}s warm-up with the same settings; "
+            f"{self.rounds} rounds with the targets in turn, each row the round with the "
+            "median requests/s (machine noise moves single runs by several percent)"
+        )
 
 
 def _env_int(name: str, default: int, minimum: int = 1) -> int:
@@ -724,7 +730,16 @@ def run(scenarios: Sequence[Scenario], settings: Settings) -> list[Result]:
         with spawn(argv, log) as upstream:
             env = Env(upstream=f"http://{HOST}:{port}", workdir=workdir)
             wait_ready(f"{env.upstream}/", upstream, log)
-            return [measure(scenario, env, settings) for scenario in scenarios]
+            rounds = [
+                [measure(scenario, env, settings) for scenario in scenarios]
+                for _ in range(settings.rounds)
+            ]
+            return [median_round([r[i] for r in rounds]) for i in range(len(scenarios))]
+
+
+def median_round(results: Sequence[Result]) -> Result:
+    """The round with the median requests/s: every column of a row comes from one run."""
+    return sorted(results, key=lambda result: result.rps)[len(results) // 2]
 
 
 def main() -> int:

@@ -290,19 +290,19 @@ class Tracing:
         # W3C Trace Context §3.2 and B3 multi-header: fixed-width hex, as the library's
         # propagators write them (tests/unit/test_telemetry.py holds them to that).
         headers: dict[str, str] = {}
+        trace_hex, span_hex = f"{trace_id:032x}", f"{span_id:016x}"
         if self._w3c:
-            headers["traceparent"] = (
-                f"00-{trace_id:032x}-{span_id:016x}-{'01' if sampled else '00'}"
-            )
-            state = trace.get_current_span(incoming).get_span_context().trace_state
-            if state:
-                headers["tracestate"] = state.to_header()
+            headers["traceparent"] = f"00-{trace_hex}-{span_hex}-{'01' if sampled else '00'}"
         if self._b3:
-            headers["x-b3-traceid"] = f"{trace_id:032x}"
-            headers["x-b3-spanid"] = f"{span_id:016x}"
+            headers["x-b3-traceid"] = trace_hex
+            headers["x-b3-spanid"] = span_hex
             headers["x-b3-sampled"] = "1" if sampled else "0"
-        if self._baggage and incoming is not _EMPTY_CONTEXT:
-            _BAGGAGE.inject(headers, context=incoming)
+        if incoming is not _EMPTY_CONTEXT:  # a trusted proxy's state and baggage go on
+            state = trace.get_current_span(incoming).get_span_context().trace_state
+            if self._w3c and state:
+                headers["tracestate"] = state.to_header()
+            if self._baggage:
+                _BAGGAGE.inject(headers, context=incoming)
         return headers
 
 
