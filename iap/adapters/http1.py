@@ -101,6 +101,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.counted = True  # against the pool's limit, until closed
+        self.busy = False
         self.idle_since = 0.0
         self._reset()
 
@@ -119,6 +120,7 @@ class Connection(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
         self._keep_alive = True
         self._close_delimited = False
+        self._stray = False
         self._timer: asyncio.TimerHandle | None = None
         self._read_timeout = 0.0
         self._last_data = 0.0
@@ -128,6 +130,9 @@ class Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
     def data_received(self, data: bytes) -> None:
+        if not self.busy:  # bytes on an idle connection (a 408, garbage): never trust it again
+            self.abort()
+            return
         self._last_data = self._loop.time()
         self.received_any = True
         try:
@@ -160,6 +165,9 @@ class Connection(asyncio.Protocol):
 
     # --- httptools callbacks ----------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self._complete:  # a second response to one request: never reuse this connection
+            self._stray = True
+            self._keep_alive = False
         self._headers = []
 
     def on_status(self, status: bytes) -> None:
@@ -169,6 +177,8 @@ class Connection(asyncio.Protocol):
         self._headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
+        if self._stray:
+            return
         status = self._parser.get_status_code()
         if 100 <= status < 200:  # interim responses (103 Early Hints...): wait for the final one
             self._reason = b""
@@ -189,6 +199,8 @@ class Connection(asyncio.Protocol):
             self._head.set_result(answer)
 
     def on_body(self, body: bytes) -> None:
+        if self._stray:
+            return
         self._body.append(body)
         self._buffered += len(body)
         if self._buffered > HIGH_WATER and not self._reading_paused and self.transport:
@@ -197,7 +209,7 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
-        if not self._head.done():  # an interim response ended; the final one follows
+        if self._stray or not self._head.done():  # stray, or an interim response ended
             return
         self._complete = True
         self._disarm()
@@ -215,27 +227,36 @@ class Connection(asyncio.Protocol):
     ) -> Answer:
         """Send one request and wait for the head of its response."""
         assert self.transport is not None
+        self.busy = True
         self._keep_alive = expect_body
         if body is None or isinstance(body, bytes):
             self.transport.write(head + body if body else head)
         else:
             self.transport.write(head)
-            await self._upload(body, chunked=chunked)
+            await self._upload(body, chunked=chunked, stall_timeout=read_timeout)
         self._arm(read_timeout)
         return await self._head
 
-    async def _upload(self, body: AsyncIterator[bytes], *, chunked: bool) -> None:
+    async def _upload(
+        self, body: AsyncIterator[bytes], *, chunked: bool, stall_timeout: float
+    ) -> None:
         assert self.transport is not None
         async for chunk in body:
             if self._error is not None or self.closed:
                 break
+            if not chunk:  # an empty chunk would end a chunked body early
+                continue
             if chunked:
                 self.transport.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
             else:
                 self.transport.write(chunk)
-            if self._writing_paused:
+            if self._writing_paused:  # the upstream stopped reading: wait, but not forever
                 self._drained = self._loop.create_future()
-                await self._drained
+                try:
+                    async with asyncio.timeout(stall_timeout):
+                        await self._drained
+                except TimeoutError:
+                    raise ReadTimeout(f"upstream read nothing for {stall_timeout:g}s") from None
         if chunked and not self.closed:
             self.transport.write(b"0\r\n\r\n")
 
@@ -258,6 +279,7 @@ class Connection(asyncio.Protocol):
     def finish(self) -> None:
         """The exchange is over: back to the pool if clean, else close."""
         self._disarm()
+        self.busy = False
         if self._complete and self._keep_alive and not self.closed and self._error is None:
             self._reset()
             self._pool.put(self)
@@ -291,6 +313,8 @@ class Connection(asyncio.Protocol):
             self._drained.set_result(None)
 
     def _arm(self, timeout: float) -> None:
+        if timeout <= 0:
+            return
         self._read_timeout = timeout
         self._last_data = self._loop.time()
         self._timer = self._loop.call_at(self._last_data + timeout, self._check_silence)

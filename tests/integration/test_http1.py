@@ -148,3 +148,52 @@ async def test_silence_mid_body_aborts_the_client_connection(scripted: Scripted)
             await resp.read()
     [line] = await edge.wait_audit_lines(1)
     assert line["reason"] == "upstream_aborted"
+
+
+async def test_empty_chunks_do_not_end_a_chunked_upload() -> None:
+    from iap.adapters.http1 import Pool
+
+    received: list[bytes] = []
+
+    async def echo_body(connection: ScriptedConnection) -> None:
+        head = await connection.read_request()
+        assert head is not None
+        assert b"transfer-encoding: chunked" in head.lower()
+        body = await connection.reader.readuntil(b"0\r\n\r\n")
+        received.append(body)
+        await connection.send(response(b"ok"))
+
+    upstream = ScriptedUpstream(echo_body)
+    await upstream.start()
+    try:
+        port = int(upstream.url.rsplit(":", 1)[1])
+        pool = Pool("127.0.0.1", port, tls=lambda: None, server_name=None)
+
+        async def body() -> AsyncIterator[bytes]:
+            for piece in (b"ab", b"", b"cd"):
+                yield piece
+
+        answer = await pool.request(
+            "POST", "/", [("Host", "x")], body(), connect_timeout=5, read_timeout=5
+        )
+        assert (answer.status, await answer.read()) == (200, b"ok")
+        answer.release()
+        await pool.close()
+    finally:
+        await upstream.stop()
+    assert received == [b"2\r\nab\r\n2\r\ncd\r\n0\r\n\r\n"]
+
+
+async def test_bytes_on_an_idle_connection_retire_it(scripted: Scripted) -> None:
+    async def answer_then_chatter(connection: ScriptedConnection) -> None:
+        if connection.index == 1 and await connection.read_request():
+            await connection.send(response(b"first"))
+            await connection.send(response(b"unsolicited", status="408 Request Timeout"))
+        while await connection.read_request():
+            await connection.send(response(b"later"))
+
+    upstream, edge = await scripted(answer_then_chatter)
+    assert await fetch(edge) == (200, b"first")
+    # The stray 408 must not be taken as the answer to the next request.
+    assert await fetch(edge) == (200, b"later")
+    assert upstream.connections == 2
