@@ -1,0 +1,575 @@
+"""The Entra-shaped dev IdP over real loopback sockets (issue 3, "Dev IdP")."""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from unittest import mock
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+from joserfc import jwt
+from joserfc.errors import BadSignatureError, InvalidKeyIdError
+from joserfc.jwk import KeySet, KeySetSerialization
+from yarl import URL
+
+from iap.dev.idp import (
+    STAFF_GROUP_ID,
+    TENANT_A,
+    TENANT_B,
+    USERS,
+    RunningDevIdP,
+    dev_idp_app,
+    is_loopback,
+    loopback_only,
+    pkce_challenge,
+    start_dev_idp,
+)
+
+CLIENT_ID = "00000000-0000-4000-8000-00000000c11e"
+CLIENT_SECRET = "dev-secret"
+REDIRECT_URI = "http://127.0.0.1:9/.iap/callback"  # never contacted: redirects are captured
+AFTER_LOGOUT = "http://127.0.0.1:9/signed-out"
+SCOPES = "openid profile email offline_access"
+
+
+@pytest.fixture
+async def idp() -> AsyncIterator[RunningDevIdP]:
+    running = await start_dev_idp(
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        redirect_uris=[REDIRECT_URI],
+        post_logout_redirect_uris=[AFTER_LOGOUT],
+    )
+    yield running
+    await running.stop()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@dataclass
+class Authorization:
+    code: str
+    verifier: str
+    nonce: str
+    state: str
+
+
+def hidden_inputs(page: str) -> dict[str, str]:
+    found = re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', page)
+    return {name: html.unescape(value) for name, value in found}
+
+
+def authorize_params(**overrides: str) -> dict[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    params = {
+        "client_id": CLIENT_ID,
+        "redirect_uri": REDIRECT_URI,
+        "response_type": "code",
+        "scope": SCOPES,
+        "state": secrets.token_urlsafe(16),
+        "nonce": secrets.token_urlsafe(16),
+        "code_challenge": pkce_challenge(verifier),
+        "code_challenge_method": "S256",
+        "verifier": verifier,  # kept client-side, removed before sending
+    }
+    params.update(overrides)
+    return params
+
+
+async def sign_in(
+    client: aiohttp.ClientSession, idp: RunningDevIdP, user: str, tenant: str = TENANT_A
+) -> Authorization:
+    """GET authorize, click the user's button (POST), capture the redirect to the client."""
+    params = authorize_params()
+    verifier = params.pop("verifier")
+    endpoint = f"{idp.url}/{tenant}/oauth2/v2.0/authorize"
+    async with client.get(endpoint, params=params) as resp:
+        assert resp.status == 200
+        page = await resp.text()
+    assert f'value="{user}"' in page
+    form = hidden_inputs(page)
+    assert form == params
+    action = re.search(r'<form method="post" action="([^"]+)">', page)
+    assert action is not None
+    async with client.post(
+        f"{idp.url}{html.unescape(action.group(1))}",
+        data={**form, "user": user},
+        allow_redirects=False,
+    ) as resp:
+        assert resp.status == 302
+        location = URL(resp.headers["Location"])
+    assert str(location.with_query(None)) == REDIRECT_URI
+    assert location.query["state"] == params["state"]
+    return Authorization(location.query["code"], verifier, params["nonce"], params["state"])
+
+
+async def token_request(
+    client: aiohttp.ClientSession, idp: RunningDevIdP, **form: str
+) -> tuple[int, dict[str, Any]]:
+    data = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, **form}
+    url = f"{idp.url}/{TENANT_A}/oauth2/v2.0/token"
+    async with client.post(url, data=data) as resp:
+        assert resp.headers["Cache-Control"] == "no-store"
+        return resp.status, await resp.json()
+
+
+async def redeem(
+    client: aiohttp.ClientSession, idp: RunningDevIdP, auth: Authorization, **overrides: str
+) -> tuple[int, dict[str, Any]]:
+    form = {
+        "grant_type": "authorization_code",
+        "code": auth.code,
+        "redirect_uri": REDIRECT_URI,
+        "code_verifier": auth.verifier,
+        **overrides,
+    }
+    return await token_request(client, idp, **form)
+
+
+async def verify_id_token(
+    client: aiohttp.ClientSession, idp: RunningDevIdP, id_token: str, tenant: str, nonce: str | None
+) -> dict[str, Any]:
+    """What a relying party does: discovery, JWKS, signature, then iss/aud/nonce/tid."""
+    async with client.get(f"{idp.url}/{tenant}/v2.0/.well-known/openid-configuration") as resp:
+        metadata = await resp.json()
+    async with client.get(metadata["jwks_uri"]) as resp:
+        jwks = await resp.json()
+    token = jwt.decode(id_token, KeySet.import_key_set(jwks), algorithms=["RS256"])
+    claims = token.claims
+    [key] = [k for k in jwks["keys"] if k["kid"] == token.header["kid"]]
+    issuer = metadata["issuer"].replace("{tenantid}", claims["tid"])
+    assert key["issuer"].replace("{tenantid}", claims["tid"]) == issuer
+    expected: dict[str, Any] = {
+        "iss": {"essential": True, "value": issuer},
+        "aud": {"essential": True, "value": CLIENT_ID},
+        "exp": {"essential": True},
+        "iat": {"essential": True},
+        "nbf": {"essential": True},
+        "tid": {"essential": True, "value": claims["tid"]},
+        "oid": {"essential": True},
+        "sid": {"essential": True},
+    }
+    if nonce is not None:
+        expected["nonce"] = {"essential": True, "value": nonce}
+    jwt.JWTClaimsRegistry(leeway=60, **expected).validate(claims)
+    return claims
+
+
+@pytest.mark.parametrize("tenant", [TENANT_A, "organizations", "common"])
+async def test_discovery_and_keys(
+    idp: RunningDevIdP, client: aiohttp.ClientSession, tenant: str
+) -> None:
+    async with client.get(f"{idp.url}/{tenant}/v2.0/.well-known/openid-configuration") as resp:
+        assert resp.status == 200
+        metadata = await resp.json()
+    issuer_tid = tenant if tenant == TENANT_A else "{tenantid}"
+    assert metadata["issuer"] == f"{idp.url}/{issuer_tid}/v2.0"
+    base = f"{idp.url}/{tenant}"
+    assert metadata["authorization_endpoint"] == f"{base}/oauth2/v2.0/authorize"
+    assert metadata["token_endpoint"] == f"{base}/oauth2/v2.0/token"
+    assert metadata["jwks_uri"] == f"{base}/discovery/v2.0/keys"
+    assert metadata["end_session_endpoint"] == f"{base}/oauth2/v2.0/logout"
+    assert metadata["id_token_signing_alg_values_supported"] == ["RS256"]
+    assert metadata["response_modes_supported"] == ["query", "form_post"]
+    assert metadata["code_challenge_methods_supported"] == ["S256"]
+    assert "client_secret_post" in metadata["token_endpoint_auth_methods_supported"]
+    async with client.get(metadata["jwks_uri"]) as resp:
+        jwks = await resp.json()
+    [key] = jwks["keys"]
+    assert (key["kty"], key["use"], key["alg"], key["issuer"]) == (
+        "RSA",
+        "sig",
+        "RS256",
+        metadata["issuer"],
+    )
+    assert key["kid"] == idp.idp.signing_kid
+    assert "d" not in key
+    assert idp.idp.discovery_fetches == 1
+    assert idp.idp.jwks_fetches == 1
+
+
+async def test_unknown_tenant_is_refused(idp: RunningDevIdP, client: aiohttp.ClientSession) -> None:
+    async with client.get(f"{idp.url}/contoso/v2.0/.well-known/openid-configuration") as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"] == "invalid_tenant"
+
+
+async def test_code_flow_signs_in_alice(idp: RunningDevIdP, client: aiohttp.ClientSession) -> None:
+    auth = await sign_in(client, idp, "alice")
+    status, body = await redeem(client, idp, auth)
+    assert status == 200, body
+    assert body["token_type"] == "Bearer"
+    assert isinstance(body["expires_in"], int)
+    assert body["access_token"]
+    assert body["refresh_token"]
+    claims = await verify_id_token(client, idp, body["id_token"], TENANT_A, auth.nonce)
+    alice = USERS["alice"]
+    assert claims["iss"] == f"{idp.url}/{TENANT_A}/v2.0"
+    assert (claims["tid"], claims["oid"], claims["name"]) == (TENANT_A, alice.oid, alice.name)
+    assert claims["email"] == claims["preferred_username"] == alice.email
+    assert claims["roles"] == ["Edge.Admin"]
+    assert "groups" not in claims
+    assert all(isinstance(claims[c], int) for c in ("exp", "nbf", "iat"))
+    assert claims["sub"] != alice.oid  # pairwise, as Entra's
+    assert idp.idp.code_grants == 1
+
+
+async def test_bob_has_staff_group_and_eve_is_tenant_b(
+    idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    auth = await sign_in(client, idp, "bob")
+    _, body = await redeem(client, idp, auth)
+    bob = await verify_id_token(client, idp, body["id_token"], TENANT_A, auth.nonce)
+    assert bob["groups"] == [STAFF_GROUP_ID]
+    assert "roles" not in bob
+
+    auth = await sign_in(client, idp, "eve", tenant="organizations")
+    _, body = await redeem(client, idp, auth)
+    eve = await verify_id_token(client, idp, body["id_token"], "organizations", auth.nonce)
+    assert eve["tid"] == TENANT_B
+    assert eve["iss"] == f"{idp.url}/{TENANT_B}/v2.0"
+
+
+async def test_tenant_authority_offers_only_its_users(
+    idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    params = authorize_params()
+    params.pop("verifier")
+    url = f"{idp.url}/{TENANT_A}/oauth2/v2.0/authorize"
+    async with client.get(url, params=params) as resp:
+        page = await resp.text()
+    assert 'value="alice"' in page
+    assert 'value="eve"' not in page
+    async with client.post(url, data={**params, "user": "eve"}, allow_redirects=False) as resp:
+        assert resp.status == 400
+        assert "Location" not in resp.headers
+
+
+async def test_form_post_response_mode(idp: RunningDevIdP, client: aiohttp.ClientSession) -> None:
+    params = authorize_params(response_mode="form_post")
+    params.pop("verifier")
+    url = f"{idp.url}/{TENANT_A}/oauth2/v2.0/authorize"
+    async with client.post(url, data={**params, "user": "alice"}, allow_redirects=False) as resp:
+        assert resp.status == 200
+        page = await resp.text()
+    assert f'<form method="post" action="{REDIRECT_URI}">' in page
+    assert "document.forms[0].submit()" in page
+    fields = hidden_inputs(page)
+    assert fields["state"] == params["state"]
+    assert fields["code"] in idp.idp.codes
+
+
+async def test_authorize_refuses_unregistered_redirect_without_redirecting(
+    idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    params = authorize_params(redirect_uri="https://evil.example/cb")
+    params.pop("verifier")
+    url = f"{idp.url}/{TENANT_A}/oauth2/v2.0/authorize"
+    async with client.get(url, params=params, allow_redirects=False) as resp:
+        assert resp.status == 400
+        assert "AADSTS50011" in await resp.text()
+
+
+@pytest.mark.parametrize(
+    ("override", "drop"),
+    [
+        ({"code_challenge_method": "plain"}, None),
+        ({}, "code_challenge"),
+        ({"response_type": "token"}, None),
+        ({"scope": "profile"}, None),
+        ({}, "nonce"),
+    ],
+)
+async def test_authorize_errors_go_back_to_the_client(
+    idp: RunningDevIdP,
+    client: aiohttp.ClientSession,
+    override: dict[str, str],
+    drop: str | None,
+) -> None:
+    params = authorize_params(**override)
+    params.pop("verifier")
+    if drop:
+        params.pop(drop)
+    url = f"{idp.url}/{TENANT_A}/oauth2/v2.0/authorize"
+    async with client.get(url, params=params, allow_redirects=False) as resp:
+        assert resp.status == 302
+        location = URL(resp.headers["Location"])
+    assert location.query["error"] == "invalid_request"
+    assert location.query["state"] == params["state"]
+    assert "code" not in location.query
+
+
+async def test_code_is_single_use_and_replay_revokes(
+    idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    auth = await sign_in(client, idp, "alice")
+    status, first = await redeem(client, idp, auth)
+    assert status == 200
+    status, again = await redeem(client, idp, auth)
+    assert status == 400
+    assert again["error"] == "invalid_grant"
+    assert again["error_description"].startswith("AADSTS54005")
+    status, refreshed = await token_request(
+        client, idp, grant_type="refresh_token", refresh_token=first["refresh_token"]
+    )
+    assert (status, refreshed["error"]) == (400, "invalid_grant")
+
+
+async def test_wrong_code_verifier_is_refused(
+    idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    auth = await sign_in(client, idp, "alice")
+    status, body = await redeem(client, idp, auth, code_verifier=secrets.token_urlsafe(48))
+    assert (status, body["error"]) == (400, "invalid_grant")
+    assert "id_token" not in body
+    status, body = await redeem(client, idp, auth)  # the code was consumed by the attempt
+    assert status == 400
+
+
+async def test_missing_code_verifier_and_wrong_redirect_are_refused(
+    idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    auth = await sign_in(client, idp, "alice")
+    status, body = await redeem(client, idp, auth, code_verifier="")
+    assert (status, body["error"]) == (400, "invalid_grant")
+    auth = await sign_in(client, idp, "alice")
+    status, body = await redeem(client, idp, auth, redirect_uri="http://127.0.0.1:9/other")
+    assert (status, body["error"]) == (400, "invalid_grant")
+
+
+async def test_wrong_client_secret_is_refused(
+    idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    auth = await sign_in(client, idp, "alice")
+    status, body = await redeem(client, idp, auth, client_secret="guess")
+    assert (status, body["error"]) == (401, "invalid_client")
+    assert body["error_codes"] == [7000215]
+    status, body = await redeem(client, idp, auth, client_secret="")
+    assert (status, body["error"]) == (401, "invalid_client")
+    assert auth.code in idp.idp.codes  # failed client authentication does not burn the code
+
+
+async def test_client_secret_basic_is_accepted(
+    idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    auth = await sign_in(client, idp, "alice")
+    form = {
+        "grant_type": "authorization_code",
+        "code": auth.code,
+        "redirect_uri": REDIRECT_URI,
+        "code_verifier": auth.verifier,
+    }
+    url = f"{idp.url}/{TENANT_A}/oauth2/v2.0/token"
+    credentials = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+    basic = {"Authorization": f"Basic {credentials}"}
+    async with client.post(url, data=form, headers=basic) as resp:
+        assert resp.status == 200
+
+
+async def test_unsupported_grant_type(idp: RunningDevIdP, client: aiohttp.ClientSession) -> None:
+    status, body = await token_request(client, idp, grant_type="password")
+    assert (status, body["error"]) == (400, "unsupported_grant_type")
+
+
+async def test_refresh_grant_rotates_and_counts(
+    idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    auth = await sign_in(client, idp, "alice")
+    _, first = await redeem(client, idp, auth)
+    first_claims = await verify_id_token(client, idp, first["id_token"], TENANT_A, auth.nonce)
+    assert idp.idp.refresh_grants == 0
+    status, second = await token_request(
+        client, idp, grant_type="refresh_token", refresh_token=first["refresh_token"]
+    )
+    assert status == 200, second
+    assert idp.idp.refresh_grants == 1
+    assert second["refresh_token"] != first["refresh_token"]
+    assert second["access_token"] != first["access_token"]
+    claims = await verify_id_token(client, idp, second["id_token"], TENANT_A, None)
+    assert (claims["oid"], claims["sid"]) == (first_claims["oid"], first_claims["sid"])
+    status, body = await token_request(
+        client, idp, grant_type="refresh_token", refresh_token=first["refresh_token"]
+    )
+    assert (status, body["error"]) == (400, "invalid_grant")
+    assert idp.idp.refresh_grants == 1
+    status, _ = await token_request(
+        client,
+        idp,
+        grant_type="refresh_token",
+        refresh_token=second["refresh_token"],
+        client_secret="guess",
+    )
+    assert status == 401
+    assert idp.idp.refresh_grants == 1
+
+
+async def test_groups_overage_and_graph_stand_in(
+    idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    auth = await sign_in(client, idp, "olivia")
+    _, body = await redeem(client, idp, auth)
+    claims = await verify_id_token(client, idp, body["id_token"], TENANT_A, auth.nonce)
+    olivia = USERS["olivia"]
+    assert "groups" not in claims
+    assert claims["_claim_names"] == {"groups": "src1"}
+    endpoint = claims["_claim_sources"]["src1"]["endpoint"]
+    assert endpoint == f"{idp.url}/graph/v1.0/users/{olivia.oid}/getMemberObjects"
+    bearer = {"Authorization": f"Bearer {body['access_token']}"}
+    payload = {"securityEnabledOnly": True}
+    async with client.post(endpoint, json=payload, headers=bearer) as resp:
+        assert resp.status == 200
+        groups = (await resp.json())["value"]
+    assert len(groups) == len(set(groups)) == 150
+    assert STAFF_GROUP_ID in groups
+    async with client.post(
+        f"{idp.url}/graph/v1.0/me/getMemberObjects", json=payload, headers=bearer
+    ) as resp:
+        assert (await resp.json())["value"] == groups
+    assert idp.idp.graph_calls == 2
+
+
+async def test_graph_refuses_bad_tokens_and_other_tenants(
+    idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    olivia = USERS["olivia"]
+    url = f"{idp.url}/graph/v1.0/users/{olivia.oid}/getMemberObjects"
+    async with client.post(url, json={}, headers={"Authorization": "Bearer forged"}) as resp:
+        assert resp.status == 401
+        assert (await resp.json())["error"]["code"] == "InvalidAuthenticationToken"
+    auth = await sign_in(client, idp, "eve", tenant=TENANT_B)
+    _, body = await redeem(client, idp, auth)
+    bearer = {"Authorization": f"Bearer {body['access_token']}"}
+    async with client.post(url, json={}, headers=bearer) as resp:
+        assert resp.status == 404
+    assert idp.idp.graph_calls == 0
+
+
+async def test_rotation_publishes_a_new_kid_that_then_signs(
+    idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    old_kid = idp.idp.signing_kid
+    new_kid = idp.idp.rotate()
+    assert new_kid != old_kid
+    async with client.get(f"{idp.url}/{TENANT_A}/discovery/v2.0/keys") as resp:
+        jwks = await resp.json()
+    assert {key["kid"] for key in jwks["keys"]} == {old_kid, new_kid}
+    auth = await sign_in(client, idp, "alice")
+    _, body = await redeem(client, idp, auth)
+    await verify_id_token(client, idp, body["id_token"], TENANT_A, auth.nonce)
+    header = jwt.decode(body["id_token"], KeySet.import_key_set(jwks)).header
+    assert header["kid"] == new_kid
+    old_only: KeySetSerialization = {"keys": [key for key in jwks["keys"] if key["kid"] == old_kid]}
+    with pytest.raises(InvalidKeyIdError):
+        jwt.decode(body["id_token"], KeySet.import_key_set(old_only))
+
+
+async def test_unpublished_key_signs_with_an_unknown_kid(
+    idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    hidden_kid = idp.idp.rotate(publish=False)
+    async with client.get(f"{idp.url}/organizations/discovery/v2.0/keys") as resp:
+        jwks = await resp.json()
+    assert hidden_kid not in {key["kid"] for key in jwks["keys"]}
+    auth = await sign_in(client, idp, "alice")
+    _, body = await redeem(client, idp, auth)
+    with pytest.raises(InvalidKeyIdError):
+        jwt.decode(body["id_token"], KeySet.import_key_set(jwks))
+
+
+async def test_id_token_hook_forges_tokens(
+    idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    idp.idp.id_token_hook = lambda header, claims: idp.idp.sign(header, {**claims, "aud": "x"})
+    auth = await sign_in(client, idp, "alice")
+    _, body = await redeem(client, idp, auth)
+    assert idp.idp.verify(body["id_token"])["aud"] == "x"
+    tampered = body["id_token"][:-4] + ("AAAA" if not body["id_token"].endswith("AAAA") else "BBBB")
+    with pytest.raises(BadSignatureError):
+        idp.idp.verify(tampered)
+
+
+async def test_logout_redirects_only_to_registered_uris(
+    idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    auth = await sign_in(client, idp, "alice")
+    _, body = await redeem(client, idp, auth)
+    claims = idp.idp.verify(body["id_token"])
+    url = f"{idp.url}/{TENANT_A}/oauth2/v2.0/logout"
+    params = {
+        "id_token_hint": body["id_token"],
+        "post_logout_redirect_uri": AFTER_LOGOUT,
+        "state": "s1",
+    }
+    async with client.get(url, params=params, allow_redirects=False) as resp:
+        assert resp.status == 302
+        assert resp.headers["Location"] == f"{AFTER_LOGOUT}?state=s1"
+    assert idp.idp.logouts == [claims["sid"]]
+    async with client.post(url, data=params, allow_redirects=False) as resp:
+        assert resp.status == 302
+    params["post_logout_redirect_uri"] = "https://evil.example/"
+    async with client.get(url, params=params, allow_redirects=False) as resp:
+        assert resp.status == 400
+    params = {"id_token_hint": "not.a.token", "post_logout_redirect_uri": AFTER_LOGOUT}
+    async with client.get(url, params=params, allow_redirects=False) as resp:
+        assert resp.status == 400
+    async with client.get(url, allow_redirects=False) as resp:
+        assert resp.status == 200
+        assert "signed out" in await resp.text()
+
+
+@pytest.mark.parametrize(
+    ("remote", "allowed"),
+    [
+        ("127.0.0.1", True),
+        ("127.9.9.9", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),
+        ("10.0.0.5", False),
+        ("203.0.113.7", False),
+        ("::ffff:203.0.113.7", False),
+        ("2001:db8::1", False),
+        ("", False),
+        (None, False),
+        ("not-an-ip", False),
+    ],
+)
+def test_is_loopback(remote: str | None, allowed: bool) -> None:
+    assert is_loopback(remote) is allowed
+
+
+@pytest.mark.parametrize(("peer", "status"), [("203.0.113.7", 403), ("127.0.0.1", 200)])
+async def test_middleware_refuses_non_loopback_peers(peer: str, status: int) -> None:
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: (
+        (peer, 40000) if name == "peername" else default
+    )
+    request = make_mocked_request("GET", "/organizations/discovery/v2.0/keys", transport=transport)
+    assert request.remote == peer
+
+    async def handler(_: web.Request) -> web.StreamResponse:
+        return web.Response(text="ok")
+
+    response = await loopback_only(request, handler)
+    assert response.status == status
+
+
+def test_refuses_a_non_loopback_base_url() -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        dev_idp_app(
+            "http://0.0.0.0:8081",
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            redirect_uris=[REDIRECT_URI],
+        )
