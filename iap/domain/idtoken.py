@@ -1,0 +1,279 @@
+"""OpenID Connect ID-token validation for Entra ID sign-in (SPEC §7 Login).
+
+This module and ``tokens`` are the only importers of joserfc: it verifies the RS256
+signature of the IdP's ID tokens; everything else here is plain parsing and comparison.
+Pure: no IO, the JWKS and the clock are arguments.
+
+Invariants:
+- The header is parsed and judged before any key is touched: ``alg`` must be exactly
+  ``RS256`` (no ``none``, no HMAC keyed with a public key: RFC 8725 §2.1, §3.1,
+  CVE-2015-9235), and headers that carry or point at their own key (``jwk``, ``jku``,
+  ``x5u``, ``x5c``) or demand extensions (``crit``) are refused (RFC 8725 §3.10).
+- The key is chosen here, by ``kid``, among the RSA keys of the IdP's JWKS; joserfc gets
+  that single key and the allow-list ``["RS256"]``, never a choice of its own.
+- Every segment must be canonical base64url (no padding, no stray bits), so a token has
+  exactly one encoding and any changed byte of the signature fails.
+- Claims: ``iss`` (Entra ``{tenantid}`` template and the key's own ``issuer``), ``aud``
+  (with ``azp``), integer ``exp``/``nbf``/``iat`` within ``skew``, ``nonce``, and ``tid`` in
+  the allowed tenants. A refusal raises :class:`InvalidIdToken` with a short ``reason``;
+  messages never contain the token or its claims.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jwk import RSAKey
+
+TENANT_TEMPLATE = "{tenantid}"
+ALGORITHM = "RS256"
+#: Large enough for Entra tokens with 200 groups, small enough to bound the work.
+MAX_TOKEN_LENGTH = 64 * 1024
+#: Header members that embed or locate a key, or demand extensions we do not implement.
+_FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "crit"})
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
+
+
+class InvalidIdToken(ValueError):
+    """The ID token is refused; ``reason`` is a short code for logs and metrics.
+
+    ``reason == "kid"`` means no RSA key of the JWKS matches: the caller may refetch the
+    JWKS once (rate-limited) and try again.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"ID token refused ({reason})")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Claims:
+    """The validated claims that identify an Entra user; ``raw`` holds all of them."""
+
+    tid: str
+    oid: str
+    sub: str
+    name: str | None
+    email: str | None
+    preferred_username: str | None
+    groups: tuple[str, ...]
+    roles: tuple[str, ...]
+    sid: str | None
+    raw: Mapping[str, Any] = field(repr=False)
+
+
+def validate(
+    token: str,
+    *,
+    jwks: Mapping[str, Any],
+    issuer: str,
+    client_id: str,
+    nonce: str,
+    allowed_tenants: Collection[str],
+    now: int,
+    skew: int = 120,
+) -> Claims:
+    """Validate an ID token from the token endpoint and return its claims.
+
+    ``issuer`` is the configured authority's issuer, possibly the multi-tenant template
+    ``.../{tenantid}/v2.0``; ``now`` is Unix seconds. Raises :class:`InvalidIdToken`.
+    """
+    header, payload = _verified(token, jwks)
+    claims = _json_object(payload)
+    tid = _string(claims, "tid")
+    _check_issuer(claims, issuer, header, tid)
+    _check_audience(claims, client_id)
+    _check_times(claims, now, skew)
+    if not nonce or not hmac.compare_digest(_string(claims, "nonce", "nonce"), nonce):
+        raise InvalidIdToken("nonce")
+    if tid not in allowed_tenants:
+        raise InvalidIdToken("tenant")
+    return _identity(claims, tid)
+
+
+# signature --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Header:
+    kid: str
+    key: Mapping[str, Any]
+
+
+def _verified(token: str, jwks: Mapping[str, Any]) -> tuple[_Header, bytes]:
+    """The selected key and the payload bytes whose RS256 signature checked out."""
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidIdToken("malformed")
+    segments = token.split(".")
+    if len(segments) != 3:
+        raise InvalidIdToken("malformed")
+    for segment in segments:
+        _b64decode(segment)
+    header = _json_object(_b64decode(segments[0]), reason="header")
+    kid = _check_header(header)
+    jwk = _select_key(jwks, kid)
+    try:
+        key = RSAKey.import_key(dict(jwk))
+        verified = jws.deserialize_compact(token, key, algorithms=[ALGORITHM])
+    except (JoseError, ValueError, TypeError):
+        raise InvalidIdToken("signature") from None
+    return _Header(kid, jwk), verified.payload
+
+
+def _check_header(header: Mapping[str, Any]) -> str:
+    """The ``kid`` of an acceptable header (RFC 8725 §3.1: exactly one algorithm)."""
+    if header.get("alg") != ALGORITHM:
+        raise InvalidIdToken("alg")
+    if _FORBIDDEN_HEADERS & header.keys():
+        raise InvalidIdToken("header")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise InvalidIdToken("header")
+    return kid
+
+
+def _select_key(jwks: Mapping[str, Any], kid: str) -> Mapping[str, Any]:
+    keys = jwks.get("keys")
+    if not isinstance(keys, list):
+        raise InvalidIdToken("kid")
+    matches = [
+        key
+        for key in keys
+        if isinstance(key, Mapping) and key.get("kid") == kid and key.get("kty") == "RSA"
+    ]
+    if len(matches) != 1:
+        raise InvalidIdToken("kid")
+    key = matches[0]
+    if key.get("use", "sig") != "sig" or key.get("alg", ALGORITHM) != ALGORITHM:
+        raise InvalidIdToken("kid")
+    return key
+
+
+def _b64decode(segment: str) -> bytes:
+    """Strict base64url without padding; non-canonical trailing bits are refused."""
+    if not _SEGMENT.fullmatch(segment) or len(segment) % 4 == 1:
+        raise InvalidIdToken("malformed")
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        raise InvalidIdToken("malformed") from None
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != segment:
+        raise InvalidIdToken("malformed")
+    return raw
+
+
+def _json_object(raw: bytes, *, reason: str = "malformed") -> dict[str, Any]:
+    """A JSON object with unique member names (RFC 7515 §5.2, RFC 7519 §4)."""
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result = dict(pairs)
+        if len(result) != len(pairs):
+            raise InvalidIdToken(reason)
+        return result
+
+    try:
+        value = json.loads(raw.decode("utf-8"), object_pairs_hook=unique)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise InvalidIdToken(reason) from None
+    if not isinstance(value, dict):
+        raise InvalidIdToken(reason)
+    return value
+
+
+# claims -----------------------------------------------------------------------------
+
+
+def _string(claims: Mapping[str, Any], name: str, reason: str = "malformed") -> str:
+    value = claims.get(name)
+    if not isinstance(value, str) or not value:
+        raise InvalidIdToken(reason)
+    return value
+
+
+def _optional_string(claims: Mapping[str, Any], name: str) -> str | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidIdToken("malformed")
+    return value
+
+
+def _strings(claims: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    value = claims.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise InvalidIdToken("malformed")
+    return tuple(value)
+
+
+def _check_issuer(claims: Mapping[str, Any], issuer: str, header: _Header, tid: str) -> None:
+    """Entra multi-tenant issuers are templates; each key may name its own issuer."""
+    iss = _string(claims, "iss", "iss")
+    if iss != issuer.replace(TENANT_TEMPLATE, tid):
+        raise InvalidIdToken("iss")
+    key_issuer = header.key.get("issuer")
+    if key_issuer is not None and (
+        not isinstance(key_issuer, str) or iss != key_issuer.replace(TENANT_TEMPLATE, tid)
+    ):
+        raise InvalidIdToken("iss")
+
+
+def _check_audience(claims: Mapping[str, Any], client_id: str) -> None:
+    """OIDC Core §3.1.3.7 steps 3-5: ``aud`` contains us; several audiences need ``azp``."""
+    aud = claims.get("aud")
+    azp = claims.get("azp")
+    if isinstance(aud, str):
+        ok = aud == client_id
+    elif isinstance(aud, list) and all(isinstance(item, str) for item in aud):
+        ok = client_id in aud and (len(aud) == 1 or azp == client_id)
+    else:
+        ok = False
+    if not ok or (azp is not None and azp != client_id):
+        raise InvalidIdToken("aud")
+
+
+def _time(claims: Mapping[str, Any], name: str, *, required: bool) -> int | None:
+    value = claims.get(name)
+    if value is None and not required:
+        return None
+    # RFC 7519 §2 NumericDate; integers only (bool is an int in Python)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidIdToken(name)
+    return value
+
+
+def _check_times(claims: Mapping[str, Any], now: int, skew: int) -> None:
+    exp = _time(claims, "exp", required=True)
+    if exp is None or exp <= now - skew:
+        raise InvalidIdToken("exp")
+    nbf = _time(claims, "nbf", required=False)
+    if nbf is not None and nbf > now + skew:
+        raise InvalidIdToken("nbf")
+    iat = _time(claims, "iat", required=True)
+    if iat is None or iat > now + skew:
+        raise InvalidIdToken("iat")
+
+
+def _identity(claims: dict[str, Any], tid: str) -> Claims:
+    return Claims(
+        tid=tid,
+        oid=_string(claims, "oid"),
+        sub=_string(claims, "sub"),
+        name=_optional_string(claims, "name"),
+        email=_optional_string(claims, "email"),
+        preferred_username=_optional_string(claims, "preferred_username"),
+        groups=_strings(claims, "groups"),
+        roles=_strings(claims, "roles"),
+        sid=_optional_string(claims, "sid"),
+        raw=MappingProxyType(claims),
+    )
