@@ -1,0 +1,100 @@
+"""A real redis-server on a free loopback port, started and stopped by a test fixture.
+
+Never the shared server on 6379: every fixture gets its own, with persistence off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+
+import pytest
+
+REDIS_SERVER = "redis-server"
+
+
+def redis_server_binary() -> str:
+    """The path of redis-server; skips the test when it is missing, but fails under CI."""
+    path = shutil.which(REDIS_SERVER) or (
+        "/usr/bin/redis-server" if os.access("/usr/bin/redis-server", os.X_OK) else None
+    )
+    if path is None:
+        reason = "redis-server not found (install the Debian package `redis-server`)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RedisServer:
+    proc: asyncio.subprocess.Process
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def stop(self) -> None:
+        """Terminate the server and wait for it; kill it if it lingers."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.terminate()
+            try:
+                async with asyncio.timeout(10):  # a hang guard, not a performance bound
+                    await self.proc.wait()
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                await self.proc.wait()
+
+
+async def _answers_ping(port: int) -> bool:
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    try:
+        writer.write(b"PING\r\n")
+        await writer.drain()
+        return (await reader.readline()).startswith(b"+PONG")
+    except OSError:
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def start_redis_server() -> RedisServer:
+    """Start redis-server on a free loopback port and wait until it answers PING."""
+    binary = redis_server_binary()
+    port = _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *(binary, "--port", str(port), "--bind", "127.0.0.1"),
+        *("--save", "", "--appendonly", "no"),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    server = RedisServer(proc, port)
+    try:
+        async with asyncio.timeout(10):  # a hang guard, not a performance bound
+            while not await _answers_ping(port):
+                if proc.returncode is not None:
+                    raise RuntimeError(f"redis-server exited with {proc.returncode}")
+                await asyncio.sleep(0.02)
+    except BaseException:
+        await server.stop()
+        raise
+    return server
