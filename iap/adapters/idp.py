@@ -1,0 +1,283 @@
+"""Calls to the IdP: OpenID discovery and the per-tenant JWKS cache (SPEC §7 Login).
+
+Invariants:
+- Every URL is checked by :func:`require_https` before it is fetched: https, or http on a
+  loopback address only (development and tests). Redirects are not followed, so a 3xx
+  cannot lead a fetch to a URL that was never checked.
+- IdP calls carry no cookies and no trace headers: the session must use a
+  :class:`aiohttp.DummyCookieJar`, no ``trace_configs`` and no such default headers
+  (:func:`new_session` builds one), and requests set only ``Accept``.
+- Every network, HTTP or JSON failure becomes :class:`IdpUnavailable` (``raise ... from
+  exc``); bodies are read up to a size limit, so a hostile IdP cannot exhaust memory.
+- Caches are per tenant and never refreshed in the background: an access to an old entry
+  tries one refresh (single-flight per tenant) and keeps the last-known-good on errors.
+  JWKS: refresh after 1 h, expire after 24 h; an unknown ``kid`` refetches at most once
+  per 5 min per tenant, so forged tokens cannot make iap hammer the IdP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import ipaddress
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from iap.errors import IapError
+
+DISCOVERY_TTL = 24 * 3600.0
+JWKS_REFRESH_AFTER = 3600.0
+JWKS_MAX_AGE = 24 * 3600.0
+UNKNOWN_KID_INTERVAL = 5 * 60.0
+MAX_DOCUMENT_BYTES = 1024 * 1024
+#: Entra tenant ids are GUIDs or verified domains; also ``organizations`` and ``common``.
+_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
+_FORBIDDEN_HEADERS = frozenset(
+    {"cookie", "traceparent", "tracestate", "baggage", "b3", "uber-trace-id"}
+)
+
+Clock = Callable[[], float]
+
+
+class IdpUnavailable(IapError):
+    """The IdP could not be reached or gave an unusable answer; detail is in the cause."""
+
+    def __init__(self) -> None:
+        super().__init__("The identity provider is unavailable.")
+
+
+def require_https(url: str) -> None:
+    """Raise ValueError unless ``url`` is https, or http on a loopback host (SPEC §7)."""
+    parsed = URL(url)
+    host = parsed.raw_host
+    if not parsed.absolute or not host:
+        raise ValueError("IdP URL must be absolute")
+    if parsed.user is not None or parsed.password is not None:
+        raise ValueError("IdP URL must not carry userinfo")
+    if parsed.scheme == "https":
+        return
+    if parsed.scheme == "http" and _is_loopback_host(host):
+        return
+    raise ValueError("IdP URL must use https (http only on loopback)")
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def new_session() -> aiohttp.ClientSession:
+    """A client session fit for IdP calls: no cookie jar, no tracing, no proxy from env."""
+    return aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
+
+
+def _check_session(session: aiohttp.ClientSession) -> None:
+    if not isinstance(session.cookie_jar, aiohttp.DummyCookieJar):
+        raise ValueError("IdP session must use a DummyCookieJar (no cookies to the IdP)")
+    if session.trace_configs:
+        raise ValueError("IdP session must not have trace_configs")
+    if _FORBIDDEN_HEADERS & {name.lower() for name in session.headers} or any(
+        name.lower().startswith("x-b3-") for name in session.headers
+    ):
+        raise ValueError("IdP session must not send cookies or trace headers")
+
+
+def _check_tenant(tenant: str) -> None:
+    if not _TENANT.fullmatch(tenant):
+        raise ValueError("tenant must be a tenant id, a domain, organizations or common")
+
+
+@dataclass(frozen=True)
+class Fetcher:
+    """GETs JSON objects from the IdP with the invariants of this module."""
+
+    session: aiohttp.ClientSession
+    timeout: aiohttp.ClientTimeout
+    max_bytes: int = MAX_DOCUMENT_BYTES
+
+    async def get_json(self, url: str) -> dict[str, Any]:
+        """The JSON object at ``url``; :class:`IdpUnavailable` on any failure."""
+        require_https(url)
+        try:
+            async with self.session.get(
+                url,
+                headers={"Accept": "application/json"},
+                allow_redirects=False,
+                timeout=self.timeout,
+            ) as response:
+                if response.status != 200:
+                    raise IdpUnavailable
+                body = await self._read(response)
+            document = json.loads(body)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise IdpUnavailable from exc
+        if not isinstance(document, dict):
+            raise IdpUnavailable
+        return document
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise IdpUnavailable
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+@dataclass
+class _Entry:
+    document: dict[str, Any]
+    fetched_at: float
+    source: str
+
+
+class _TenantLocks:
+    """One lock per tenant, so concurrent accesses cause one fetch (single-flight)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def __call__(self, tenant: str) -> asyncio.Lock:
+        return self._locks.setdefault(tenant, asyncio.Lock())
+
+
+class Discovery:
+    """OpenID discovery documents per tenant, cached 24 h, last-known-good kept on errors.
+
+    ``authority`` is the IdP base (``https://login.microsoftonline.com``); the document of
+    a tenant is ``{authority}/{tenant}/v2.0/.well-known/openid-configuration``.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        authority: str,
+        *,
+        timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+        ttl: float = DISCOVERY_TTL,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        _check_session(session)
+        require_https(authority)
+        self._authority = authority.rstrip("/")
+        client_timeout = aiohttp.ClientTimeout(total=timeout, connect=connect_timeout)
+        self.fetcher = Fetcher(session, client_timeout)
+        self._ttl = ttl
+        self._clock = clock
+        self._entries: dict[str, _Entry] = {}
+        self._locks = _TenantLocks()
+
+    def url(self, tenant: str) -> str:
+        """Where the discovery document of ``tenant`` lives."""
+        _check_tenant(tenant)
+        return f"{self._authority}/{tenant}/v2.0/.well-known/openid-configuration"
+
+    async def document(self, tenant: str) -> dict[str, Any]:
+        """The tenant's discovery document; :class:`IdpUnavailable` if never obtained."""
+        url = self.url(tenant)
+        async with self._locks(tenant):
+            entry = self._entries.get(tenant)
+            if entry is not None and self._clock() - entry.fetched_at < self._ttl:
+                return copy.deepcopy(entry.document)
+            try:
+                document = _checked_discovery(await self.fetcher.get_json(url))
+            except IdpUnavailable:
+                if entry is None:
+                    raise
+                return copy.deepcopy(entry.document)  # last-known-good
+            self._entries[tenant] = _Entry(document, self._clock(), url)
+            return copy.deepcopy(document)
+
+
+def _checked_discovery(document: dict[str, Any]) -> dict[str, Any]:
+    for name in ("issuer", "jwks_uri"):
+        if not isinstance(document.get(name), str):
+            raise IdpUnavailable
+    try:
+        require_https(document["jwks_uri"])
+    except ValueError as exc:
+        raise IdpUnavailable from exc
+    return document
+
+
+class JwksCache:
+    """The JWKS of each tenant's ``jwks_uri`` (from discovery), per tenant.
+
+    Served from cache for 1 h, then refreshed on access; a failed refresh keeps the
+    last-known-good keys until they are 24 h old, after which :class:`IdpUnavailable` is
+    raised. :meth:`for_unknown_kid` refetches at most once per 5 min per tenant.
+    """
+
+    def __init__(
+        self,
+        discovery: Discovery,
+        *,
+        refresh_after: float = JWKS_REFRESH_AFTER,
+        max_age: float = JWKS_MAX_AGE,
+        unknown_kid_interval: float = UNKNOWN_KID_INTERVAL,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._discovery = discovery
+        self._refresh_after = refresh_after
+        self._max_age = max_age
+        self._unknown_kid_interval = unknown_kid_interval
+        self._clock = clock
+        self._entries: dict[str, _Entry] = {}
+        self._unknown_kid_at: dict[str, float] = {}
+        self._locks = _TenantLocks()
+
+    async def keys(self, tenant: str) -> dict[str, Any]:
+        """The tenant's JWKS (``{"keys": [...]}``); :class:`IdpUnavailable` if none usable."""
+        _check_tenant(tenant)
+        async with self._locks(tenant):
+            entry = self._entries.get(tenant)
+            if entry is not None and self._age(entry) < self._refresh_after:
+                return copy.deepcopy(entry.document)
+            try:
+                return await self._fetch(tenant)
+            except IdpUnavailable:
+                if entry is None or self._age(entry) >= self._max_age:
+                    raise
+                return copy.deepcopy(entry.document)  # last-known-good
+
+    async def for_unknown_kid(self, tenant: str) -> dict[str, Any] | None:
+        """Refetch the JWKS because a token named an unknown ``kid`` (SPEC §7).
+
+        None when this tenant already refetched within the last 5 minutes; the budget is
+        spent by the attempt, whether or not it succeeds. Raises :class:`IdpUnavailable`.
+        """
+        _check_tenant(tenant)
+        async with self._locks(tenant):
+            now = self._clock()
+            last = self._unknown_kid_at.get(tenant)
+            if last is not None and now - last < self._unknown_kid_interval:
+                return None
+            self._unknown_kid_at[tenant] = now
+            return await self._fetch(tenant)
+
+    def _age(self, entry: _Entry) -> float:
+        return self._clock() - entry.fetched_at
+
+    async def _fetch(self, tenant: str) -> dict[str, Any]:
+        """Fetch and store the JWKS; the caller holds the tenant's lock."""
+        discovery = await self._discovery.document(tenant)
+        url = discovery["jwks_uri"]
+        document = await self._discovery.fetcher.get_json(url)
+        if not isinstance(document.get("keys"), list):
+            raise IdpUnavailable
+        self._entries[tenant] = _Entry(document, self._clock(), url)
+        return copy.deepcopy(document)
