@@ -1,0 +1,225 @@
+"""The dev IdP's in-memory state: the ``DevIdP`` dataclass and the grants it keeps.
+
+``DevIdP`` holds the client registration, the token lifetimes and clock, the counters tests
+read, the signing keys (see ``signing``) and the outstanding authorization codes, refresh
+token families and Graph access tokens. It builds Entra-shaped ID and access token claims,
+issues token responses and revokes refresh families; the HTTP layer in ``app`` and
+``grants`` drives it through ``app[DEV_IDP]``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from joserfc.jwk import RSAKey
+
+from iap.dev.idp import signing
+from iap.dev.idp.users import MULTI_TENANT, TENANT_TEMPLATE, DemoUser
+
+GRAPH_AUDIENCE = "https://graph.microsoft.com"
+#: Entra's limit is 200 groups in a JWT; the demo keeps a lower one so that a user with
+#: 150 groups exercises the overage path (``_claim_names``) without a huge fixture.
+GROUPS_CLAIM_LIMIT = 100
+
+
+@dataclass
+class Code:
+    client_id: str
+    redirect_uri: str
+    code_challenge: str
+    nonce: str
+    user: DemoUser
+    scopes: tuple[str, ...]
+    sid: str
+    expires: float
+
+
+@dataclass
+class Grant:
+    client_id: str
+    user: DemoUser
+    scopes: tuple[str, ...]
+    sid: str
+    family: str
+    expires: float
+
+
+@dataclass
+class AccessToken:
+    user: DemoUser
+    client_id: str
+    expires: float
+
+
+IdTokenHook = Callable[[dict[str, Any], dict[str, Any]], str]
+
+
+@dataclass
+class DevIdP:
+    """The IdP's state; tests read its counters and may rotate keys or shift the clock."""
+
+    base_url: str
+    client_id: str
+    client_secret: str
+    redirect_uris: tuple[str, ...]
+    post_logout_redirect_uris: tuple[str, ...] = ()
+    id_token_ttl: int = 3600
+    access_token_ttl: int = 3600
+    refresh_token_ttl: int = 90 * 24 * 3600
+    code_ttl: int = 600
+    #: seconds the token endpoint waits before answering a refresh grant (widens races)
+    refresh_delay: float = 0.0
+    clock: Callable[[], float] = time.time
+    #: when set, builds the compact ID token from (header, claims) instead of signing them;
+    #: relying-party tests use it to forge bad tokens (``sign`` is available to it)
+    id_token_hook: IdTokenHook | None = None
+    # counters
+    discovery_fetches: int = 0
+    jwks_fetches: int = 0
+    authorizations: int = 0
+    code_grants: int = 0
+    refresh_grants: int = 0
+    graph_calls: int = 0
+    logouts: list[str] = field(default_factory=list)
+    # key material and grants
+    keys: list[RSAKey] = field(default_factory=list)
+    unpublished: set[str] = field(default_factory=set)
+    signing_kid: str = ""
+    codes: dict[str, Code] = field(default_factory=dict)
+    redeemed_codes: dict[str, str] = field(default_factory=dict)
+    refresh_tokens: dict[str, Grant] = field(default_factory=dict)
+    access_tokens: dict[str, AccessToken] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.keys:
+            self.rotate()
+
+    # keys ---------------------------------------------------------------------------
+
+    def rotate(self, *, publish: bool = True) -> str:
+        """Add a new RS256 key and sign with it from now on; returns its ``kid``.
+
+        ``publish=False`` keeps the key out of the JWKS (an "unknown kid" for tests).
+        """
+        key = signing.new_key()
+        kid = key.thumbprint()
+        self.keys.append(key)
+        if not publish:
+            self.unpublished.add(kid)
+        self.signing_kid = kid
+        return kid
+
+    def issuer(self, tenant: str) -> str:
+        """``{base}/{tid}/v2.0``; the ``{tenantid}`` template for organizations/common."""
+        tid = TENANT_TEMPLATE if tenant in MULTI_TENANT else tenant
+        return f"{self.base_url}/{tid}/v2.0"
+
+    def jwks(self, tenant: str) -> dict[str, Any]:
+        return signing.jwks(self.keys, self.unpublished, self.issuer(tenant))
+
+    def sign(self, header: Mapping[str, Any], claims: Mapping[str, Any]) -> str:
+        """Sign ``claims`` with the current key (RS256) unless ``header`` names another kid."""
+        return signing.sign(self.keys, header.get("kid", self.signing_kid), header, claims)
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """Claims of a token this IdP signed (any key, published or not); raises JoseError."""
+        return signing.verify(self.keys, token)
+
+    # tokens -------------------------------------------------------------------------
+
+    def subject(self, user: DemoUser) -> str:
+        """Entra's ``sub`` is pairwise: stable per user and application."""
+        digest = hashlib.sha256(f"{self.client_id}:{user.tid}:{user.oid}".encode()).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+    def id_token_claims(self, user: DemoUser, *, nonce: str | None, sid: str) -> dict[str, Any]:
+        now = int(self.clock())
+        claims: dict[str, Any] = {
+            "ver": "2.0",
+            "iss": f"{self.base_url}/{user.tid}/v2.0",
+            "aud": self.client_id,
+            "iat": now,
+            "nbf": now,
+            "exp": now + self.id_token_ttl,
+            "tid": user.tid,
+            "oid": user.oid,
+            "sub": self.subject(user),
+            "name": user.name,
+            "preferred_username": user.email,
+            "email": user.email,
+            "sid": sid,
+            "uti": secrets.token_urlsafe(16),
+        }
+        if nonce is not None:
+            claims["nonce"] = nonce
+        if user.roles:
+            claims["roles"] = list(user.roles)
+        if len(user.groups) > GROUPS_CLAIM_LIMIT:
+            claims["_claim_names"] = {"groups": "src1"}
+            endpoint = f"{self.base_url}/graph/v1.0/users/{user.oid}/getMemberObjects"
+            claims["_claim_sources"] = {"src1": {"endpoint": endpoint}}
+        elif user.groups:
+            claims["groups"] = list(user.groups)
+        return claims
+
+    def issue_tokens(
+        self,
+        user: DemoUser,
+        *,
+        scopes: tuple[str, ...],
+        nonce: str | None,
+        sid: str,
+        family: str,
+    ) -> dict[str, Any]:
+        now = self.clock()
+        access_claims = {
+            "ver": "2.0",
+            "iss": f"{self.base_url}/{user.tid}/v2.0",
+            "aud": GRAPH_AUDIENCE,
+            "iat": int(now),
+            "nbf": int(now),
+            "exp": int(now) + self.access_token_ttl,
+            "tid": user.tid,
+            "oid": user.oid,
+            "sub": self.subject(user),
+            "azp": self.client_id,
+            "scp": " ".join(s for s in scopes if s not in ("openid", "offline_access")),
+            "uti": secrets.token_urlsafe(16),
+        }
+        access_token = self.sign({}, access_claims)
+        self.access_tokens[access_token] = AccessToken(
+            user, self.client_id, now + self.access_token_ttl
+        )
+        response: dict[str, Any] = {
+            "token_type": "Bearer",
+            "scope": " ".join(scopes),
+            "expires_in": self.access_token_ttl,
+            "ext_expires_in": self.access_token_ttl,
+            "access_token": access_token,
+        }
+        if "openid" in scopes:
+            header: dict[str, Any] = {"alg": "RS256", "typ": "JWT", "kid": self.signing_kid}
+            claims = self.id_token_claims(user, nonce=nonce, sid=sid)
+            hook = self.id_token_hook
+            response["id_token"] = hook(header, claims) if hook else self.sign(header, claims)
+        if "offline_access" in scopes:
+            refresh_token = secrets.token_urlsafe(48)
+            self.refresh_tokens[refresh_token] = Grant(
+                self.client_id, user, scopes, sid, family, now + self.refresh_token_ttl
+            )
+            response["refresh_token"] = refresh_token
+        return response
+
+    def revoke_family(self, family: str) -> None:
+        for token in [t for t, g in self.refresh_tokens.items() if g.family == family]:
+            del self.refresh_tokens[token]
+
+
+DEV_IDP = web.AppKey("dev_idp", DevIdP)
