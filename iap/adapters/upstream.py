@@ -35,7 +35,7 @@ from iap.adapters.http1 import (
 from iap.adapters.tls import Material, upstream_material
 from iap.config import Route, UpstreamTLS
 from iap.domain.circuit import CircuitBreaker
-from iap.domain.headers import HeaderFilter
+from iap.domain.headers import WEBSOCKET_HANDSHAKE, HeaderFilter, fold
 from iap.errors import (
     BadGateway,
     CircuitOpen,
@@ -49,6 +49,8 @@ SERVER = "iap"
 SMALL_BODY = 64 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
 _REPLACED = frozenset({"server", "x-correlation-id"})
+# Each WebSocket hop negotiates key, version, extensions and subprotocol itself (RFC 6455 §4).
+_HOP_HANDSHAKE = WEBSOCKET_HANDSHAKE | {"sec-websocket-protocol"}
 
 
 @dataclass(slots=True)
@@ -331,7 +333,9 @@ async def forward_websocket(
     try:
         upstream_ws = await upstream.session.ws_connect(
             url,
-            headers=CIMultiDict(headers),
+            headers=CIMultiDict(
+                (name, value) for name, value in headers if fold(name) not in _HOP_HANDSHAKE
+            ),
             protocols=[p for p in offered if p],
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=timeouts.sock_read),
             ssl=upstream.ssl,

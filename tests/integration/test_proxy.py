@@ -390,3 +390,21 @@ async def test_websocket_messages_are_bounded_by_max_body(
         closing = await ws.receive()
         assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
         assert ws.close_code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+
+
+async def test_websocket_handshake_headers_belong_to_each_hop(
+    edge: RunningEdge, upstream: Upstream
+) -> None:
+    """The client's key and extension offer are for iap, not the upstream: forwarding them
+    would duplicate the key and let the upstream agree to compression iap never negotiated."""
+    async with (
+        aiohttp.ClientSession() as client,
+        client.ws_connect(f"{edge.url}/ws", protocols=("chat",), compress=15) as ws,
+    ):
+        await ws.send_str("hello")
+        assert json.loads(await ws.receive_str()) == {"echo": "hello"}
+    seen = upstream.seen.last.headers
+    assert len(seen.getall("Sec-WebSocket-Key")) == 1
+    assert len(seen.getall("Sec-WebSocket-Version")) == 1
+    assert "Sec-WebSocket-Extensions" not in seen
+    assert seen.getall("Sec-WebSocket-Protocol") == ["chat"]
