@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import yaml
 
 from iap.config import Address
 from iap.web.server import bind
@@ -170,11 +169,6 @@ async def test_dev_serves_the_demo_page(tmp_path: Path) -> None:
     finally:
         assert await iap.stop() == 0, iap.stderr_lines
     assert not exists(certs)  # the temporary material is removed at exit
-
-
-def test_config_file_is_plain_yaml(tmp_path: Path) -> None:
-    path = write_config(tmp_path, edge_config("http://127.0.0.1:1"))
-    assert yaml.safe_load(path.read_text())["routes"][0]["name"] == "app"
 
 
 async def test_sighup_reloads_routes_and_refuses_a_bad_config(
