@@ -49,6 +49,7 @@ _SIZE_UNITS = {
     "MiB": 2**20,
     "GiB": 2**30,
 }
+SESSION_KEYS_ENV = "IAP_SESSION_KEYS"
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
@@ -173,6 +174,26 @@ class OIDC(_Model):
     client_certificate: ClientCertificate | None = None
     scopes: list[str] = ["openid", "profile", "email", "offline_access"]
     groups_overage: Literal["graph", "deny"] = "graph"
+    graph_url: HttpUrl = "https://graph.microsoft.com"
+    response_mode: Literal["query", "form_post"] = "query"
+    clock_skew: Duration = 120.0
+
+    @field_validator("issuer")
+    @classmethod
+    def _entra_shape(cls, value: str) -> str:
+        if not re.fullmatch(r"[^?#]+/[A-Za-z0-9.-]+/v2\.0", value):
+            raise ValueError(
+                "expected an Entra ID v2.0 issuer such as "
+                "https://login.microsoftonline.com/<tenant-id>/v2.0"
+            )
+        return value
+
+    @field_validator("scopes")
+    @classmethod
+    def _openid(cls, value: list[str]) -> list[str]:
+        if "openid" not in value:
+            raise ValueError("must include openid")
+        return value
 
     @model_validator(mode="after")
     def _one_client_credential(self) -> OIDC:
@@ -191,6 +212,13 @@ class Session(_Model):
     keys_file: FilePath | None = None
     lifetime: Duration = 8 * 3600.0
     idle_timeout: Duration = 3600.0
+
+    @field_validator("lifetime")
+    @classmethod
+    def _bounded(cls, value: float) -> float:
+        if value > 400 * 86400:  # browsers cap cookie lifetimes at 400 days
+            raise ValueError("at most 400d")
+        return value
 
 
 class Redis(_Model):
@@ -365,6 +393,7 @@ class Config(_Model):
     limits: Limits = Limits()
     drain_timeout: Duration = 25.0
     tls_watch_interval: Duration = 5.0
+    allowed_redirect_hosts: list[str] = []
     oidc: OIDC | None = None
     session: Session = Session()
     redis: Redis | None = None
@@ -422,21 +451,42 @@ def _route_problems(document: Mapping[str, object]) -> list[str]:
             problems.append(f"routes[{index}].name: duplicates routes[{first_seen[name]}].name")
         elif isinstance(name, str):
             first_seen[name] = index
-        policy = route.get("policy")
-        # Refuse what this build cannot enforce yet rather than serve it openly.
-        if isinstance(policy, Mapping) and policy.get("public") is not True:
-            problems.append(
-                f"routes[{index}].policy: only `public: true` routes can be served until "
-                "sign-in (oidc) is available in this build; refusing to serve this route"
-            )
+        problems += _policy_problems(f"routes[{index}].policy", route.get("policy"), document)
     return problems
+
+
+def _session_problems(document: Mapping[str, object]) -> list[str]:
+    session = document.get("session")
+    session = session if isinstance(session, Mapping) else {}
+    problems = []
+    if session.get("store") == "redis" and document.get("redis") is None:
+        problems.append("session.store: `redis` needs the redis key (redis.url)")
+    has_keys = session.get("keys_file") is not None or os.environ.get(SESSION_KEYS_ENV)
+    if document.get("oidc") is not None and not has_keys:
+        problems.append(
+            f"session.keys_file: required with oidc (or the {SESSION_KEYS_ENV} variable), "
+            "so every replica and restart opens the same cookies"
+        )
+    return problems
+
+
+def _policy_problems(key: str, policy: object, document: Mapping[str, object]) -> list[str]:
+    """Refuse what this build cannot enforce rather than serve it openly."""
+    if not isinstance(policy, Mapping) or policy.get("public") is True:
+        return []
+    if document.get("oidc") is None:
+        return [f"{key}: a route that is not `public: true` needs sign-in; configure oidc"]
+    allow = policy.get("allow")
+    if isinstance(allow, Mapping) and allow.get("claims"):
+        return [f"{key}.allow.claims: not supported by this build yet; use roles or groups"]
+    return []
 
 
 def parse(document: object) -> Config:
     """Build a :class:`Config` from a parsed YAML document, or raise :class:`ConfigError`."""
     if not isinstance(document, Mapping):
         raise ConfigError(["(top level): expected a mapping of keys"])
-    problems = _route_problems(document)
+    problems = _route_problems(document) + _session_problems(document)
     try:
         config = Config.model_validate(document)
     except ValidationError as exc:

@@ -4,10 +4,15 @@
     ├── ConfigError              bad configuration (exit 2, never a request error)
     └── RequestError             answered by iap itself, never forwarded
         ├── BadRequest           400 malformed or ambiguous request
+        ├── Unauthenticated      401 no usable credentials on a protected route
+        ├── SignInFailed         403 a login callback that must not sign anyone in
+        ├── Forbidden            403 the route's policy denies the caller
         ├── NotFound             404 no route
+        ├── MethodNotAllowed     405 an /.iap/ endpoint called with the wrong method
         ├── PayloadTooLarge      413 body over the route's limit
         ├── UriTooLong           414 request target over the limit
         ├── HeadersTooLarge      431 too many or too large headers
+        ├── ServiceUnavailable   503 the session store or the IdP cannot be reached
         └── UpstreamError        the upstream could not answer
             ├── BadGateway       502 refused, reset, TLS failure
             ├── CircuitOpen      503 upstream marked unhealthy
@@ -41,11 +46,21 @@ class RequestError(IapError):
     public = "Internal error."
     reason = "internal_error"
 
-    def __init__(self, detail: str = "", *, public: str | None = None) -> None:
-        super().__init__(detail or self.reason)
-        self.detail = detail or self.reason
+    def __init__(
+        self,
+        detail: str = "",
+        *,
+        public: str | None = None,
+        reason: str | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        super().__init__(detail or reason or self.reason)
+        self.detail = detail or reason or self.reason
         if public is not None:
             self.public = public
+        if reason is not None:
+            self.reason = reason
+        self.headers = tuple(headers)  # e.g. Set-Cookie that clears a rejected session
 
 
 class BadRequest(RequestError):
@@ -54,10 +69,34 @@ class BadRequest(RequestError):
     reason = "bad_request"
 
 
+class Unauthenticated(RequestError):
+    status = 401
+    public = "Sign-in required."
+    reason = "unauthenticated"
+
+
+class SignInFailed(RequestError):
+    status = 403
+    public = "Sign-in failed. Please try again."
+    reason = "sign_in_failed"
+
+
+class Forbidden(RequestError):
+    status = 403
+    public = "You do not have access to this resource."
+    reason = "forbidden"
+
+
 class NotFound(RequestError):
     status = 404
     public = "Not found."
     reason = "no_route"
+
+
+class MethodNotAllowed(RequestError):
+    status = 405
+    public = "Method not allowed."
+    reason = "method_not_allowed"
 
 
 class PayloadTooLarge(RequestError):
@@ -76,6 +115,12 @@ class HeadersTooLarge(RequestError):
     status = 431
     public = "Request header fields too large."
     reason = "headers_too_large"
+
+
+class ServiceUnavailable(RequestError):
+    status = 503
+    public = "Sign-in is temporarily unavailable."
+    reason = "unavailable"
 
 
 class UpstreamError(RequestError):

@@ -5,6 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A signed-in user, keyed by ``tid`` + ``oid`` (SPEC §6); never by email."""
+
+    subject: str
+    tid: str
+    oid: str
+    name: str | None
+    email: str | None
+    preferred_username: str | None
+    roles: tuple[str, ...]
+    groups: tuple[str, ...]
+
+
 @dataclass(slots=True)
 class Exchange:
     """What is known about one request as it moves through the edge; becomes its audit line."""

@@ -5,7 +5,7 @@
 set -euo pipefail
 
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(redis-server)
+[ ${#want[@]} -gt 0 ] || want=(redis-server chromium)
 
 missing=()
 for pkg in "${want[@]}"; do

@@ -118,7 +118,7 @@ class Fetcher:
             ) as response:
                 if response.status != 200:
                     raise IdpUnavailable
-                body = await self._read(response)
+                body = await self.read(response)
             document = json.loads(body)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise IdpUnavailable from exc
@@ -126,7 +126,8 @@ class Fetcher:
             raise IdpUnavailable
         return document
 
-    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+    async def read(self, response: aiohttp.ClientResponse) -> bytes:
+        """The body, up to ``max_bytes``; :class:`IdpUnavailable` past that."""
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.content.iter_chunked(64 * 1024):

@@ -62,6 +62,18 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="min",
         )
+        self.authn = Counter(
+            "iap_authn_total",
+            "Authentication attempts on protected routes, by method and result.",
+            ["method", "result"],
+            registry=self.registry,
+        )
+        self.authz = Counter(
+            "iap_authz_total",
+            "Authorization decisions, by route and decision (allow or deny).",
+            ["route", "decision"],
+            registry=self.registry,
+        )
         # labels() takes a lock and builds a key on every call; the label sets are few.
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
         self.spans_dropped = Counter(
@@ -85,6 +97,13 @@ class Metrics:
     def observe_upstream(self, route: str, method: str, code: int, seconds: float) -> None:
         """After :meth:`observe_request` for the same request (it prepares the children)."""
         self._children[(route, method if method in _METHODS else "OTHER", code)][2].observe(seconds)
+
+    def observe_authn(self, method: str, result: str) -> None:
+        """``result`` is ``ok`` or a short reason from a fixed set (never client input)."""
+        self.authn.labels(method, result).inc()
+
+    def observe_authz(self, route: str, decision: str) -> None:
+        self.authz.labels(route, decision).inc()
 
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus text format, across all workers when there are several."""

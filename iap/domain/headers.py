@@ -10,6 +10,10 @@ Invariants:
   removed; ``Connection`` cannot be used to remove the headers that frame the body.
 - ``X-Forwarded-*``, ``Forwarded`` and the original-URI headers are believed only from
   trusted proxies; from anyone else they are replaced or dropped.
+- iap's own cookies (``__Host-iap``, its chunks and the login state) never reach the
+  upstream; the rest of a ``Cookie`` header passes unchanged (SPEC §6).
+- Identity headers carry printable ASCII only; a value with anything else (CR, LF, NUL,
+  non-ASCII) is left out rather than escaped, so a claim can never split a header.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
+
+from iap.model import Identity
 
 HOP_BY_HOP = frozenset(
     {
@@ -68,6 +74,7 @@ WEBSOCKET_HANDSHAKE = frozenset(
 )
 _NEVER_NOMINATED = frozenset({"content-length", "host"})
 _IAP_PREFIX = "x-iap-"
+IAP_COOKIE = "__Host-iap"
 
 Headers = Sequence[tuple[str, str]]
 
@@ -104,6 +111,10 @@ class HeaderFilter:
             folded = fold(name)
             if folded in drop or folded in nominated or folded.startswith(_IAP_PREFIX):
                 continue
+            if folded == "cookie" and IAP_COOKIE in value:
+                value = without_iap_cookies(value)
+                if not value:
+                    continue
             kept.append((name, value))
         return kept
 
@@ -123,6 +134,30 @@ class HeaderFilter:
             and folded != "content-length"
             and folded not in replaced
         ]
+
+
+def without_iap_cookies(value: str) -> str:
+    """A ``Cookie`` header value without ``__Host-iap`` and ``__Host-iap-*`` pairs."""
+    kept = []
+    for pair in value.split(";"):
+        name = pair.partition("=")[0].strip()
+        if name != IAP_COOKIE and not name.startswith(IAP_COOKIE + "-"):
+            kept.append(pair.strip())
+    return "; ".join(pair for pair in kept if pair)
+
+
+def identity_headers(identity: Identity) -> list[tuple[str, str]]:
+    """The informational ``X-IAP-*`` headers (SPEC §6); the minted token is the truth."""
+    values = [
+        ("X-IAP-Subject", identity.subject),
+        ("X-IAP-Email", identity.email or ""),
+        ("X-IAP-Roles", ",".join(identity.roles)),
+    ]
+    return [(name, value) for name, value in values if value and _printable(value)]
+
+
+def _printable(value: str) -> bool:
+    return value.isascii() and value.isprintable()
 
 
 class TrustedProxies:

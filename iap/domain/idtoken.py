@@ -1,6 +1,6 @@
 """OpenID Connect ID-token validation for Entra ID sign-in (SPEC §7 Login).
 
-This module and ``tokens`` are the only importers of joserfc: it verifies the RS256
+This module, ``client_auth`` and ``tokens`` are the only importers of joserfc: it verifies the RS256
 signature of the IdP's ID tokens; everything else here is plain parsing and comparison.
 Pure: no IO, the JWKS and the clock are arguments.
 
@@ -78,7 +78,7 @@ def validate(
     jwks: Mapping[str, Any],
     issuer: str,
     client_id: str,
-    nonce: str,
+    nonce: str | None,
     allowed_tenants: Collection[str],
     now: int,
     skew: int = 120,
@@ -86,7 +86,9 @@ def validate(
     """Validate an ID token from the token endpoint and return its claims.
 
     ``issuer`` is the configured authority's issuer, possibly the multi-tenant template
-    ``.../{tenantid}/v2.0``; ``now`` is Unix seconds. Raises :class:`InvalidIdToken`.
+    ``.../{tenantid}/v2.0``; ``now`` is Unix seconds. ``nonce`` is the login's; it is None
+    only for an ID token from a refresh grant, which answers no authorization request
+    (OIDC Core §12.2). Raises :class:`InvalidIdToken`.
     """
     header, payload = _verified(token, jwks)
     claims = _json_object(payload)
@@ -94,7 +96,9 @@ def validate(
     _check_issuer(claims, issuer, header, tid)
     _check_audience(claims, client_id)
     _check_times(claims, now, skew)
-    if not nonce or not hmac.compare_digest(_string(claims, "nonce", "nonce"), nonce):
+    if nonce is not None and not (
+        nonce and hmac.compare_digest(_string(claims, "nonce", "nonce"), nonce)
+    ):
         raise InvalidIdToken("nonce")
     if tid not in allowed_tenants:
         raise InvalidIdToken("tenant")

@@ -23,14 +23,17 @@ Invariants:
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit, urlunsplit
+
+from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+
+from iap.model import Identity
 
 LOGIN_STATE_PURPOSE = b"login-state"
 """The ``purpose`` the caller seals :func:`encode_pending` output with."""
@@ -67,20 +70,6 @@ class PendingLogin:
     issued: int
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """The user a login established, keyed by ``tid`` + ``oid`` (SPEC §6)."""
-
-    subject: str
-    tid: str
-    oid: str
-    name: str | None
-    email: str | None
-    preferred_username: str | None
-    roles: tuple[str, ...]
-    groups: tuple[str, ...]
-
-
 # --- Authorization request -----------------------------------------------------------------
 
 
@@ -92,11 +81,13 @@ def new_login(
     scopes: Sequence[str],
     rd: str,
     now: int,
+    response_mode: str = "query",
     random: Callable[[int], bytes] = os.urandom,
 ) -> tuple[str, PendingLogin]:
     """Start a login: the authorization URL to redirect to and the login to remember.
 
-    The URL is an OIDC authorization code request (response_mode=query) with PKCE S256.
+    The URL is an OIDC authorization code request with PKCE S256, built by authlib;
+    ``response_mode`` is ``query`` or ``form_post``.
     ``rd`` must already have passed ``RedirectPolicy.target``; ``now`` is Unix seconds.
     """
     pending = PendingLogin(
@@ -106,43 +97,31 @@ def new_login(
         rd=rd,
         issued=now,
     )
-    params = {
-        "response_type": "code",
-        "client_id": client_id,
-        "redirect_uri": redirect_uri,
-        "scope": " ".join(scopes),
-        "state": pending.state,
-        "nonce": pending.nonce,
-        "code_challenge": s256_challenge(pending.verifier),
-        "code_challenge_method": "S256",
-        "response_mode": "query",
-    }
-    return _add_query(authorize_endpoint, params), pending
+    url = prepare_grant_uri(
+        authorize_endpoint,
+        client_id,
+        "code",
+        redirect_uri=redirect_uri,
+        scope=" ".join(scopes),
+        state=pending.state,
+        nonce=pending.nonce,
+        code_challenge=s256_challenge(pending.verifier),
+        code_challenge_method="S256",
+        response_mode=response_mode,
+    )
+    return url, pending
 
 
 def s256_challenge(verifier: str) -> str:
     """``BASE64URL(SHA256(ASCII(verifier)))`` without padding (RFC 7636 §4.2)."""
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    return _b64encode(digest)
+    return str(create_s256_code_challenge(verifier))  # type: ignore[no-untyped-call]
 
 
 def _token(random: Callable[[int], bytes]) -> str:
     data = random(_RANDOM_BYTES)
     if len(data) != _RANDOM_BYTES:
         raise ValueError(f"random source returned {len(data)} bytes, not {_RANDOM_BYTES}")
-    return _b64encode(data)
-
-
-def _b64encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _add_query(url: str, params: Mapping[str, str]) -> str:
-    """Append ``params`` to ``url``'s query, keeping any it has (e.g. Entra ``p=``)."""
-    parts = urlsplit(url)
-    extra = urlencode(params, quote_via=quote)
-    query = f"{parts.query}&{extra}" if parts.query else extra
-    return urlunsplit(parts._replace(query=query))
 
 
 # --- Pending logins (the login-state cookie) -----------------------------------------------

@@ -209,8 +209,9 @@ MAX_COOKIE_AGE = 400 * 24 * 3600
 COOKIE_LIMIT = 4096
 """Bytes per cookie, name and attributes included, every browser keeps (RFC 6265 §6.1)."""
 
-_ATTRIBUTES = "; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age="
-_MAX_ATTRIBUTES_BYTES = len(_ATTRIBUTES) + len(str(MAX_COOKIE_AGE))
+_ATTRIBUTES = "; Path=/; Secure; HttpOnly; SameSite={same_site}; Max-Age="
+_SAME_SITE = frozenset({"Lax", "Strict", "None"})
+_MAX_ATTRIBUTES_BYTES = len(_ATTRIBUTES.format(same_site="Strict")) + len(str(MAX_COOKIE_AGE))
 # RFC 7230 token for names; RFC 6265 §4.1.1 cookie-octet for values.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _COOKIE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
@@ -274,10 +275,12 @@ def join_cookie(name: str, cookies: Mapping[str, str]) -> str | None:
     return "".join(pieces)
 
 
-def set_cookie_header(name: str, value: str, max_age: int) -> str:
+def set_cookie_header(name: str, value: str, max_age: int, *, same_site: str = "Lax") -> str:
     """A Set-Cookie value with ``Path=/; Secure; HttpOnly; SameSite=Lax`` and no Domain.
 
-    Those attributes satisfy the ``__Host-`` prefix (RFC 6265bis §4.1.3.2). Raises
+    Those attributes satisfy the ``__Host-`` prefix (RFC 6265bis §4.1.3.2). ``same_site``
+    is ``None`` only for the login state when the IdP answers with a cross-site form POST
+    (``response_mode=form_post``), which a Lax cookie would not accompany. Raises
     ValueError for a bad name or value, a ``max_age`` outside 0..400 days, or a result of
     :data:`COOKIE_LIMIT` bytes or more.
     """
@@ -286,7 +289,9 @@ def set_cookie_header(name: str, value: str, max_age: int) -> str:
         raise ValueError("cookie value must be cookie-octets (RFC 6265 §4.1.1)")
     if not 0 <= max_age <= MAX_COOKIE_AGE:
         raise ValueError("max_age must be between 0 and 400 days")
-    header = f"{name}={value}{_ATTRIBUTES}{max_age}"
+    if same_site not in _SAME_SITE:
+        raise ValueError("same_site must be Lax, Strict or None")
+    header = f"{name}={value}{_ATTRIBUTES.format(same_site=same_site)}{max_age}"
     if len(header) >= COOKIE_LIMIT:
         raise ValueError(f"Set-Cookie value of {len(header)} bytes; split the value first")
     return header

@@ -25,7 +25,10 @@ code{{background:#f3f3f3;padding:.1em .3em}}</style></head>
 
 _TITLES = {
     400: "Bad request",
+    401: "Sign-in required",
+    403: "Forbidden",
     404: "Not found",
+    405: "Method not allowed",
     413: "Payload too large",
     414: "URI too long",
     431: "Request header fields too large",

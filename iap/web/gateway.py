@@ -21,24 +21,30 @@ from aiohttp import web
 
 from iap.adapters.audit import AuditLog
 from iap.adapters.metrics import Metrics
+from iap.adapters.store import StoreUnavailable
 from iap.adapters.telemetry import RequestSpan, Tracing
 from iap.adapters.tls import Material
 from iap.adapters.upstream import Transfer, Upstream, Upstreams, forward, forward_websocket
 from iap.config import Config, Route
 from iap.domain import correlation
-from iap.domain.headers import HeaderFilter, TrustedProxies, forwarded
+from iap.domain.headers import HeaderFilter, TrustedProxies, forwarded, identity_headers
+from iap.domain.negotiation import prefers_html
 from iap.domain.paths import normalise
+from iap.domain.policy import decide
 from iap.domain.routing import RouteTable
 from iap.errors import (
     BadRequest,
     ConfigError,
+    Forbidden,
     HeadersTooLarge,
     NotFound,
     RequestError,
+    ServiceUnavailable,
     UriTooLong,
 )
-from iap.model import Exchange
+from iap.model import Exchange, Identity
 from iap.web.errorpage import error_response
+from iap.web.signin import Caller, SignIn, challenge
 
 log = logging.getLogger("iap")
 
@@ -65,8 +71,15 @@ class Gateway:
     """Routes, filters and forwards; one instance per listener and process."""
 
     def __init__(
-        self, config: Config, *, metrics: Metrics, audit: AuditLog, tracing: Tracing
+        self,
+        config: Config,
+        *,
+        metrics: Metrics,
+        audit: AuditLog,
+        tracing: Tracing,
+        signin: SignIn | None = None,
     ) -> None:
+        self._signin = signin
         self._limits = config.limits
         self._trust = TrustedProxies(config.trusted_proxies)
         self._tracing = tracing
@@ -134,6 +147,8 @@ class Gateway:
             response = await self._serve(
                 request, exchange, transfer, span, peer=peer, trusted=trusted
             )
+        except _Redirect as redirect:
+            response = redirect.response
         except RequestError as exc:
             span.end_upstream(None, exc.reason)
             response = self._refuse(request, exchange, exc)
@@ -164,19 +179,32 @@ class Gateway:
         if not _HOST.fullmatch(host):
             raise BadRequest("missing or malformed Host header")
         if target.path.startswith(RESERVED_PREFIX):
-            raise NotFound("no endpoint under the reserved prefix")
+            if self._signin is None:
+                raise NotFound("no endpoint under the reserved prefix")
+            exchange.route = "_iap"
+            return await self._signin.endpoint(request, target.path)
         route = self._routes.match(host, target.path, request.method)
         if route is None:
             raise NotFound(f"no route for {request.method} {host}{target.path}")
         exchange.route = route.name
         exchange.upstream = route.upstream.origin
-        exchange.decision, exchange.reason = "allow", "public"
         if span.recording:
             span.rename(f"{request.method} {route.name}")
             span.set("iap.route", route.name)
-            span.decision("iap.authz", _PUBLIC_DECISION)
+        cookies: list[str] = []
+        identity: Identity | None = None
+        if route.config.policy.public:
+            exchange.decision, exchange.reason = "allow", "public"
+            if span.recording:
+                span.decision("iap.authz", _PUBLIC_DECISION)
+        else:
+            caller = await self._authenticate(request, exchange)
+            identity, cookies = caller.identity, caller.cookies
+            self._authorize(request, route, exchange, span, caller, str(target))
         incoming = list(request.headers.items())
         upstream_headers = self._filter.request(incoming, trusted=trusted)
+        if identity is not None:
+            upstream_headers += identity_headers(identity)
         if route.config.preserve_host:
             upstream_headers.append(("Host", host))
         upstream_headers += forwarded(
@@ -195,7 +223,10 @@ class Gateway:
                 "url.full": route.upstream.origin + target.path,
             },
         ).items()
-        reply_headers = (("X-Correlation-ID", exchange.correlation_id),)
+        reply_headers = (
+            ("X-Correlation-ID", exchange.correlation_id),
+            *(("Set-Cookie", cookie) for cookie in cookies),
+        )
         upgrade = request.method == "GET" and headers_say_websocket(request)
         response = await (forward_websocket if upgrade else forward)(
             request,
@@ -209,6 +240,52 @@ class Gateway:
         )
         span.end_upstream(response.status)
         return response
+
+    async def _authenticate(self, request: web.BaseRequest, exchange: Exchange) -> Caller:
+        """SPEC §2 step 6: the session cookie (bearer tokens arrive with minted identity)."""
+        assert self._signin is not None  # config refuses protected routes without oidc
+        try:
+            caller = await self._signin.authenticate(request)
+        except StoreUnavailable as exc:
+            raise ServiceUnavailable("session store down", reason="store_unavailable") from exc
+        if caller.identity is not None:
+            exchange.authn_method = "session"
+            exchange.subject = caller.identity.subject
+            exchange.tenant = caller.identity.tid
+        self._metrics.observe_authn("session", "ok" if caller.identity else caller.reason)
+        return caller
+
+    def _authorize(
+        self,
+        request: web.BaseRequest,
+        route: _Route,
+        exchange: Exchange,
+        span: RequestSpan,
+        caller: Caller,
+        target: str,
+    ) -> None:
+        """SPEC §2 step 7: the route's policy, deny by default; raises when denied."""
+        decision = decide(route.config.policy, caller.identity)
+        exchange.decision = "allow" if decision.allow else "deny"
+        exchange.reason = decision.reason
+        self._metrics.observe_authz(route.name, exchange.decision)
+        if span.recording:
+            span.decision(
+                "iap.authz",
+                {
+                    "iap.authn.method": "session" if caller.identity else "none",
+                    "iap.authn.result": "ok" if caller.identity else caller.reason,
+                    "iap.authz.decision": exchange.decision,
+                    "iap.authz.reason": decision.reason,
+                    **({"iap.tenant": caller.identity.tid} if caller.identity else {}),
+                },
+            )
+        if decision.allow:
+            return
+        if caller.identity is None:
+            html = prefers_html(request.headers.get("Accept"))
+            raise _Redirect(challenge(caller, html=html, method=request.method, target=target))
+        raise Forbidden(reason=decision.reason, headers=[("Set-Cookie", c) for c in caller.cookies])
 
     def _check_bounds(self, request: web.BaseRequest) -> None:
         """SPEC §2 step 1: bound the request before any other work."""
@@ -229,13 +306,16 @@ class Gateway:
             log.warning(
                 "%s: %s, correlation_id=%s", exc.reason, exc.detail, exchange.correlation_id
             )
-        return error_response(
+        response = error_response(
             exc.status,
-            exc.reason,
+            type(exc).reason,  # the class's generic code; the specific reason is for the log
             exc.public,
             exchange.correlation_id,
             request.headers.get("Accept"),
         )
+        for name, value in exc.headers:
+            response.headers.add(name, value)
+        return response
 
     def _record(self, exchange: Exchange, transfer: Transfer, response: web.StreamResponse) -> None:
         now = time.perf_counter()
@@ -261,6 +341,14 @@ class Gateway:
     def readiness(self) -> dict[str, bool]:
         """Checks for ``/readyz``; every value must be true to receive traffic."""
         return {"accepting": not self.draining, "routes": True}
+
+
+class _Redirect(Exception):
+    """Carries a finished answer (the sign-in redirect) out of the pipeline."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        super().__init__("redirect")
+        self.response = response
 
 
 def headers_say_websocket(request: web.BaseRequest) -> bool:

@@ -34,6 +34,7 @@ from iap.errors import ConfigError
 from iap.model import Exchange
 from iap.web.errorpage import error_response
 from iap.web.gateway import Gateway
+from iap.web.signin import SignIn
 
 log = logging.getLogger("iap")
 
@@ -100,7 +101,7 @@ class _PublicServer(web.Server):
 
 
 def admin_app(
-    readiness: Callable[[], dict[str, bool]],
+    readiness: Callable[[], Awaitable[dict[str, bool]]],
     metrics: Metrics,
     materials: Callable[[], list[Material]],
 ) -> web.Application:
@@ -110,7 +111,7 @@ def admin_app(
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
-        checks = readiness()
+        checks = await readiness()
         for material in materials():
             checks[f"tls:{material.name}"] = material.usable()
         ready = all(checks.values())
@@ -156,6 +157,11 @@ class Edge:
         except (OSError, ssl.SSLError, ValueError) as exc:
             problems.append(f"listen.tls: cannot load certificate or key ({exc})")
         self.tracing = Tracing(config.telemetry, dropped=self.metrics.spans_dropped.inc)
+        self.signin: SignIn | None = None
+        try:
+            self.signin = SignIn(config) if config.oidc is not None else None
+        except ConfigError as exc:
+            problems += exc.problems
         try:
             self.gateway = self._gateway(config)
         except ConfigError as exc:
@@ -177,6 +183,8 @@ class Edge:
     async def start(self, *, reuse_port: bool = False) -> None:
         """Bind both listeners and serve."""
         self.tracing.start()
+        if self.signin is not None:
+            await self.signin.start()
         limits = self.config.limits
         server = _PublicServer(
             self._dispatch,
@@ -193,7 +201,7 @@ class Edge:
             server, shutdown_timeout=self.config.drain_timeout, handle_signals=False
         )
         admin = web.AppRunner(
-            admin_app(lambda: self.gateway.readiness(), self.metrics, self.tls_materials),
+            admin_app(self.readiness, self.metrics, self.tls_materials),
             access_log=None,
             shutdown_timeout=1.0,
         )
@@ -210,7 +218,20 @@ class Edge:
         self._watcher = asyncio.ensure_future(self._watch_tls())
 
     def _gateway(self, config: Config) -> Gateway:
-        return Gateway(config, metrics=self.metrics, audit=self.audit, tracing=self.tracing)
+        return Gateway(
+            config,
+            metrics=self.metrics,
+            audit=self.audit,
+            tracing=self.tracing,
+            signin=self.signin,
+        )
+
+    async def readiness(self) -> dict[str, bool]:
+        """Every check ``/readyz`` reports; all must be true to receive traffic."""
+        checks = self.gateway.readiness()
+        if self.signin is not None:
+            checks.update(await self.signin.readiness())
+        return checks
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         # One indirection so SIGHUP can swap the gateway under open keep-alive connections.
@@ -220,7 +241,8 @@ class Edge:
         """SIGHUP: new routes and policies for new requests; returns the old gateway, which
         the caller closes once requests in flight on it had ``drain_timeout`` to finish.
 
-        Listen addresses, the listener's TLS files and telemetry need a restart.
+        Listen addresses, the listener's TLS files, telemetry and sign-in (``oidc``,
+        ``session``, ``redis``, ``allowed_redirect_hosts``) need a restart.
         """
         fresh = self._gateway(config)  # raises ConfigError; the running gateway stays
         old, self.gateway = self.gateway, fresh
@@ -251,6 +273,8 @@ class Edge:
         for runner in self._runners:
             await runner.cleanup()
         await self.gateway.close()
+        if self.signin is not None:
+            await self.signin.close()
         await asyncio.get_running_loop().run_in_executor(None, self.tracing.shutdown)
 
     def describe(self) -> str:

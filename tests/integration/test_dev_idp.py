@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import html
+import json
 import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 from unittest import mock
 
 import aiohttp
 import pytest
+import trustme
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from joserfc import jwt
@@ -31,6 +36,12 @@ from iap.dev.idp import (
     loopback_only,
     pkce_challenge,
     start_dev_idp,
+)
+from iap.domain.client_auth import (
+    JWT_BEARER,
+    ClientCertificate,
+    assertion_form,
+    client_assertion,
 )
 
 CLIENT_ID = "00000000-0000-4000-8000-00000000c11e"
@@ -376,6 +387,322 @@ async def test_client_secret_basic_is_accepted(
     basic = {"Authorization": f"Basic {credentials}"}
     async with client.post(url, data=form, headers=basic) as resp:
         assert resp.status == 200
+
+
+# private_key_jwt (Entra certificate credentials; RFC 7523 §3) -----------------------
+
+
+@cache
+def leaf(index: int) -> trustme.LeafCert:
+    """RSA client certificates from one throwaway CA: 0 is registered, 1 is a stranger."""
+    ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    return ca.issue_cert(f"client-{index}.iap.test", key_type=trustme.KeyType.RSA)
+
+
+def certificate(index: int = 0) -> ClientCertificate:
+    pems = leaf(index)
+    return ClientCertificate.load(pems.cert_chain_pems[0].bytes(), pems.private_key_pem.bytes())
+
+
+@pytest.fixture
+async def cert_idp() -> AsyncIterator[RunningDevIdP]:
+    """The dev IdP with certificate 0 registered beside the secret."""
+    running = await start_dev_idp(
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        redirect_uris=[REDIRECT_URI],
+        client_certificate_pem=leaf(0).cert_chain_pems[0].bytes(),
+    )
+    yield running
+    await running.stop()
+
+
+def token_url(idp: RunningDevIdP, tenant: str = TENANT_A) -> str:
+    return f"{idp.url}/{tenant}/oauth2/v2.0/token"
+
+
+def now_of(idp: RunningDevIdP) -> int:
+    return int(idp.idp.clock())
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64json(value: dict[str, Any]) -> str:
+    return b64(json.dumps(value).encode())
+
+
+def assertion_claims(idp: RunningDevIdP, **changes: Any) -> dict[str, Any]:
+    """Valid RFC 7523 claims for ``idp``; a change to ``None`` drops the claim."""
+    now = now_of(idp)
+    claims: dict[str, Any] = {
+        "aud": token_url(idp),
+        "iss": CLIENT_ID,
+        "sub": CLIENT_ID,
+        "jti": secrets.token_urlsafe(32),
+        "iat": now,
+        "nbf": now,
+        "exp": now + 300,
+    }
+    claims.update(changes)
+    return {name: value for name, value in claims.items() if value is not None}
+
+
+def sign_claims(claims: dict[str, Any], key_of: int = 0, x5t_of: int = 0) -> str:
+    """PS256 over ``claims`` with certificate ``key_of``'s key, naming ``x5t_of``'s thumbprint."""
+    header = {"alg": "PS256", "typ": "JWT", "x5t#S256": certificate(x5t_of).x5t_s256}
+    return jwt.encode(header, claims, certificate(key_of).key, algorithms=["PS256"])
+
+
+def forged(idp: RunningDevIdP, alg: str) -> str:
+    """A hand-built assertion whose header names ``alg`` (HS256 keyed with the public PEM)."""
+    header = {"alg": alg, "typ": "JWT", "x5t#S256": certificate().x5t_s256}
+    signing_input = f"{b64json(header)}.{b64json(assertion_claims(idp))}"
+    public_pem = leaf(0).cert_chain_pems[0].bytes()
+    mac = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64(mac) if alg == 'HS256' else ''}"
+
+
+def tampered_signature(idp: RunningDevIdP) -> str:
+    signing_input, _, signature = client_assertion(
+        certificate(), client_id=CLIENT_ID, token_endpoint=token_url(idp), now=now_of(idp)
+    ).rpartition(".")
+    raw = bytearray(base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)))
+    raw[len(raw) // 2] ^= 0x01
+    return f"{signing_input}.{b64(bytes(raw))}"
+
+
+def tampered_payload(idp: RunningDevIdP) -> str:
+    header, _, signature = sign_claims(assertion_claims(idp)).split(".")
+    return f"{header}.{b64json(assertion_claims(idp, sub='someone-else'))}.{signature}"
+
+
+def assertion_fields(assertion: str) -> dict[str, str]:
+    return {
+        "client_id": CLIENT_ID,
+        "client_assertion_type": JWT_BEARER,
+        "client_assertion": assertion,
+    }
+
+
+async def redeem_with(
+    client: aiohttp.ClientSession,
+    idp: RunningDevIdP,
+    auth: Authorization,
+    credentials: dict[str, str],
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """Redeem ``auth`` with ``credentials`` as the only client authentication."""
+    form = {
+        "grant_type": "authorization_code",
+        "code": auth.code,
+        "redirect_uri": REDIRECT_URI,
+        "code_verifier": auth.verifier,
+        **credentials,
+    }
+    async with client.post(token_url(idp), data=form, headers=headers) as resp:
+        assert resp.headers["Cache-Control"] == "no-store"
+        return resp.status, await resp.json()
+
+
+def assert_refused(
+    idp: RunningDevIdP, auth: Authorization, status: int, body: dict[str, Any], code: int
+) -> None:
+    error = "invalid_client" if status == 401 else "invalid_request"
+    assert (status, body["error"], body["error_codes"]) == (status, error, [code]), body
+    assert f"AADSTS{code}:" in body["error_description"]
+    assert not {"access_token", "id_token", "refresh_token"} & set(body)
+    assert auth.code in idp.idp.codes  # failed client authentication does not burn the code
+    assert idp.idp.code_grants == 0
+
+
+async def test_discovery_offers_private_key_jwt(
+    cert_idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    url = f"{cert_idp.url}/{TENANT_A}/v2.0/.well-known/openid-configuration"
+    async with client.get(url) as resp:
+        metadata = await resp.json()
+    assert "private_key_jwt" in metadata["token_endpoint_auth_methods_supported"]
+    assert metadata["token_endpoint_auth_signing_alg_values_supported"] == ["PS256"]
+    assert metadata["token_endpoint"] == token_url(cert_idp)
+
+
+async def test_private_key_jwt_redeems_a_code_and_refreshes(
+    cert_idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    auth = await sign_in(client, cert_idp, "alice")
+    fields = assertion_form(
+        certificate(), client_id=CLIENT_ID, token_endpoint=token_url(cert_idp), now=now_of(cert_idp)
+    )
+    status, body = await redeem_with(client, cert_idp, auth, fields)
+    assert status == 200, body
+    claims = await verify_id_token(client, cert_idp, body["id_token"], TENANT_A, auth.nonce)
+    assert claims["oid"] == USERS["alice"].oid
+    fields = assertion_form(
+        certificate(), client_id=CLIENT_ID, token_endpoint=token_url(cert_idp), now=now_of(cert_idp)
+    )
+    refresh = {"grant_type": "refresh_token", "refresh_token": body["refresh_token"], **fields}
+    async with client.post(token_url(cert_idp), data=refresh) as resp:
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["refresh_token"] != body["refresh_token"]
+    assert (cert_idp.idp.code_grants, cert_idp.idp.refresh_grants) == (1, 1)
+    assert cert_idp.idp.client_assertions == 2
+
+
+async def test_secret_still_works_beside_a_certificate(
+    cert_idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    auth = await sign_in(client, cert_idp, "alice")
+    status, body = await redeem(client, cert_idp, auth)
+    assert status == 200, body
+    assert cert_idp.idp.client_assertions == 0
+
+
+REFUSED_ASSERTIONS = [
+    pytest.param(lambda idp: sign_claims(assertion_claims(idp), 1, 1), 700027, id="other-cert"),
+    pytest.param(lambda idp: sign_claims(assertion_claims(idp), 1, 0), 700027, id="other-key"),
+    pytest.param(tampered_signature, 700027, id="tampered-signature"),
+    pytest.param(tampered_payload, 700027, id="tampered-payload"),
+    pytest.param(lambda idp: forged(idp, "HS256"), 700027, id="alg-HS256"),
+    pytest.param(lambda idp: forged(idp, "none"), 700027, id="alg-none"),
+    pytest.param(
+        lambda idp: sign_claims(assertion_claims(idp, aud=token_url(idp, TENANT_B))),
+        70002,
+        id="aud-other-tenant",
+    ),
+    pytest.param(
+        lambda idp: sign_claims(assertion_claims(idp, aud=f"{idp.url}/{TENANT_A}")),
+        70002,
+        id="aud-not-token-endpoint",
+    ),
+    pytest.param(
+        lambda idp: client_assertion(
+            certificate(), client_id=CLIENT_ID, token_endpoint=token_url(idp), now=now_of(idp) - 900
+        ),
+        700024,
+        id="expired",
+    ),
+    pytest.param(
+        lambda idp: sign_claims(assertion_claims(idp, nbf=now_of(idp) + 120)),
+        700024,
+        id="nbf-ahead",
+    ),
+    pytest.param(
+        lambda idp: sign_claims(assertion_claims(idp, iat=now_of(idp) + 120)),
+        700024,
+        id="iat-ahead",
+    ),
+    pytest.param(
+        lambda idp: sign_claims(assertion_claims(idp, exp=now_of(idp) + 601)),
+        700024,
+        id="lifetime-over-ten-minutes",
+    ),
+    pytest.param(
+        lambda idp: sign_claims(assertion_claims(idp, sub="someone-else")), 700021, id="sub"
+    ),
+    pytest.param(
+        lambda idp: sign_claims(assertion_claims(idp, iss="someone-else")), 700021, id="iss"
+    ),
+    pytest.param(lambda idp: sign_claims(assertion_claims(idp, jti=None)), 70002, id="no-jti"),
+    pytest.param(
+        lambda idp: sign_claims(assertion_claims(idp, exp=str(now_of(idp) + 300))),
+        70002,
+        id="exp-not-integer",
+    ),
+    pytest.param(lambda idp: "not.a.jwt", 70002, id="garbage"),
+    pytest.param(lambda idp: "e30.e30", 70002, id="two-segments"),
+    pytest.param(lambda idp: f"{b64(b'[]')}.e30.", 70002, id="header-not-an-object"),
+]
+
+
+@pytest.mark.parametrize(("make", "code"), REFUSED_ASSERTIONS)
+async def test_bad_client_assertions_are_refused(
+    cert_idp: RunningDevIdP,
+    client: aiohttp.ClientSession,
+    make: Callable[[RunningDevIdP], str],
+    code: int,
+) -> None:
+    auth = await sign_in(client, cert_idp, "alice")
+    status, body = await redeem_with(client, cert_idp, auth, assertion_fields(make(cert_idp)))
+    assert_refused(cert_idp, auth, status, body, code)
+    assert cert_idp.idp.client_assertions == 0
+
+
+async def test_iat_is_optional(cert_idp: RunningDevIdP, client: aiohttp.ClientSession) -> None:
+    auth = await sign_in(client, cert_idp, "alice")
+    assertion = sign_claims(assertion_claims(cert_idp, iat=None))
+    status, body = await redeem_with(client, cert_idp, auth, assertion_fields(assertion))
+    assert status == 200, body
+
+
+async def test_replayed_jti_is_refused(
+    cert_idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    assertion = sign_claims(assertion_claims(cert_idp, jti="once"))
+    first = await sign_in(client, cert_idp, "alice")
+    status, _ = await redeem_with(client, cert_idp, first, assertion_fields(assertion))
+    assert status == 200
+    cert_idp.idp.code_grants = 0
+    for replay in (assertion, sign_claims(assertion_claims(cert_idp, jti="once"))):
+        auth = await sign_in(client, cert_idp, "alice")
+        status, body = await redeem_with(client, cert_idp, auth, assertion_fields(replay))
+        assert_refused(cert_idp, auth, status, body, 70002)
+        assert "used before" in body["error_description"]
+    assert cert_idp.idp.client_assertions == 1
+
+
+async def test_assertion_with_a_secret_is_refused(
+    cert_idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    auth = await sign_in(client, cert_idp, "alice")
+    fields = assertion_fields(sign_claims(assertion_claims(cert_idp)))
+    status, body = await redeem_with(
+        client, cert_idp, auth, {**fields, "client_secret": CLIENT_SECRET}
+    )
+    assert_refused(cert_idp, auth, status, body, 90023)
+    credentials = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+    basic = {"Authorization": f"Basic {credentials}"}
+    status, body = await redeem_with(client, cert_idp, auth, fields, headers=basic)
+    assert_refused(cert_idp, auth, status, body, 90023)
+    fields["client_assertion_type"] = "urn:ietf:params:oauth:client-assertion-type:saml2-bearer"
+    status, body = await redeem_with(client, cert_idp, auth, fields)
+    assert_refused(cert_idp, auth, status, body, 70002)
+    assert cert_idp.idp.client_assertions == 0
+
+
+async def test_assertion_without_a_registered_certificate_is_refused(
+    idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    auth = await sign_in(client, idp, "alice")
+    fields = assertion_form(
+        certificate(), client_id=CLIENT_ID, token_endpoint=token_url(idp), now=now_of(idp)
+    )
+    status, body = await redeem_with(client, idp, auth, fields)
+    assert_refused(idp, auth, status, body, 700027)
+
+
+async def test_assertion_for_an_unknown_client_id_is_refused(
+    cert_idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    auth = await sign_in(client, cert_idp, "alice")
+    fields = assertion_fields(sign_claims(assertion_claims(cert_idp)))
+    fields["client_id"] = "11111111-0000-4000-8000-000000000000"
+    status, body = await redeem_with(client, cert_idp, auth, fields)
+    assert (status, body["error"], body["error_codes"]) == (400, "unauthorized_client", [700016])
+    assert auth.code in cert_idp.idp.codes
+
+
+def test_a_non_rsa_certificate_cannot_be_registered() -> None:
+    ec_leaf = trustme.CA().issue_cert("client.iap.test")
+    with pytest.raises(ValueError, match="RSA"):
+        dev_idp_app(
+            "http://127.0.0.1:8081",
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            redirect_uris=[REDIRECT_URI],
+            client_certificate_pem=ec_leaf.cert_chain_pems[0].bytes(),
+        )
 
 
 async def test_unsupported_grant_type(idp: RunningDevIdP, client: aiohttp.ClientSession) -> None:

@@ -228,7 +228,9 @@ def test_unknown_keys_rejected_at_every_level(where: tuple[str | int, ...], pref
 
 
 @pytest.mark.parametrize("policy", [{}, {"public": False}, {"allow": {"roles": ["staff"]}}])
-def test_non_public_route_is_refused_naming_its_policy(policy: dict[str, Any]) -> None:
+def test_non_public_route_without_oidc_is_refused_naming_its_policy(
+    policy: dict[str, Any],
+) -> None:
     document = minimal()
     document["routes"].append(
         {"name": "orders", "upstream": "http://127.0.0.1:1", "policy": policy}
@@ -236,7 +238,69 @@ def test_non_public_route_is_refused_naming_its_policy(policy: dict[str, Any]) -
     problems = problems_of(document)
     assert len(problems) == 1
     assert problems[0].startswith("routes[1].policy: ")
-    assert "public: true" in problems[0]
+    assert "configure oidc" in problems[0]
+
+
+def _with_oidc(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    secret = tmp_path / "secret"
+    secret.write_text(CANARY)
+    keys = tmp_path / "keys"
+    keys.write_text("A" * 43 + "\n")
+    oidc = {
+        "issuer": "https://login.microsoftonline.com/organizations/v2.0",
+        "allowed_tenants": ["t1"],
+        "client_id": "c1",
+        "client_secret_file": str(secret),
+    }
+    return minimal(oidc=oidc, session={"keys_file": str(keys)}, **overrides)
+
+
+def test_protected_routes_parse_with_oidc(tmp_path: Path) -> None:
+    policy = {"allow": {"roles": ["staff"], "authenticated": False}}
+    parsed = config.parse(_with_oidc(tmp_path, route={"policy": policy}))
+    assert parsed.routes[0].policy.allow is not None
+    assert parsed.routes[0].policy.allow.roles == ["staff"]
+    assert parsed.oidc is not None
+    assert parsed.oidc.response_mode == "query"
+
+
+def test_claims_rules_are_refused_until_supported(tmp_path: Path) -> None:
+    document = _with_oidc(tmp_path, route={"policy": {"allow": {"claims": {"x": ["y"]}}}})
+    assert problems_of(document) == [
+        "routes[0].policy.allow.claims: not supported by this build yet; use roles or groups"
+    ]
+
+
+def test_oidc_needs_session_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    document = _with_oidc(tmp_path)
+    del document["session"]
+    monkeypatch.delenv("IAP_SESSION_KEYS", raising=False)
+    [problem] = problems_of(document)
+    assert problem.startswith("session.keys_file: required with oidc")
+    monkeypatch.setenv("IAP_SESSION_KEYS", "A" * 43)
+    assert config.parse(document).oidc is not None
+
+
+def test_redis_store_needs_redis(tmp_path: Path) -> None:
+    document = _with_oidc(tmp_path)
+    document["session"]["store"] = "redis"
+    assert problems_of(document) == ["session.store: `redis` needs the redis key (redis.url)"]
+
+
+@pytest.mark.parametrize(
+    ("oidc", "problem"),
+    [
+        ({"issuer": "https://login.microsoftonline.com/t1"}, "oidc.issuer: expected an Entra"),
+        ({"scopes": ["profile"]}, "oidc.scopes: must include openid"),
+        ({"response_mode": "fragment"}, "oidc.response_mode: "),
+    ],
+)
+def test_bad_oidc_keys(tmp_path: Path, oidc: dict[str, Any], problem: str) -> None:
+    document = _with_oidc(tmp_path)
+    document["oidc"].update(oidc)
+    problems = problems_of(document)
+    assert len(problems) == 1
+    assert problems[0].startswith(problem), problems
 
 
 def test_route_without_policy_is_refused() -> None:

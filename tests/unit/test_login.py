@@ -85,9 +85,15 @@ def test_url_carries_every_parameter_and_the_s256_challenge() -> None:
     assert pending.issued == NOW
 
 
-def test_scope_spaces_are_percent_encoded() -> None:
+def test_scope_is_one_space_separated_parameter() -> None:
     url, _ = _login()
-    assert "scope=openid%20profile%20email%20offline_access" in url
+    assert parse_qs(urlsplit(url).query)["scope"] == ["openid profile email offline_access"]
+    assert " " not in url
+
+
+def test_form_post_response_mode() -> None:
+    url, _ = _login(response_mode="form_post")
+    assert parse_qs(urlsplit(url).query)["response_mode"] == ["form_post"]
 
 
 def test_existing_query_on_the_endpoint_is_kept() -> None:

@@ -59,7 +59,7 @@ async def discovery(request: web.Request) -> web.Response:
     document = {
         "issuer": idp.issuer(tenant),
         "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
-        "token_endpoint": f"{base}/oauth2/v2.0/token",
+        "token_endpoint": idp.token_endpoint(tenant),
         "jwks_uri": f"{base}/discovery/v2.0/keys",
         "end_session_endpoint": f"{base}/oauth2/v2.0/logout",
         "response_types_supported": ["code"],
@@ -68,7 +68,12 @@ async def discovery(request: web.Request) -> web.Response:
         "subject_types_supported": ["pairwise"],
         "scopes_supported": ["openid", "profile", "email", "offline_access"],
         "id_token_signing_alg_values_supported": ["RS256"],
-        "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+        "token_endpoint_auth_methods_supported": [
+            "client_secret_post",
+            "private_key_jwt",
+            "client_secret_basic",
+        ],
+        "token_endpoint_auth_signing_alg_values_supported": ["PS256"],
         "code_challenge_methods_supported": ["S256"],
         "claims_supported": [
             "sub",
@@ -136,12 +141,12 @@ async def authorize(request: web.Request) -> web.Response:
 
 async def token(request: web.Request) -> web.Response:
     idp = request.app[DEV_IDP]
-    _tenant(request)
+    tenant = _tenant(request)
     try:
         if request.content_type != "application/x-www-form-urlencoded":
             raise OAuthError(400, "invalid_request", 900144, "Expected a form body.")
         form = await request.post()
-        authenticate_client(idp, request, form)
+        authenticate_client(idp, request, form, token_endpoint=idp.token_endpoint(tenant))
         grant_type = text_param(form, "grant_type")
         if grant_type == "authorization_code":
             body = code_grant(idp, form)
@@ -239,8 +244,13 @@ def dev_idp_app(
     client_secret: str,
     redirect_uris: Sequence[str],
     post_logout_redirect_uris: Sequence[str] = (),
+    client_certificate_pem: bytes | None = None,
 ) -> web.Application:
-    """The dev IdP as an aiohttp application; its state is ``app[DEV_IDP]``."""
+    """The dev IdP as an aiohttp application; its state is ``app[DEV_IDP]``.
+
+    ``client_certificate_pem`` registers an RSA certificate for ``private_key_jwt`` client
+    authentication (Entra "certificate credentials"); the secret keeps working beside it.
+    """
     host = URL(base_url).host
     if host not in ("127.0.0.1", "::1", "localhost"):
         raise ValueError(f"the dev IdP serves loopback only, not {host!r}")
@@ -251,6 +261,7 @@ def dev_idp_app(
         client_secret,
         tuple(redirect_uris),
         tuple(post_logout_redirect_uris),
+        client_certificate_pem=client_certificate_pem,
     )
     tenant = "/{tenant}"
     app.router.add_get(f"{tenant}/v2.0/.well-known/openid-configuration", discovery)
@@ -284,6 +295,7 @@ async def start_dev_idp(
     client_secret: str,
     redirect_uris: Sequence[str],
     post_logout_redirect_uris: Sequence[str] = (),
+    client_certificate_pem: bytes | None = None,
     port: int = 0,
 ) -> RunningDevIdP:
     """Serve the dev IdP on 127.0.0.1:``port`` (0: any free port); ``base_url`` follows."""
@@ -293,6 +305,7 @@ async def start_dev_idp(
         client_secret=client_secret,
         redirect_uris=redirect_uris,
         post_logout_redirect_uris=post_logout_redirect_uris,
+        client_certificate_pem=client_certificate_pem,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -1,7 +1,12 @@
 """The dev IdP's token endpoint logic: client authentication and the two grants.
 
-``authenticate_client`` accepts ``client_secret_post`` or ``client_secret_basic`` (never
-both); ``code_grant`` redeems an authorization code once, checking expiry, client,
+``authenticate_client`` accepts ``client_secret_post``, ``client_secret_basic`` or
+``private_key_jwt`` (exactly one of them). A client assertion (RFC 7523 §3, RFC 7521 §4.2)
+is judged as Entra does: header ``alg`` exactly PS256 and ``x5t#S256`` naming the registered
+certificate before any signature check, the signature verified with that certificate's key
+only, then ``iss == sub ==`` the client, ``aud`` the token endpoint of the tenant in the
+URL, integer ``exp``/``nbf``/``iat`` within 60 s skew and ten minutes, and a ``jti`` never
+accepted before. ``code_grant`` redeems an authorization code once, checking expiry, client,
 redirect URI and the PKCE verifier, and revokes the whole refresh family on replay;
 ``refresh_grant`` rotates a refresh token within its family. Failures raise ``OAuthError``,
 which renders the Entra-shaped JSON error body.
@@ -10,8 +15,10 @@ which renders the Entra-shaped JSON error body.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
+import json
 import re
 import time
 import uuid
@@ -19,11 +26,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
+from joserfc import jwt
+from joserfc.errors import JoseError
 
 from iap.dev.idp.pages import NO_STORE, text_param
-from iap.dev.idp.state import DevIdP
+from iap.dev.idp.state import ClientCertificateKey, DevIdP
+from iap.domain.client_auth import ALGORITHM, JWT_BEARER, MAX_LIFETIME
 
 _VERIFIER = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
+#: clock skew tolerated on a client assertion's ``nbf`` and ``iat``
+ASSERTION_SKEW = 60
+MAX_ASSERTION_LENGTH = 16 * 1024
 
 
 def pkce_challenge(verifier: str) -> str:
@@ -57,7 +70,13 @@ class OAuthError(Exception):
         return web.json_response(body, status=self.status, headers=headers)
 
 
-def authenticate_client(idp: DevIdP, request: web.Request, form: Mapping[str, Any]) -> None:
+def authenticate_client(
+    idp: DevIdP, request: web.Request, form: Mapping[str, Any], *, token_endpoint: str
+) -> None:
+    """Authenticate the one registered client; ``token_endpoint`` is the URL being called."""
+    if "client_assertion" in form or "client_assertion_type" in form:
+        authenticate_assertion(idp, request, form, token_endpoint)
+        return
     client_id = text_param(form, "client_id")
     secret = text_param(form, "client_secret")
     authorization = request.headers.get("Authorization", "")
@@ -80,6 +99,96 @@ def authenticate_client(idp: DevIdP, request: web.Request, form: Mapping[str, An
         )
     if not hmac.compare_digest(secret.encode(), idp.client_secret.encode()):
         raise OAuthError(401, "invalid_client", 7000215, "Invalid client secret provided.")
+
+
+def authenticate_assertion(
+    idp: DevIdP, request: web.Request, form: Mapping[str, Any], token_endpoint: str
+) -> None:
+    """``private_key_jwt``: a PS256 JWT signed by the registered certificate's key."""
+    basic = request.headers.get("Authorization", "")[:6].lower() == "basic "
+    if basic or "client_secret" in form:
+        raise OAuthError(400, "invalid_request", 90023, "Multiple client credentials.")
+    if text_param(form, "client_assertion_type") != JWT_BEARER:
+        raise OAuthError(400, "invalid_request", 70002, "Unsupported client_assertion_type.")
+    client_id = text_param(form, "client_id")
+    if client_id and client_id != idp.client_id:
+        raise OAuthError(400, "unauthorized_client", 700016, f"Application '{client_id}' unknown.")
+    if idp.client_certificate is None:
+        raise _invalid_client(700027, "No certificate is registered for the application.")
+    claims = verified_assertion(idp.client_certificate, text_param(form, "client_assertion"))
+    _accept_claims(idp, claims, token_endpoint)
+    idp.client_assertions += 1
+
+
+def _accept_claims(idp: DevIdP, claims: Mapping[str, Any], token_endpoint: str) -> None:
+    """RFC 7523 §3: issuer and subject, audience, validity window, then the ``jti`` once."""
+    if not claims.get("iss") == claims.get("sub") == idp.client_id:
+        raise _invalid_client(700021, "Client assertion application identifier doesn't match.")
+    audience = claims.get("aud")
+    if token_endpoint not in (audience if isinstance(audience, list) else [audience]):
+        raise _invalid_client(70002, "Client assertion audience is not this token endpoint.")
+    expires = _check_times(claims, idp.clock())
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or not jti:
+        raise _invalid_client(70002, "Client assertion must contain 'jti'.")
+    if not idp.first_use(jti, expires):
+        raise _invalid_client(70002, "Client assertion has been used before (jti).")
+
+
+def _invalid_client(code: int, description: str) -> OAuthError:
+    return OAuthError(401, "invalid_client", code, description)
+
+
+def verified_assertion(registered: ClientCertificateKey, assertion: str) -> dict[str, Any]:
+    """The claims of ``assertion`` once its header and PS256 signature are accepted.
+
+    The header is judged before any key is touched: ``alg`` must be exactly PS256 (no
+    ``none``, no HMAC keyed with the public key: RFC 8725 §2.1) and ``x5t#S256`` must name
+    the registered certificate; joserfc then gets that one key and only PS256.
+    """
+    header = _assertion_header(assertion)
+    if header.get("alg") != ALGORITHM:
+        raise _invalid_client(700027, "Client assertion failed signature validation (alg).")
+    if header.get("x5t#S256") != registered.x5t_s256:
+        raise _invalid_client(700027, "Client assertion failed signature validation (key).")
+    try:
+        return jwt.decode(assertion, registered.key, algorithms=[ALGORITHM]).claims
+    except JoseError:
+        raise _invalid_client(700027, "Client assertion failed signature validation.") from None
+
+
+def _assertion_header(assertion: str) -> dict[str, Any]:
+    segments = assertion.split(".")
+    if len(assertion) > MAX_ASSERTION_LENGTH or len(segments) != 3:
+        raise _invalid_client(70002, "Client assertion is not a compact JWS.")
+    encoded = segments[0] + "=" * (-len(segments[0]) % 4)
+    try:
+        header = json.loads(base64.urlsafe_b64decode(encoded.encode("ascii")))
+    except (ValueError, binascii.Error, RecursionError):
+        raise _invalid_client(70002, "Client assertion header is not valid.") from None
+    if not isinstance(header, dict):
+        raise _invalid_client(70002, "Client assertion header is not valid.")
+    return header
+
+
+def _check_times(claims: Mapping[str, Any], now: float) -> int:
+    """``exp`` (returned) in the future, ``nbf``/``iat`` not ahead, ten minutes at most."""
+    exp = _int_claim(claims, "exp")
+    starts = [_int_claim(claims, "nbf")]
+    if "iat" in claims:
+        starts.append(_int_claim(claims, "iat"))
+    if exp <= now or any(
+        start > now + ASSERTION_SKEW or exp - start > MAX_LIFETIME for start in starts
+    ):
+        raise _invalid_client(700024, "Client assertion is not within its valid time range.")
+    return exp
+
+
+def _int_claim(claims: Mapping[str, Any], name: str) -> int:
+    value = claims.get(name)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _invalid_client(70002, f"Client assertion needs an integer '{name}'.")
+    return value
 
 
 def code_grant(idp: DevIdP, form: Mapping[str, Any]) -> dict[str, Any]:

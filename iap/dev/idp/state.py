@@ -1,10 +1,12 @@
 """The dev IdP's in-memory state: the ``DevIdP`` dataclass and the grants it keeps.
 
-``DevIdP`` holds the client registration, the token lifetimes and clock, the counters tests
-read, the signing keys (see ``signing``) and the outstanding authorization codes, refresh
-token families and Graph access tokens. It builds Entra-shaped ID and access token claims,
-issues token responses and revokes refresh families; the HTTP layer in ``app`` and
-``grants`` drives it through ``app[DEV_IDP]``.
+``DevIdP`` holds the client registration (a secret and, for ``private_key_jwt``, an optional
+RSA certificate), the token lifetimes and clock, the counters tests read, the signing keys
+(see ``signing``), the outstanding authorization codes, refresh token families and Graph
+access tokens, and the ``jti`` of every unexpired client assertion it accepted (the replay
+guard). It builds Entra-shaped ID and access token claims, issues token responses and
+revokes refresh families; the HTTP layer in ``app`` and ``grants`` drives it through
+``app[DEV_IDP]``.
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc.jwk import RSAKey
 
 from iap.dev.idp import signing
 from iap.dev.idp.users import MULTI_TENANT, TENANT_TEMPLATE, DemoUser
+from iap.domain.client_auth import thumbprint
 
 GRAPH_AUDIENCE = "https://graph.microsoft.com"
 #: Entra's limit is 200 groups in a JWT; the demo keeps a lower one so that a user with
@@ -58,6 +64,24 @@ class AccessToken:
     expires: float
 
 
+@dataclass(frozen=True)
+class ClientCertificateKey:
+    """The public key of the client's registered certificate and its ``x5t#S256``."""
+
+    key: RSAKey
+    x5t_s256: str
+
+    @classmethod
+    def from_pem(cls, cert_pem: bytes) -> ClientCertificateKey:
+        """Parse a registered certificate; ``ValueError`` unless it is a PEM RSA certificate."""
+        certificate = x509.load_pem_x509_certificate(cert_pem)
+        public = certificate.public_key()
+        if not isinstance(public, rsa.RSAPublicKey):
+            raise ValueError("the client certificate must have an RSA key (PS256)")
+        der = certificate.public_bytes(serialization.Encoding.DER)
+        return cls(RSAKey.import_key(public), thumbprint(der))
+
+
 IdTokenHook = Callable[[dict[str, Any], dict[str, Any]], str]
 
 
@@ -70,6 +94,8 @@ class DevIdP:
     client_secret: str
     redirect_uris: tuple[str, ...]
     post_logout_redirect_uris: tuple[str, ...] = ()
+    #: PEM of the certificate registered for ``private_key_jwt``; None: secrets only
+    client_certificate_pem: bytes | None = None
     id_token_ttl: int = 3600
     access_token_ttl: int = 3600
     refresh_token_ttl: int = 90 * 24 * 3600
@@ -86,6 +112,7 @@ class DevIdP:
     authorizations: int = 0
     code_grants: int = 0
     refresh_grants: int = 0
+    client_assertions: int = 0
     graph_calls: int = 0
     logouts: list[str] = field(default_factory=list)
     # key material and grants
@@ -96,10 +123,15 @@ class DevIdP:
     redeemed_codes: dict[str, str] = field(default_factory=dict)
     refresh_tokens: dict[str, Grant] = field(default_factory=dict)
     access_tokens: dict[str, AccessToken] = field(default_factory=dict)
+    #: ``jti`` -> ``exp`` of the client assertions accepted and not yet expired
+    assertion_jtis: dict[str, int] = field(default_factory=dict)
+    client_certificate: ClientCertificateKey | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         if not self.keys:
             self.rotate()
+        if self.client_certificate_pem is not None:
+            self.client_certificate = ClientCertificateKey.from_pem(self.client_certificate_pem)
 
     # keys ---------------------------------------------------------------------------
 
@@ -120,6 +152,10 @@ class DevIdP:
         """``{base}/{tid}/v2.0``; the ``{tenantid}`` template for organizations/common."""
         tid = TENANT_TEMPLATE if tenant in MULTI_TENANT else tenant
         return f"{self.base_url}/{tid}/v2.0"
+
+    def token_endpoint(self, tenant: str) -> str:
+        """The token endpoint URL of ``tenant``: the ``aud`` a client assertion must carry."""
+        return f"{self.base_url}/{tenant}/oauth2/v2.0/token"
 
     def jwks(self, tenant: str) -> dict[str, Any]:
         return signing.jwks(self.keys, self.unpublished, self.issuer(tenant))
@@ -216,6 +252,16 @@ class DevIdP:
             )
             response["refresh_token"] = refresh_token
         return response
+
+    def first_use(self, jti: str, expires: int) -> bool:
+        """Remember a client assertion's ``jti`` until ``expires``; False on a replay."""
+        now = self.clock()
+        for stale in [seen for seen, exp in self.assertion_jtis.items() if exp < now]:
+            del self.assertion_jtis[stale]
+        if jti in self.assertion_jtis:
+            return False
+        self.assertion_jtis[jti] = expires
+        return True
 
     def revoke_family(self, family: str) -> None:
         for token in [t for t, g in self.refresh_tokens.items() if g.family == family]:
