@@ -139,7 +139,7 @@ class _Base:
             fresh = self._open_session(stored.decode("ascii"), now=now)
         except (SessionRejected, UnicodeDecodeError):
             return None
-        return fresh if fresh.refresh_at > session.refresh_at else None
+        return fresh if fresh.generation > session.generation else None
 
     async def _await_other_replica(self, session: Session, now: int) -> Session:
         for _ in range(int(REFRESH_LOCK_TTL / WAIT_STEP)):

@@ -50,6 +50,8 @@ class Session:
     created: int
     seen: int
     refresh_at: int
+    generation: int = 0
+    """Refreshes so far; tells a newer outcome of a refresh from the one a cookie holds."""
 
     def __repr__(self) -> str:  # tokens stay out of logs and tracebacks
         return f"Session(id={self.id!r}, subject={self.identity.subject!r})"
@@ -102,6 +104,7 @@ def refreshed(
         refresh_token=refresh_token or session.refresh_token,
         seen=now,
         refresh_at=_refresh_at(now, expires_in),
+        generation=session.generation + 1,
     )
 
 
@@ -174,6 +177,7 @@ def decode(data: bytes) -> Session:
             created=_int(value["created"]),
             seen=_int(value["seen"]),
             refresh_at=_int(value["refresh_at"]),
+            generation=_int(value["generation"]),
         )
     except TypeError:
         raise ValueError("malformed session") from None

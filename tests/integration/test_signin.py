@@ -1,0 +1,209 @@
+"""Sign-in end to end over real sockets: dev IdP, iap and the test upstream (issue 3).
+
+Every test runs twice, with the cookie store and with the Redis store (a real redis-server
+on a free port): one suite for both implementations of ``session.store``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import pytest
+
+from iap.dev.idp import TENANT_A, USERS
+from iap.domain.sealing import COOKIE_LIMIT
+from tests.conftest import StartEdge, Upstream
+from tests.support.redis_server import start_redis_server
+from tests.support.signin import SignInStack, Visitor, http, start_signin_stack
+
+__all__ = ["http"]
+
+HTML = {"Accept": "text/html"}
+
+
+@pytest.fixture(params=["cookie", "redis"])
+async def stack(
+    request: pytest.FixtureRequest, upstream: Upstream, start_edge: StartEdge, tmp_path: Path
+) -> AsyncIterator[SignInStack]:
+    extra = {}
+    server = None
+    if request.param == "redis":
+        server = await start_redis_server()
+        extra = {"session": {"store": "redis"}, "redis": {"url": server.url}}
+    idp, edge = await start_signin_stack(upstream, start_edge, tmp_path, **extra)
+    try:
+        yield SignInStack(idp, edge, upstream)
+    finally:
+        await idp.stop()
+        if server is not None:
+            await edge.edge.stop()  # before the store goes away
+            await server.stop()
+
+
+@pytest.fixture
+def visitor(stack: SignInStack, http: aiohttp.ClientSession) -> Visitor:
+    return stack.visitor(http)
+
+
+def alice_subject() -> str:
+    alice = USERS["alice"]
+    return f"{alice.tid}:{alice.oid}"
+
+
+async def test_anonymous_browser_is_sent_to_login_with_rd(visitor: Visitor) -> None:
+    answer = await visitor.get("/app/page?x=1", headers=HTML)
+    assert answer.status == 302
+    assert answer.location == "/.iap/login?rd=%2Fapp%2Fpage%3Fx%3D1"
+
+
+async def test_anonymous_api_caller_gets_401_json(visitor: Visitor, stack: SignInStack) -> None:
+    answer = await visitor.get("/app/data", headers={"Accept": "application/json"})
+    assert answer.status == 401
+    assert answer.header("WWW-Authenticate") == 'Bearer realm="iap"'
+    assert json.loads(answer.body)["error"] == "unauthenticated"
+    assert not stack.upstream.seen.requests
+
+
+async def test_login_redirects_to_the_idp_with_pkce(visitor: Visitor, stack: SignInStack) -> None:
+    answer = await visitor.get("/.iap/login?rd=/app/x", headers=HTML)
+    assert answer.status == 302
+    target = urlsplit(answer.location)
+    assert f"{target.scheme}://{target.netloc}" == stack.idp.url
+    assert target.path == "/organizations/oauth2/v2.0/authorize"
+    query = parse_qs(target.query)
+    assert query["code_challenge_method"] == ["S256"]
+    assert query["redirect_uri"] == [f"{stack.edge.url}/.iap/callback"]
+    assert len(query["state"][0]) == 43
+    assert len(query["nonce"][0]) == 43
+    [cookie] = answer.set_cookies
+    assert cookie.startswith("__Host-iap-login=")
+    assert "Secure" in cookie
+    assert "HttpOnly" in cookie
+    assert "SameSite=Lax" in cookie
+
+
+async def test_alice_signs_in_and_reaches_the_upstream(
+    visitor: Visitor, stack: SignInStack
+) -> None:
+    answer = await visitor.sign_in("alice", rd="/app/page?x=1")
+    assert answer.status == 302
+    assert answer.location == "/app/page?x=1"
+    assert "__Host-iap" in visitor.cookies
+    assert "__Host-iap-login" not in visitor.cookies  # the only pending login was spent
+    for cookie in answer.set_cookies:
+        if cookie.startswith("__Host-iap="):
+            assert "; Path=/; Secure; HttpOnly; SameSite=Lax" in cookie
+            assert "Domain" not in cookie
+
+    visitor.cookies["theme"] = "dark"
+    page = await visitor.get("/app/page?x=1")
+    assert page.status == 200
+    seen = stack.upstream.seen.last
+    assert seen.headers["X-IAP-Subject"] == alice_subject()
+    assert seen.headers["X-IAP-Roles"] == "admin"
+    assert seen.headers["Cookie"] == "theme=dark"  # iap's own cookies never go upstream
+
+    lines = await stack.edge.wait_audit_lines(len(stack.edge.audit_lines()))
+    last = lines[-1]
+    assert last["authn_method"] == "session"
+    assert last["subject"] == alice_subject()
+    assert last["tenant"] == TENANT_A
+    assert last["decision"] == "allow"
+
+
+async def test_userinfo_shows_the_identity_and_never_a_token(visitor: Visitor) -> None:
+    assert (await visitor.get("/.iap/userinfo")).status == 401
+    await visitor.sign_in("alice")
+    answer = await visitor.get("/.iap/userinfo")
+    assert answer.status == 200
+    assert answer.header("Cache-Control") == "no-store"
+    body = json.loads(answer.body)
+    alice = USERS["alice"]
+    assert body["sub"] == alice_subject()
+    assert (body["tid"], body["oid"], body["email"]) == (alice.tid, alice.oid, alice.email)
+    assert body["roles"] == ["admin"]
+    text = answer.body.decode()
+    assert "eyJ" not in text  # no JWT of any kind
+    assert "token" not in text
+
+
+async def test_policy_denies_with_403_and_never_forwards(
+    visitor: Visitor, stack: SignInStack
+) -> None:
+    await visitor.sign_in("bob")
+    answer = await visitor.get("/admin/panel", headers=HTML)
+    assert answer.status == 403
+    assert b"You do not have access" in answer.body
+    assert not stack.upstream.seen.requests
+    assert (await visitor.get("/app/ok")).status == 200
+
+
+async def test_logout_ends_the_session_here_and_at_the_idp(
+    visitor: Visitor, stack: SignInStack
+) -> None:
+    await visitor.sign_in("alice")
+    stolen = dict(visitor.cookies)
+    answer = await visitor.get("/.iap/logout")
+    assert answer.status == 302
+    target = urlsplit(answer.location)
+    assert target.path == "/organizations/oauth2/v2.0/logout"
+    query = parse_qs(target.query)
+    assert query["post_logout_redirect_uri"] == [f"{stack.edge.url}/"]
+    assert query["id_token_hint"][0].startswith("eyJ")
+    assert "__Host-iap" not in visitor.cookies  # cleared by Max-Age=0
+
+    at_idp = await visitor.get(answer.location)
+    assert at_idp.status == 302
+    assert at_idp.location == f"{stack.edge.url}/"
+    assert stack.idp.idp.logouts  # the IdP saw the hint's sid
+
+    assert (await visitor.get("/app/x", headers=HTML)).location.startswith("/.iap/login")
+    visitor.cookies = stolen  # a copy of the cookie taken before logout no longer works
+    assert (await visitor.get("/app/x", headers=HTML)).status == 302
+
+
+async def test_frontchannel_logout_ends_every_session_of_the_sid(
+    visitor: Visitor, stack: SignInStack, http: aiohttp.ClientSession
+) -> None:
+    await visitor.sign_in("alice")
+    [grant] = stack.idp.idp.refresh_tokens.values()
+    answer = await stack.visitor(http).get(f"/.iap/frontchannel-logout?sid={grant.sid}")
+    assert answer.status == 200
+    assert (await visitor.get("/app/x", headers=HTML)).status == 302
+
+
+async def test_frontchannel_logout_needs_a_sid(visitor: Visitor) -> None:
+    assert (await visitor.get("/.iap/frontchannel-logout")).status == 400
+    assert (await visitor.get("/.iap/frontchannel-logout?sid=a%0db")).status == 400
+
+
+async def test_150_groups_sign_in_with_every_cookie_under_4096_bytes(
+    visitor: Visitor, stack: SignInStack
+) -> None:
+    answer = await visitor.sign_in("olivia")
+    assert answer.status == 302
+    assert stack.idp.idp.graph_calls == 1
+    assert all(len(cookie) < COOKIE_LIMIT for cookie in answer.set_cookies)
+    body = json.loads((await visitor.get("/.iap/userinfo")).body)
+    assert len(body["groups"]) == len(USERS["olivia"].groups) == 150
+    assert (await visitor.get("/app/x")).status == 200
+
+
+async def test_two_concurrent_requests_refresh_once(
+    visitor: Visitor, stack: SignInStack, http: aiohttp.ClientSession
+) -> None:
+    idp = stack.idp.idp
+    idp.access_token_ttl = 60  # under the refresh margin: the session is due at once
+    idp.refresh_delay = 0.2  # the IdP answers slowly, so both requests overlap
+    await visitor.sign_in("alice")
+    twin = stack.visitor(http)
+    twin.cookies = dict(visitor.cookies)
+    first, second = await asyncio.gather(visitor.get("/app/a"), twin.get("/app/b"))
+    assert (first.status, second.status) == (200, 200)
+    assert idp.refresh_grants == 1
+    assert any(c.startswith("__Host-iap=") for c in first.set_cookies)
