@@ -1,4 +1,7 @@
-"""Wire the demo upstream and iap together on loopback and serve until interrupted.
+"""Wire the dev IdP, the demo upstream and iap together on loopback; serve until interrupted.
+
+Sign-in uses the dev IdP (``iap.dev.idp``), shaped like Entra ID v2.0, on a free loopback
+port, with a fresh session keyring and client secret in the temporary directory.
 
 The hop from iap to the demo upstream is mutual TLS, as to the Istio ingress gateway in
 production (SPEC §6): material from :func:`iap.certs.issue_dev_material` in a temporary
@@ -8,12 +11,15 @@ CA, iap verifies the upstream against that CA, sends SNI and pins the gateway's 
 
 from __future__ import annotations
 
+import base64
+import os
 import shutil
 import signal
 import ssl
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -21,7 +27,12 @@ from iap import config
 from iap.certs import GATEWAY_SPIFFE_ID, SERVER_NAME, SPIFFE_ID, DevMaterial, issue_dev_material
 from iap.cli import EXIT_FAILURE, EXIT_OK
 from iap.dev.echo import echo_app
+from iap.dev.idp import STAFF_GROUP_ID, TENANT_A, start_dev_idp
 from iap.web.server import Edge, bind, wait_for_signals
+
+DEV_CLIENT_ID = "11111111-2222-4333-8444-555555555555"
+#: Not a secret: the dev IdP serves loopback only and signs in anyone who clicks a button.
+DEV_CLIENT_SECRET = "iap-dev-client-secret"  # noqa: S105
 
 
 def upstream_server_context(material: DevMaterial) -> ssl.SSLContext:
@@ -37,60 +48,121 @@ def upstream_server_context(material: DevMaterial) -> ssl.SSLContext:
 async def run_dev(port: int) -> int:
     directory = Path(tempfile.mkdtemp(prefix="iap-dev-"))
     try:
-        return await _run(port, issue_dev_material(directory / "certs"))
+        return await _run(port, directory, issue_dev_material(directory / "certs"))
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-async def _run(port: int, material: DevMaterial) -> int:
+def dev_config(
+    *, port: int, idp_url: str, upstream_port: int, material: DevMaterial, directory: Path
+) -> dict[str, Any]:
+    """The ``iap.yaml`` that ``iap dev`` runs: sign-in with the dev IdP, three demo routes."""
+    secrets_dir = directory / "secrets"
+    secrets_dir.mkdir(mode=0o700, exist_ok=True)
+    keys = secrets_dir / "session.keys"
+    keys.write_text(base64.urlsafe_b64encode(os.urandom(32)).decode() + "\n")
+    keys.chmod(0o600)
+    secret = secrets_dir / "client.secret"
+    secret.write_text(DEV_CLIENT_SECRET)
+    secret.chmod(0o600)
+    upstream = {
+        "upstream": f"https://127.0.0.1:{upstream_port}",
+        "upstream_tls": {
+            "ca_file": str(material.ca_cert),
+            "cert_file": str(material.edge_client_cert),
+            "key_file": str(material.edge_client_key),
+            "server_name": SERVER_NAME,
+            "verify_san": [GATEWAY_SPIFFE_ID],
+        },
+    }
+    public = f"http://127.0.0.1:{port}"
+    return {
+        "public_url": public,
+        "listen": {"address": f"127.0.0.1:{port}"},
+        "admin": {"address": "127.0.0.1:0"},
+        "oidc": {
+            "issuer": f"{idp_url}/organizations/v2.0",
+            "allowed_tenants": [TENANT_A],
+            "client_id": DEV_CLIENT_ID,
+            "client_secret_file": str(secret),
+            "graph_url": f"{idp_url}/graph",
+        },
+        "session": {"keys_file": str(keys)},
+        "tokens": {
+            "issuer": f"{public}/.iap",
+            "keys_dir": str(secrets_dir),
+            "roles": {"Edge.Admin": "admin", STAFF_GROUP_ID: "staff"},
+        },
+        "routes": [
+            {
+                "name": "public",
+                "match": {"path_prefix": "/public/"},
+                **upstream,
+                "policy": {"public": True},
+            },
+            {
+                "name": "admin",
+                "match": {"path_prefix": "/admin/"},
+                **upstream,
+                "policy": {"allow": {"roles": ["admin"]}},
+            },
+            {"name": "demo", **upstream, "policy": {"allow": {"authenticated": True}}},
+        ],
+    }
+
+
+async def _run(port: int, directory: Path, material: DevMaterial) -> int:
     upstream = web.AppRunner(echo_app(), access_log=None)
     await upstream.setup()
     sock = bind(config.Address("127.0.0.1", 0))
     await web.SockSite(upstream, sock, ssl_context=upstream_server_context(material)).start()
     upstream_port = sock.getsockname()[1]
-    edge = Edge(
-        config.parse(
-            {
-                "public_url": f"http://127.0.0.1:{port}",
-                "listen": {"address": f"127.0.0.1:{port}"},
-                "admin": {"address": "127.0.0.1:0"},
-                "routes": [
-                    {
-                        "name": "demo",
-                        "upstream": f"https://127.0.0.1:{upstream_port}",
-                        "upstream_tls": {
-                            "ca_file": str(material.ca_cert),
-                            "cert_file": str(material.edge_client_cert),
-                            "key_file": str(material.edge_client_key),
-                            "server_name": SERVER_NAME,
-                            "verify_san": [GATEWAY_SPIFFE_ID],
-                        },
-                        "policy": {"public": True},
-                    }
-                ],
-            }
-        )
+    public = f"http://127.0.0.1:{port}"
+    idp = await start_dev_idp(
+        client_id=DEV_CLIENT_ID,
+        client_secret=DEV_CLIENT_SECRET,
+        redirect_uris=[f"{public}/.iap/callback"],
+        post_logout_redirect_uris=[f"{public}/"],
     )
+    document = dev_config(
+        port=port,
+        idp_url=idp.url,
+        upstream_port=upstream_port,
+        material=material,
+        directory=directory,
+    )
+    edge = Edge(config.parse(document))
     try:
         await edge.start()
     except OSError as exc:
         print(f"iap dev: cannot listen on 127.0.0.1:{port}: {exc.strerror}", file=sys.stderr)
         await edge.stop()
+        await idp.stop()
         await upstream.cleanup()
         return EXIT_FAILURE
-    print(f"iap dev ready: {edge.public_url}/", flush=True)
-    print(f"  admin: {edge.describe()}", flush=True)
-    print(
-        "  demo route: / -> the echo upstream (public); sign-in arrives with the dev IdP",
-        flush=True,
-    )
-    print(
-        f"  upstream hop: mutual TLS to https://127.0.0.1:{upstream_port}"
-        f" (SNI {SERVER_NAME}, iap presents {SPIFFE_ID})",
-        flush=True,
-    )
-    print(f"  dev certificates: {material.directory} (removed at exit)", flush=True)
+    _describe(edge, idp.url, upstream_port, material)
     await wait_for_signals(signal.SIGTERM, signal.SIGINT)
     await edge.stop()
+    await idp.stop()
     await upstream.cleanup()
     return EXIT_OK
+
+
+def _describe(edge: Edge, idp_url: str, upstream_port: int, material: DevMaterial) -> None:
+    lines = [
+        f"iap dev ready: {edge.public_url}/",
+        f"  admin: {edge.describe()}",
+        f"  dev IdP (Entra ID v2.0 shapes, loopback only): {idp_url}/organizations/v2.0",
+        "  demo users (pick one on the dev IdP's sign-in page):",
+        "    alice   Contoso (tenant A), app role Edge.Admin -> admin: / and /admin/",
+        "    bob     Contoso (tenant A), group staff: / but not /admin/ (403)",
+        "    olivia  Contoso (tenant A), 150 groups (overage, resolved through Graph): /",
+        "    eve     Fabrikam (tenant B): refused, tenant B is not in allowed_tenants",
+        "  routes: / (any signed-in user), /admin/ (role admin), /public/ (no sign-in)",
+        "  your identity: /.iap/userinfo   sign out: /.iap/logout",
+        f"  upstream hop: mutual TLS to https://127.0.0.1:{upstream_port}"
+        f" (SNI {SERVER_NAME}, iap presents {SPIFFE_ID})",
+        f"  dev certificates: {material.directory} (removed at exit)",
+    ]
+    for line in lines:
+        print(line, flush=True)

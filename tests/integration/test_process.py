@@ -155,7 +155,7 @@ async def test_dev_serves_the_demo_page(tmp_path: Path) -> None:
         assert iap.public_url == f"http://127.0.0.1:{port}"
         async with (
             aiohttp.ClientSession() as client,
-            client.get(iap.public_url + "/", headers={"Accept": "text/html"}) as resp,
+            client.get(iap.public_url + "/public/", headers={"Accept": "text/html"}) as resp,
         ):
             assert resp.status == 200
             page = await resp.text()

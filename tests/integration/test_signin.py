@@ -14,12 +14,19 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
+import trustme
 
 from iap.dev.idp import TENANT_A, USERS
 from iap.domain.sealing import COOKIE_LIMIT
-from tests.conftest import StartEdge, Upstream
+from tests.conftest import StartEdge, Upstream, free_port
 from tests.support.redis_server import start_redis_server
-from tests.support.signin import SignInStack, Visitor, http, start_signin_stack
+from tests.support.signin import (
+    SignInStack,
+    Visitor,
+    http,
+    signin_config,
+    start_signin_stack,
+)
 
 __all__ = ["http"]
 
@@ -207,3 +214,54 @@ async def test_two_concurrent_requests_refresh_once(
     assert (first.status, second.status) == (200, 200)
     assert idp.refresh_grants == 1
     assert any(c.startswith("__Host-iap=") for c in first.set_cookies)
+
+
+async def test_replicas_sharing_redis_refresh_a_session_once(
+    upstream: Upstream, start_edge: StartEdge, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """SPEC §9: the refresh lock lives in Redis, so two replicas refresh a session once."""
+    server = await start_redis_server()
+    shared = {"session": {"store": "redis"}, "redis": {"url": server.url}}
+    idp, first = await start_signin_stack(upstream, start_edge, tmp_path, **shared)
+    try:
+        # Same directory, so the same session keys; another port.
+        second = await start_edge(signin_config(upstream.url, idp, free_port(), tmp_path, **shared))
+        idp.idp.access_token_ttl = 60
+        idp.idp.refresh_delay = 0.2
+        alice = Visitor(http, first.url)
+        await alice.sign_in("alice")
+        twin = Visitor(http, second.url, dict(alice.cookies))
+        answers = await asyncio.gather(alice.get("/app/a"), twin.get("/app/b"))
+        assert [a.status for a in answers] == [200, 200]
+        assert idp.idp.refresh_grants == 1
+    finally:
+        await idp.stop()
+        await server.stop()
+
+
+async def test_client_certificate_authenticates_iap_at_the_token_endpoint(
+    upstream: Upstream, start_edge: StartEdge, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """``oidc.client_certificate``: private_key_jwt (PS256, x5t#S256), no secret sent."""
+    ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    leaf = ca.issue_cert("iap-client.example", key_type=trustme.KeyType.RSA)
+    cert_file, key_file = tmp_path / "client.crt", tmp_path / "client.key"
+    cert_file.write_bytes(leaf.cert_chain_pems[0].bytes())
+    key_file.write_bytes(leaf.private_key_pem.bytes())
+    idp, edge = await start_signin_stack(
+        upstream,
+        start_edge,
+        tmp_path,
+        client_certificate_pem=leaf.cert_chain_pems[0].bytes(),
+        oidc={
+            "client_secret_file": None,
+            "client_certificate": {"cert_file": str(cert_file), "key_file": str(key_file)},
+        },
+    )
+    try:
+        visitor = Visitor(http, edge.url)
+        assert (await visitor.sign_in("alice")).status == 302
+        assert idp.idp.client_assertions == 1
+        assert (await visitor.get("/app/x")).status == 200
+    finally:
+        await idp.stop()

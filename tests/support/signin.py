@@ -127,8 +127,10 @@ class SignInStack:
 
 
 def session_keys(directory: Path) -> Path:
+    """The keyring file of ``directory``, made once: replicas configured there share it."""
     path = directory / "session.keys"
-    path.write_text(base64.urlsafe_b64encode(os.urandom(32)).decode() + "\n")
+    if not path.exists():
+        path.write_text(base64.urlsafe_b64encode(os.urandom(32)).decode() + "\n")
     return path
 
 
@@ -185,7 +187,12 @@ def signin_config(
 
 
 async def start_signin_stack(
-    upstream: Upstream, start_edge: StartEdge, directory: Path, **config: Any
+    upstream: Upstream,
+    start_edge: StartEdge,
+    directory: Path,
+    *,
+    client_certificate_pem: bytes | None = None,
+    **config: Any,
 ) -> tuple[RunningDevIdP, RunningEdge]:
     port = free_port()
     public = f"http://127.0.0.1:{port}"
@@ -194,6 +201,7 @@ async def start_signin_stack(
         client_secret=CLIENT_SECRET,
         redirect_uris=[f"{public}/.iap/callback"],
         post_logout_redirect_uris=[f"{public}/"],
+        client_certificate_pem=client_certificate_pem,
     )
     try:
         edge = await start_edge(signin_config(upstream.url, idp, port, directory, **config))
