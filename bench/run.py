@@ -24,6 +24,7 @@ the figures of such a run are distorted and the doc is left alone).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import datetime as dt
@@ -38,13 +39,17 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
+import dev_idp
 import yaml
+
+from iap.dev.idp import TENANT_A
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -101,9 +106,10 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def http_status(url: str, timeout: float = 2.0) -> int:
+def http_status(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> int:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             response.read()
             status: int = response.status
             return status
@@ -162,6 +168,7 @@ class Env:
     workdir: Path
     notes: dict[str, int] = field(default_factory=dict)  # filled by the scenario, for the report
     scenario: str = ""
+    headers: dict[str, str] = field(default_factory=dict)  # sent by wrk, set by the scenario
 
 
 Start = Callable[[Env], contextlib.AbstractContextManager[str]]
@@ -216,22 +223,22 @@ def iap_command(env: Env) -> list[str]:
     return [str(beside) if beside.exists() else str(ROOT / ".venv" / "bin" / "iap")]
 
 
-def iap_target(config: Callable[[str], dict[str, Any]]) -> Start:
+def iap_target(config: Callable[[str], dict[str, Any]], *, port: int = 0) -> Start:
     """``iap run`` (one process) with ``config(upstream_url)`` plus listen/admin/public_url."""
 
     @contextlib.contextmanager
     def start(env: Env) -> Iterator[str]:
-        port, admin = free_port(), free_port()
-        url = f"http://{HOST}:{port}"
+        public, admin = port or free_port(), free_port()
+        url = f"http://{HOST}:{public}"
         document = {
             "public_url": url,
-            "listen": {"address": f"{HOST}:{port}"},
+            "listen": {"address": f"{HOST}:{public}"},
             "admin": {"address": f"{HOST}:{admin}"},
             **config(env.upstream),
         }
-        path = env.workdir / f"iap-{port}.yaml"
+        path = env.workdir / f"iap-{public}.yaml"
         path.write_text(yaml.safe_dump(document, sort_keys=False))
-        log = env.workdir / f"iap-{port}.log"
+        log = env.workdir / f"iap-{public}.log"
         with spawn([*iap_command(env), "run", "-c", str(path)], log) as proc:
             wait_ready(f"http://{HOST}:{admin}/readyz", proc, log)
             env.notes["pid"] = proc.pid  # for the CPU of its threads
@@ -245,6 +252,78 @@ def iap_target(config: Callable[[str], dict[str, Any]]) -> Start:
 
 def public_route(upstream: str) -> dict[str, Any]:
     return {"routes": [{"name": "bench", "upstream": upstream, "policy": {"public": True}}]}
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _step(
+    url: str, *, cookie: str = "", form: dict[str, str] | None = None
+) -> tuple[str, list[str]]:
+    """One request of the sign-in, redirects not followed: its Location and Set-Cookies."""
+    data = urllib.parse.urlencode(form).encode() if form is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Cookie": cookie} if cookie else {})
+    opener = urllib.request.build_opener(_NoRedirects)
+    try:
+        opener.open(request, timeout=10)
+    except urllib.error.HTTPError as answer:
+        if answer.code != 302:
+            raise BenchError(f"sign-in step {url} answered {answer.code}") from None
+        return answer.headers["Location"], answer.headers.get_all("Set-Cookie") or []
+    raise BenchError(f"sign-in step {url} did not redirect")
+
+
+def _cookie_pairs(set_cookies: list[str]) -> str:
+    return "; ".join(header.split(";", 1)[0] for header in set_cookies)
+
+
+def sign_in(public_url: str) -> str:
+    """Sign in as alice through iap and the dev IdP; the Cookie header of her session."""
+    authorize, login_cookies = _step(f"{public_url}/.iap/login?rd=/")
+    endpoint, _, query = authorize.partition("?")
+    form = dict(urllib.parse.parse_qsl(query)) | {"user": "alice"}
+    callback, _ = _step(endpoint, form=form)
+    _, session = _step(callback, cookie=_cookie_pairs(login_cookies))
+    cookie = _cookie_pairs([c for c in session if c.startswith("__Host-iap=")])
+    if not cookie:
+        raise BenchError("sign-in set no session cookie")
+    return cookie
+
+
+@contextlib.contextmanager
+def cookie_target(env: Env) -> Iterator[str]:
+    """A route for any signed-in user, requests carrying alice's sealed session cookie."""
+    port, idp_port = free_port(), free_port()
+    public = f"http://{HOST}:{port}"
+    log = env.workdir / f"dev-idp-{idp_port}.log"
+    argv = [sys.executable, str(BENCH / "dev_idp.py"), "--port", str(idp_port)]
+    argv += ["--redirect", f"{public}/.iap/callback"]
+    keys = env.workdir / "session.keys"
+    keys.write_text(base64.urlsafe_b64encode(os.urandom(32)).decode() + "\n")
+    secret = env.workdir / "client.secret"
+    secret.write_text(dev_idp.CLIENT_SECRET)
+    with spawn(argv, log) as idp:
+        idp_url = f"http://{HOST}:{idp_port}"
+        wait_ready(f"{idp_url}/organizations/v2.0/.well-known/openid-configuration", idp, log)
+
+        def config(upstream: str) -> dict[str, Any]:
+            route = {"name": "bench", "upstream": upstream}
+            return {
+                "oidc": {
+                    "issuer": f"{idp_url}/organizations/v2.0",
+                    "allowed_tenants": [TENANT_A],
+                    "client_id": dev_idp.CLIENT_ID,
+                    "client_secret_file": str(secret),
+                },
+                "session": {"keys_file": str(keys)},
+                "routes": [{**route, "policy": {"allow": {"authenticated": True}}}],
+            }
+
+        with iap_target(config, port=port)(env) as url:
+            env.headers["Cookie"] = sign_in(public)
+            yield url
 
 
 _SINK_LINE = re.compile(r"otlp_sink: spans=(\d+) exports=(\d+) rejected=(\d+) bytes=(\d+)")
@@ -297,6 +376,7 @@ SCENARIOS: list[Scenario] = [
     Scenario("naive (asyncio loop)", naive_target("asyncio"), "naive", "naive (asyncio)"),
     Scenario("naive (uvloop)", naive_target("uvloop"), "naive", "naive (uvloop)"),
     Scenario("iap public route", iap_target(public_route)),
+    Scenario("iap cookie session", cookie_target),
     tracing(0.1, target=0.90),
     tracing(1.0, target=0.65),
 ]
@@ -372,8 +452,11 @@ _NON_2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
 _SOCKET = re.compile(r"Socket errors: (connect \d+, read \d+, write \d+, timeout \d+)")
 
 
-def run_wrk(settings: Settings, url: str, duration: int) -> str:
-    argv = ["wrk", *settings.wrk_args(duration), url]
+def run_wrk(
+    settings: Settings, url: str, duration: int, headers: dict[str, str] | None = None
+) -> str:
+    extra = [arg for name, value in (headers or {}).items() for arg in ("-H", f"{name}: {value}")]
+    argv = ["wrk", *settings.wrk_args(duration), *extra, url]
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise BenchError(f"{' '.join(argv)} exited with {done.returncode}:\n{done.stderr}")
@@ -421,18 +504,18 @@ def parse_wrk(output: str, scenario: Scenario) -> Result:
 
 def measure(scenario: Scenario, env: Env, settings: Settings) -> Result:
     print(f"== {scenario.name}", file=sys.stderr, flush=True)
-    env = replace(env, notes={}, scenario=scenario.name)
+    env = replace(env, notes={}, headers={}, scenario=scenario.name)
     warmup = 0
     with scenario.start(env) as url:
-        status = http_status(url)
+        status = http_status(url, headers=env.headers)
         if status != 200:
             print(f"   warning: GET {url} answered {status}", file=sys.stderr)
         if settings.warmup:
-            warm = _TOTAL.search(run_wrk(settings, url, settings.warmup))
+            warm = _TOTAL.search(run_wrk(settings, url, settings.warmup, env.headers))
             warmup = int(warm.group(1)) if warm else 0
         pid = env.notes.get("pid")
         before = thread_cpu(pid) if pid else {}
-        output = run_wrk(settings, url, settings.duration)
+        output = run_wrk(settings, url, settings.duration, env.headers)
         after = thread_cpu(pid) if pid else {}
     result = parse_wrk(output, scenario)
     notes = dict(env.notes)

@@ -76,6 +76,7 @@ class Metrics:
         )
         # labels() takes a lock and builds a key on every call; the label sets are few.
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+        self._labelled: dict[tuple[Any, ...], Any] = {}
         self.spans_dropped = Counter(
             "iap_spans_dropped_total",
             "Spans lost because the export queue was full or the export failed.",
@@ -100,10 +101,17 @@ class Metrics:
 
     def observe_authn(self, method: str, result: str) -> None:
         """``result`` is ``ok`` or a short reason from a fixed set (never client input)."""
-        self.authn.labels(method, result).inc()
+        self._child(self.authn, method, result).inc()
 
     def observe_authz(self, route: str, decision: str) -> None:
-        self.authz.labels(route, decision).inc()
+        self._child(self.authz, route, decision).inc()
+
+    def _child(self, counter: Counter, *labels: str) -> Any:
+        key = (counter, *labels)
+        child = self._labelled.get(key)
+        if child is None:
+            child = self._labelled[key] = counter.labels(*labels)
+        return child
 
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus text format, across all workers when there are several."""

@@ -17,6 +17,10 @@ Invariants:
 - :meth:`Sessions.load` raises :class:`SessionRejected` for anything it cannot trust
   (tampered, foreign key, expired seal, revoked, gone from the store) and
   :class:`~iap.adapters.store.StoreUnavailable` when the store is down: callers fail closed.
+- Opened values are cached by their exact sealed text (bounded, least recently used first
+  out): the same authenticated ciphertext always opens to the same plaintext under one
+  keyring, and every check that depends on time or state (expiry, revocation, the record in
+  the store) still runs on each load. The cache only saves the decryption and the parse.
 - A refresh happens once per session across tasks and replicas: in-process callers share
   one future, other replicas meet at a store lock and then read the refreshed session
   (sealed) that the winner leaves behind for :data:`REFRESHED_TTL` seconds.
@@ -25,8 +29,9 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from iap.adapters.store import SessionStore
 from iap.domain import sealing
@@ -39,6 +44,8 @@ REFRESHED_TTL = 60.0
 """Seconds the outcome of a refresh stays readable for requests that carried the old cookie."""
 WAIT_STEP = 0.05
 """Seconds between looks for another replica's refresh outcome (bounded by the lock TTL)."""
+CACHE_SIZE = 4096
+"""Opened sessions kept per process; about 2 KB each."""
 
 
 class SessionRejected(Exception):
@@ -50,6 +57,8 @@ class SessionRejected(Exception):
 
 
 Refresh = Callable[[Session], Awaitable[Session]]
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 
 class Sessions(Protocol):
@@ -63,12 +72,12 @@ class Sessions(Protocol):
         """Persist ``session``; returns the cookie value to set."""
         ...
 
-    async def end(self, session: Session) -> None:
-        """Sign out: the session (and others of its IdP ``sid``) no longer loads."""
+    async def end(self, session: Session, *, now: int) -> None:
+        """Sign out: the session, and others of its IdP ``sid`` so far, no longer load."""
         ...
 
-    async def end_sid(self, sid: str) -> None:
-        """Front-channel logout: every session of the IdP session ``sid`` ends."""
+    async def end_sid(self, sid: str, *, now: int) -> None:
+        """Front-channel logout: every session of the IdP session ``sid`` so far ends."""
         ...
 
     async def refresh_once(self, session: Session, refresh: Refresh, *, now: int) -> Session:
@@ -82,6 +91,8 @@ class _Base:
         self._store = store
         self._lifetime = int(lifetime)
         self._inflight: dict[str, asyncio.Future[Session]] = {}
+        self._handles: _Lru[str, bytes] = _Lru(CACHE_SIZE)
+        self._opened: _Lru[str, Session] = _Lru(CACHE_SIZE)
 
     def _seal(self, session: Session, now: int) -> str:
         return sealing.seal(
@@ -96,11 +107,34 @@ class _Base:
         except sealing.SealError as exc:
             raise SessionRejected(exc.reason) from None
 
+    def _check_age(self, token: str, now: int) -> None:
+        """The time checks of :func:`sealing.open`, for a token found in a cache."""
+        issued = sealing.issued_at(token)
+        if issued is None or issued > now + sealing.CLOCK_SKEW:
+            raise SessionRejected("future")
+        if now - issued > self._lifetime:
+            raise SessionRejected("expired")
+
+    def _open_handle(self, token: str, *, now: int) -> str:
+        handle = self._handles.get(token)
+        if handle is None:
+            handle = self._open(token, purpose=HANDLE_PURPOSE, now=now)
+            self._handles.put(token, handle)
+        else:
+            self._check_age(token, now)
+        return handle.decode("ascii", "replace")
+
     def _open_session(self, token: str, *, now: int) -> Session:
+        session = self._opened.get(token)
+        if session is not None:
+            self._check_age(token, now)
+            return session
         try:
-            return sessions.decode(self._open(token, purpose=SESSION_PURPOSE, now=now))
+            session = sessions.decode(self._open(token, purpose=SESSION_PURPOSE, now=now))
         except ValueError:
             raise SessionRejected("malformed") from None
+        self._opened.put(token, session)
+        return session
 
     def _ttl(self, session: Session, now: int) -> float:
         return max(1.0, float(sessions.expires_at(session, lifetime=self._lifetime) - now))
@@ -116,19 +150,26 @@ class _Base:
     async def _refresh_across_replicas(
         self, session: Session, refresh: Refresh, now: int
     ) -> Session:
-        done = await self._refreshed(session, now)
-        if done is not None:
-            return done
-        lock = await self._store.acquire_lock(f"refresh:{session.id}", ttl=REFRESH_LOCK_TTL)
-        if lock is None:
-            return await self._await_other_replica(session, now)
-        try:
-            fresh = await refresh(session)
-            sealed = self._seal(fresh, fresh.seen).encode()
-            await self._store.put(f"refreshed:{session.id}", sealed, ttl=REFRESHED_TTL)
-            return fresh
-        finally:
-            await lock.release()
+        """Take the store lock and refresh, or take what the lock's holder refreshed.
+
+        A holder that fails stores nothing and frees the lock; a waiter then takes the lock
+        and tries itself, rather than waiting out the lock's TTL.
+        """
+        for _ in range(int(REFRESH_LOCK_TTL / WAIT_STEP)):
+            done = await self._refreshed(session, now)
+            if done is not None:
+                return done
+            lock = await self._store.acquire_lock(f"refresh:{session.id}", ttl=REFRESH_LOCK_TTL)
+            if lock is not None:
+                try:
+                    fresh = await refresh(session)
+                    sealed = self._seal(fresh, fresh.seen).encode()
+                    await self._store.put(f"refreshed:{session.id}", sealed, ttl=REFRESHED_TTL)
+                    return fresh
+                finally:
+                    await lock.release()
+            await asyncio.sleep(WAIT_STEP)
+        raise SessionRejected("refresh_timeout")
 
     async def _refreshed(self, session: Session, now: int) -> Session | None:
         """A refresh outcome newer than ``session`` that another request already stored."""
@@ -141,44 +182,69 @@ class _Base:
             return None
         return fresh if fresh.generation > session.generation else None
 
-    async def _await_other_replica(self, session: Session, now: int) -> Session:
-        for _ in range(int(REFRESH_LOCK_TTL / WAIT_STEP)):
-            await asyncio.sleep(WAIT_STEP)
-            done = await self._refreshed(session, now)
-            if done is not None:
-                return done
-        raise SessionRejected("refresh_timeout")
-
 
 class CookieSessions(_Base):
     """The sealed session is the cookie; the store keeps revocations and refresh locks."""
 
     async def load(self, cookie: str, *, now: int) -> Session:
         session = self._open_session(cookie, now=now)
-        if await self._store.get(_revocation(session)) is not None:
-            raise SessionRejected("revoked")
+        record = await self._store.get(_revocation(session.sid or session.id))
+        if record is not None:
+            before, _, ended = record.decode("ascii", "replace").partition(":")
+            if session.created < int(before or 0) or session.id == ended:
+                raise SessionRejected("revoked")
         return session
 
     async def save(self, session: Session, *, now: int) -> str:
         return self._seal(session, now)
 
-    async def end(self, session: Session) -> None:
-        await self._store.put(_revocation(session), b"1", ttl=self._ttl(session, session.seen))
+    async def end(self, session: Session, *, now: int) -> None:
+        # Sessions of the same IdP session until now end; a sign-in after this one loads
+        # even when the IdP kept its session (and sid), as with StoredSessions.
+        await self._revoke(session.sid or session.id, before=now + 1, ended=session.id)
 
-    async def end_sid(self, sid: str) -> None:
-        await self._store.put(f"revoked:sid:{sid}", b"1", ttl=float(self._lifetime))
+    async def end_sid(self, sid: str, *, now: int) -> None:
+        await self._revoke(sid, before=now + 1, ended="")
+
+    async def _revoke(self, name: str, *, before: int, ended: str) -> None:
+        """Record that sessions of ``name`` created before ``before``, and ``ended``, are over.
+
+        The record outlives every session it ends: those were created before it and end
+        ``lifetime`` after their creation at the latest.
+        """
+        record = f"{before}:{ended}".encode()
+        await self._store.put(_revocation(name), record, ttl=float(self._lifetime) + 1)
 
 
-def _revocation(session: Session) -> str:
-    """One key per session to look up: its IdP ``sid`` when it has one, else its own id."""
-    return f"revoked:sid:{session.sid}" if session.sid else f"revoked:id:{session.id}"
+class _Lru(Generic[_K, _V]):
+    """A bounded mapping that forgets the least recently used entry first."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[_K, _V] = OrderedDict()
+
+    def get(self, key: _K) -> _V | None:
+        value = self._entries.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: _K, value: _V) -> None:
+        self._entries[key] = value
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+
+def _revocation(name: str) -> str:
+    """The one key a cookie session looks up: its IdP ``sid`` when it has one, else its id."""
+    return f"revoked:{name}"
 
 
 class StoredSessions(_Base):
     """The cookie carries a sealed handle; the sealed session lives in the store."""
 
     async def load(self, cookie: str, *, now: int) -> Session:
-        handle = self._open(cookie, purpose=HANDLE_PURPOSE, now=now).decode("ascii", "replace")
+        handle = self._open_handle(cookie, now=now)
         stored = await self._store.get(handle)
         if stored is None:
             raise SessionRejected("gone")
@@ -201,11 +267,11 @@ class StoredSessions(_Base):
             self._keyring, session.id.encode(), purpose=HANDLE_PURPOSE, now=session.created
         )
 
-    async def end(self, session: Session) -> None:
+    async def end(self, session: Session, *, now: int) -> None:
         await self._store.delete(session.id)
         if session.sid:
-            await self.end_sid(session.sid)
+            await self.end_sid(session.sid, now=now)
 
-    async def end_sid(self, sid: str) -> None:
+    async def end_sid(self, sid: str, *, now: int) -> None:
         for handle in await self._store.handles_for_sid(sid):
             await self._store.delete(handle)

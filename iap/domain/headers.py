@@ -136,6 +136,25 @@ class HeaderFilter:
         ]
 
 
+def iap_cookies(values: Iterable[str]) -> dict[str, str]:
+    """iap's own pairs (``__Host-iap``, ``__Host-iap-*``) from ``Cookie`` header values.
+
+    Only these names are read, so a large application cookie costs a substring search and
+    nothing more. A name sent twice keeps its first value (RFC 6265 §5.4 orders the more
+    specific cookie first; ``__Host-`` cookies all have ``Path=/``).
+    """
+    found: dict[str, str] = {}
+    for value in values:
+        if IAP_COOKIE not in value:
+            continue
+        for pair in value.split(";"):
+            name, sep, text = pair.partition("=")
+            name = name.strip()
+            if sep and (name == IAP_COOKIE or name.startswith(IAP_COOKIE + "-")):
+                found.setdefault(name, text.strip())
+    return found
+
+
 def without_iap_cookies(value: str) -> str:
     """A ``Cookie`` header value without ``__Host-iap`` and ``__Host-iap-*`` pairs."""
     kept = []
@@ -146,14 +165,15 @@ def without_iap_cookies(value: str) -> str:
     return "; ".join(pair for pair in kept if pair)
 
 
-def identity_headers(identity: Identity) -> list[tuple[str, str]]:
+@lru_cache(maxsize=4096)
+def identity_headers(identity: Identity) -> tuple[tuple[str, str], ...]:
     """The informational ``X-IAP-*`` headers (SPEC §6); the minted token is the truth."""
     values = [
         ("X-IAP-Subject", identity.subject),
         ("X-IAP-Email", identity.email or ""),
         ("X-IAP-Roles", ",".join(identity.roles)),
     ]
-    return [(name, value) for name, value in values if value and _printable(value)]
+    return tuple((name, value) for name, value in values if value and _printable(value))
 
 
 def _printable(value: str) -> bool:

@@ -10,8 +10,8 @@ Invariants:
   ``authenticated: true`` included, needs a signed-in identity.
 - Roles are iap's internal roles (after ``tokens.roles`` mapping), groups are Entra group
   object ids, tenants are ``tid``; all compared exactly. Emails and domains compare
-  case-insensitively on the whole address or the whole domain after the last ``@``, never
-  as a suffix. Entra's ``email`` claim is not proof of ownership: prefer roles, groups and
+  ASCII-case-insensitively on the whole address or the whole domain after the last ``@``,
+  never as a suffix. Entra's ``email`` claim is not proof of ownership: prefer roles, groups and
   tenants, which the IdP asserts (and ``allowed_tenants`` bounds whose emails are seen).
 """
 
@@ -56,10 +56,16 @@ def _allowed_by(allow: Allow, identity: Identity) -> Decision:
         return Decision(True, "group")
     if identity.tid in allow.tenants:
         return Decision(True, "tenant")
-    email = (identity.email or "").casefold()
-    if email and email in {entry.casefold() for entry in allow.emails}:
+    email = _ascii_lower(identity.email or "")
+    if email and email in {_ascii_lower(entry) for entry in allow.emails}:
         return Decision(True, "email")
     domain = email.rpartition("@")[2] if "@" in email else ""
-    if domain and domain in {entry.casefold().lstrip("@") for entry in allow.domains}:
+    if domain and domain in {_ascii_lower(entry).lstrip("@") for entry in allow.domains}:
         return Decision(True, "domain")
     return NO_RULE
+
+
+def _ascii_lower(text: str) -> str:
+    """Lower-case ASCII letters only: Unicode folding would merge distinct addresses
+    (``straße.de`` folds to ``strasse.de``), so non-ASCII text compares exactly."""
+    return text.lower() if text.isascii() else text

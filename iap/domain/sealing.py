@@ -188,6 +188,15 @@ def open(  # the natural pair of seal(); callers write sealing.open
     return plaintext
 
 
+def issued_at(token: str) -> int | None:
+    """The issue time in ``token``'s header, unauthenticated: only for a token that
+    :func:`open` accepted before (callers that cache what it opened to)."""
+    header = _b64decode(token[:20])  # 15 bytes: the 13-byte header and 2 more
+    if header is None or len(header) < _HEADER_BYTES:
+        return None
+    return int.from_bytes(header[1 + _KEY_ID_BYTES : _HEADER_BYTES], "big")
+
+
 def _b64encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 

@@ -12,8 +12,9 @@ Invariants:
   vouches for the user any more.
 - ``seen`` is written back at most every ``touch_interval`` seconds, so a cookie session is
   not resealed on every request; the idle deadline is therefore exact to that interval.
-- :func:`decode` accepts exactly what :func:`encode` writes and raises ValueError on
-  anything else; callers decode only what a seal authenticated.
+- :func:`decode` accepts exactly what :func:`encode` writes, for every identity a login
+  accepts (optional claims may be empty strings), and raises ValueError on anything else;
+  callers decode only what a seal authenticated.
 """
 
 from __future__ import annotations
@@ -190,13 +191,15 @@ def _text(value: Any) -> str:
 
 
 def _optional(value: Any) -> str | None:
-    return None if value is None else _text(value)
+    if value is not None and not isinstance(value, str):
+        raise TypeError
+    return value
 
 
 def _texts(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list):
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise TypeError
-    return tuple(_text(item) for item in value)
+    return tuple(value)
 
 
 def _int(value: Any) -> int:

@@ -268,6 +268,8 @@ class Gateway:
         decision = decide(route.config.policy, caller.identity)
         exchange.decision = "allow" if decision.allow else "deny"
         exchange.reason = decision.reason
+        if caller.identity is None and caller.reason != "no_session":
+            exchange.reason = caller.reason  # e.g. session_invalid: why the cookie did not count
         self._metrics.observe_authz(route.name, exchange.decision)
         if span.recording:
             span.decision(

@@ -24,6 +24,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -46,7 +47,7 @@ from iap.config import Session as SessionConfig
 from iap.domain import idtoken, sealing
 from iap.domain import session as sessions
 from iap.domain.client_auth import ClientCertificate
-from iap.domain.headers import IAP_COOKIE
+from iap.domain.headers import IAP_COOKIE, iap_cookies
 from iap.domain.login import (
     LOGIN_STATE_PURPOSE,
     MAX_AGE,
@@ -224,17 +225,22 @@ class SignIn:
         """The redirect URI: turn a code into a session, or refuse with no session."""
         now = int(time.time())
         params = await _callback_params(request)
-        if "error" in params:
-            raise SignInFailed(reason="login_refused:idp_error")
         state, code = _param(params, "state"), _param(params, "code")
+        if "error" in params:  # the user cancelled, or the IdP refused: spend the login
+            cookies = self._spend(request, state, now)
+            raise SignInFailed(reason="login_refused:idp_error", headers=_cookies(cookies))
         if not state or not code:
             raise BadRequest("callback without state or code")
         try:
             pending, rest = take_pending(self._pending(request, now), state=state, now=now)
         except LoginRefused as exc:
             raise SignInFailed(reason=f"login_refused:{exc.reason}") from None
-        # The state is spent from here on, whatever happens next.
+        # The state is spent from here on, whatever happens next: in this browser's cookie,
+        # and in the store, so an old copy of the login cookie cannot replay it.
         cookies = [self._login_cookie(rest, now)]
+        digest = hashlib.sha256(state.encode()).hexdigest()
+        if await self.store.acquire_lock(f"login-state:{digest}", ttl=MAX_AGE) is None:
+            raise SignInFailed(reason="login_refused:replayed", headers=_cookies(cookies))
         try:
             session = await self._sign_in(code, pending, now)
         except (LoginRefused, idtoken.InvalidIdToken, TokenRefused) as exc:
@@ -248,15 +254,24 @@ class SignIn:
         log.info("sign-in: subject=%s tenant=%s", session.identity.subject, session.identity.tid)
         return _redirect(target, cookies)
 
+    def _spend(self, request: web.BaseRequest, state: str, now: int) -> list[str]:
+        """The login-state cookie without the login of ``state``, if there was one."""
+        try:
+            _, rest = take_pending(self._pending(request, now), state=state, now=now)
+        except LoginRefused:
+            return []
+        return [self._login_cookie(rest, now)]
+
     async def logout(self, request: web.BaseRequest) -> web.StreamResponse:
         """End the session here and at the IdP (RP-initiated logout, OIDC RP-Initiated §2)."""
         params = request.query if request.method == "GET" else await request.post()
         target = self._redirects.target(
             _param(params, "post_logout_redirect_uri") or _param(params, "rd") or "/"
         )
-        caller = await self._load(request, int(time.time()))
+        now = int(time.time())
+        caller = await self._load(request, now)
         if caller.session is not None:
-            await self._sessions.end(caller.session)
+            await self._sessions.end(caller.session, now=now)
         cookies = self._clear_cookies(request)
         metadata = await self._metadata()
         end_session = metadata.get("end_session_endpoint")
@@ -274,7 +289,7 @@ class SignIn:
         sid = _param(request.query, "sid")
         if not _SID.fullmatch(sid):
             raise BadRequest("front-channel logout without a valid sid")
-        await self._sessions.end_sid(sid)
+        await self._sessions.end_sid(sid, now=int(time.time()))
         log.info("front-channel logout ended the sessions of one IdP session")
         return web.Response(
             text="<!doctype html><title>Signed out</title><p>Signed out.</p>",
@@ -340,11 +355,12 @@ class SignIn:
         )
 
     async def _load(self, request: web.BaseRequest, now: int) -> Caller:
-        cookies = request.cookies
+        cookies = _cookie_jar(request)
         value = sealing.join_cookie(IAP_COOKIE, cookies)
         if not value:
             if value is None and IAP_COOKIE not in cookies and not _has_chunks(cookies):
                 return Caller()
+            log.warning("session cookie rejected (malformed); cleared")
             return self._anonymous(request, "session_malformed")
         try:
             session = await self._sessions.load(value, now=now)
@@ -443,7 +459,7 @@ class SignIn:
     # --- cookies ---------------------------------------------------------------------------
 
     def _pending(self, request: web.BaseRequest, now: int) -> list[PendingLogin]:
-        value = request.cookies.get(LOGIN_COOKIE)
+        value = _cookie_jar(request).get(LOGIN_COOKIE)
         if not value:
             return []
         try:
@@ -475,12 +491,16 @@ class SignIn:
         chunks = sealing.split_cookie(IAP_COOKIE, value)
         headers = [sealing.set_cookie_header(name, chunk, max_age) for name, chunk in chunks]
         written = {name for name, _ in chunks}
-        stale = [name for name in _chunk_names(request.cookies) if name not in written]
+        stale = [name for name in _chunk_names(_cookie_jar(request)) if name not in written]
         return headers + [sealing.clear_cookie_header(name) for name in stale]
 
     def _clear_cookies(self, request: web.BaseRequest) -> list[str]:
-        names = [IAP_COOKIE, *_chunk_names(request.cookies)]
+        names = [IAP_COOKIE, *_chunk_names(_cookie_jar(request))]
         return [sealing.clear_cookie_header(name) for name in dict.fromkeys(names)]
+
+
+def _cookie_jar(request: web.BaseRequest) -> dict[str, str]:
+    return iap_cookies(request.headers.getall("Cookie", ()))
 
 
 def _chunk_names(cookies: Mapping[str, str]) -> list[str]:
