@@ -23,9 +23,9 @@ import ipaddress
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from yarl import URL
@@ -44,6 +44,7 @@ _FORBIDDEN_HEADERS = frozenset(
 )
 
 Clock = Callable[[], float]
+_T = TypeVar("_T")
 
 
 class IdpUnavailable(IapError):
@@ -98,6 +99,10 @@ def _check_tenant(tenant: str) -> None:
         raise ValueError("tenant must be a tenant id, a domain, organizations or common")
 
 
+Observe = Callable[[str, str, str, int, int], None]
+"""Told of every IdP call: (endpoint, method, result, start ns, end ns); for metrics, spans."""
+
+
 @dataclass(frozen=True)
 class Fetcher:
     """GETs JSON objects from the IdP with the invariants of this module."""
@@ -105,9 +110,28 @@ class Fetcher:
     session: aiohttp.ClientSession
     timeout: aiohttp.ClientTimeout
     max_bytes: int = MAX_DOCUMENT_BYTES
+    observe: Observe | None = None
 
-    async def get_json(self, url: str) -> dict[str, Any]:
+    async def observed(self, endpoint: str, method: str, call: Callable[[], Awaitable[_T]]) -> _T:
+        """Run ``call`` and tell :attr:`observe` how it went (``ok``, ``refused``, ``error``)."""
+        start = time.time_ns()
+        result = "error"
+        try:
+            value = await call()
+            result = "ok"
+            return value
+        except IapError as exc:
+            result = "error" if isinstance(exc, IdpUnavailable) else "refused"
+            raise
+        finally:
+            if self.observe is not None:
+                self.observe(endpoint, method, result, start, time.time_ns())
+
+    async def get_json(self, url: str, endpoint: str = "discovery") -> dict[str, Any]:
         """The JSON object at ``url``; :class:`IdpUnavailable` on any failure."""
+        return await self.observed(endpoint, "GET", lambda: self._get_json(url))
+
+    async def _get_json(self, url: str) -> dict[str, Any]:
         require_https(url)
         try:
             async with self.session.get(
@@ -171,12 +195,13 @@ class Discovery:
         connect_timeout: float = 5.0,
         ttl: float = DISCOVERY_TTL,
         clock: Clock = time.monotonic,
+        observe: Observe | None = None,
     ) -> None:
         _check_session(session)
         require_https(authority)
         self._authority = authority.rstrip("/")
         client_timeout = aiohttp.ClientTimeout(total=timeout, connect=connect_timeout)
-        self.fetcher = Fetcher(session, client_timeout)
+        self.fetcher = Fetcher(session, client_timeout, observe=observe)
         self._ttl = ttl
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
@@ -277,7 +302,7 @@ class JwksCache:
         """Fetch and store the JWKS; the caller holds the tenant's lock."""
         discovery = await self._discovery.document(tenant)
         url = discovery["jwks_uri"]
-        document = await self._discovery.fetcher.get_json(url)
+        document = await self._discovery.fetcher.get_json(url, "jwks")
         if not isinstance(document.get("keys"), list):
             raise IdpUnavailable
         self._entries[tenant] = _Entry(document, self._clock(), url)

@@ -74,6 +74,12 @@ class Metrics:
             ["route", "decision"],
             registry=self.registry,
         )
+        self.idp_requests = Counter(
+            "iap_idp_requests_total",
+            "Calls to the IdP and Graph, by endpoint and result (ok, refused, error).",
+            ["endpoint", "result"],
+            registry=self.registry,
+        )
         # labels() takes a lock and builds a key on every call; the label sets are few.
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
         self._labelled: dict[tuple[Any, ...], Any] = {}
@@ -102,6 +108,9 @@ class Metrics:
     def observe_authn(self, method: str, result: str) -> None:
         """``result`` is ``ok`` or a short reason from a fixed set (never client input)."""
         self._child(self.authn, method, result).inc()
+
+    def observe_idp(self, endpoint: str, result: str) -> None:
+        self._child(self.idp_requests, endpoint, result).inc()
 
     def observe_authz(self, route: str, decision: str) -> None:
         self._child(self.authz, route, decision).inc()

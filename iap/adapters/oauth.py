@@ -86,14 +86,18 @@ class OAuthClient:
             code_verifier=verifier,
             scope=scopes,
         )
-        return await self._grant(token_endpoint, body)
+        return await self._fetcher.observed(
+            "token", "POST", lambda: self._grant(token_endpoint, body)
+        )
 
     async def refresh(
         self, token_endpoint: str, *, refresh_token: str, scopes: str
     ) -> TokenResponse:
         """The refresh token grant (RFC 6749 §6)."""
         body = prepare_token_request("refresh_token", refresh_token=refresh_token, scope=scopes)
-        return await self._grant(token_endpoint, body)
+        return await self._fetcher.observed(
+            "token", "POST", lambda: self._grant(token_endpoint, body)
+        )
 
     async def _grant(self, token_endpoint: str, body: str) -> TokenResponse:
         form = dict(parse_qsl(body, keep_blank_values=True)) | self._credential.form(token_endpoint)
@@ -106,6 +110,11 @@ class OAuthClient:
 
     async def member_groups(self, graph_url: str, access_token: str) -> tuple[str, ...]:
         """The signed-in user's group ids from Graph ``/me/getMemberObjects``."""
+        return await self._fetcher.observed(
+            "graph", "POST", lambda: self._member_groups(graph_url, access_token)
+        )
+
+    async def _member_groups(self, graph_url: str, access_token: str) -> tuple[str, ...]:
         url = f"{graph_url.rstrip('/')}/v1.0/me/getMemberObjects"
         status, document = await self._post(
             url,

@@ -30,6 +30,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -343,8 +344,16 @@ class RequestSpan:
     def end(self, status: int, reason: str | None) -> None:
         """Close the SERVER span."""
 
+    def client_call(
+        self, name: str, attributes: Mapping[str, Any], start: int, end: int, failed: bool
+    ) -> None:
+        """Record a finished CLIENT call made for this request (an IdP call), as a child of
+        the SERVER span; ``start`` and ``end`` are ``time.time_ns()`` values."""
+
 
 _UNTRACED = RequestSpan()
+CURRENT: ContextVar[RequestSpan] = ContextVar("iap_request_span", default=_UNTRACED)
+"""The span of the request being served; set by the gateway, read by IdP calls."""
 
 
 class _PassThrough(RequestSpan):
@@ -460,6 +469,15 @@ class _Sampled(RequestSpan):
         self._tracing._record(
             (name, _CLIENT, self._trace_id, client_id, self._span_id, False, start,
              time.time_ns(), attributes, (), (), failed)
+        )  # fmt: skip
+
+    def client_call(
+        self, name: str, attributes: Mapping[str, Any], start: int, end: int, failed: bool
+    ) -> None:
+        span_id = random.getrandbits(64) or 1
+        self._tracing._record(
+            (name, _CLIENT, self._trace_id, span_id, self._span_id, False, start, end,
+             dict(attributes), (), (), failed)
         )  # fmt: skip
 
     def end(self, status: int, reason: str | None) -> None:

@@ -11,7 +11,7 @@ Invariants:
 - ``X-Forwarded-*``, ``Forwarded`` and the original-URI headers are believed only from
   trusted proxies; from anyone else they are replaced or dropped.
 - iap's own cookies (``__Host-iap``, its chunks and the login state) never reach the
-  upstream; the rest of a ``Cookie`` header passes unchanged (SPEC §6).
+  upstream, and an upstream cannot set them; the rest passes unchanged (SPEC §6).
 - Identity headers carry printable ASCII only; a value with anything else (CR, LF, NUL,
   non-ASCII) is left out rather than escaped, so a claim can never split a header.
 """
@@ -133,7 +133,14 @@ class HeaderFilter:
             and folded not in nominated
             and folded != "content-length"
             and folded not in replaced
+            and not (folded == "set-cookie" and _sets_iap_cookie(value))
         ]
+
+
+def _sets_iap_cookie(value: str) -> bool:
+    """An upstream's Set-Cookie for one of iap's cookie names: never passed to the browser."""
+    name = value.partition("=")[0].strip()
+    return name == IAP_COOKIE or name.startswith(IAP_COOKIE + "-")
 
 
 def iap_cookies(values: Iterable[str]) -> dict[str, str]:

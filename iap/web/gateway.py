@@ -22,7 +22,7 @@ from aiohttp import web
 from iap.adapters.audit import AuditLog
 from iap.adapters.metrics import Metrics
 from iap.adapters.store import StoreUnavailable
-from iap.adapters.telemetry import RequestSpan, Tracing
+from iap.adapters.telemetry import CURRENT, RequestSpan, Tracing
 from iap.adapters.tls import Material
 from iap.adapters.upstream import Transfer, Upstream, Upstreams, forward, forward_websocket
 from iap.config import Config, Route
@@ -142,6 +142,7 @@ class Gateway:
             },
         )
         exchange.trace_id, exchange.span_id = span.ids
+        CURRENT.set(span)  # each request runs in its own task: IdP calls find their parent
         transfer = Transfer()
         try:
             response = await self._serve(

@@ -27,7 +27,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from iap.adapters.audit import AuditLog
 from iap.adapters.metrics import Metrics
-from iap.adapters.telemetry import Tracing
+from iap.adapters.telemetry import CURRENT, Tracing
 from iap.adapters.tls import Material, expiry_in, listener_material
 from iap.config import Address, Config
 from iap.errors import ConfigError
@@ -159,7 +159,8 @@ class Edge:
         self.tracing = Tracing(config.telemetry, dropped=self.metrics.spans_dropped.inc)
         self.signin: SignIn | None = None
         try:
-            self.signin = SignIn(config) if config.oidc is not None else None
+            if config.oidc is not None:
+                self.signin = SignIn(config, observe=self._observe_idp)
         except ConfigError as exc:
             problems += exc.problems
         try:
@@ -225,6 +226,14 @@ class Edge:
             tracing=self.tracing,
             signin=self.signin,
         )
+
+    def _observe_idp(self, endpoint: str, method: str, result: str, start: int, end: int) -> None:
+        """Each IdP call: a metric, and a CLIENT span under the request that made it."""
+        self.metrics.observe_idp(endpoint, result)
+        span = CURRENT.get()
+        if span.recording:
+            attributes = {"http.request.method": method, "iap.idp.endpoint": endpoint}
+            span.client_call(f"{method} idp {endpoint}", attributes, start, end, result == "error")
 
     async def readiness(self) -> dict[str, bool]:
         """Every check ``/readyz`` reports; all must be true to receive traffic."""

@@ -38,7 +38,7 @@ from urllib.parse import urlencode, urljoin
 import aiohttp
 from aiohttp import web
 
-from iap.adapters.idp import Discovery, IdpUnavailable, JwksCache, new_session
+from iap.adapters.idp import Discovery, IdpUnavailable, JwksCache, Observe, new_session
 from iap.adapters.oauth import ClientCredential, OAuthClient, TokenRefused, TokenResponse
 from iap.adapters.sessions import CookieSessions, SessionRejected, Sessions, StoredSessions
 from iap.adapters.store import MemoryStore, RedisStore, SessionStore, StoreUnavailable
@@ -114,8 +114,9 @@ class SignIn:
     naming their keys); :meth:`start` opens the IdP client inside the event loop.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, observe: Observe | None = None) -> None:
         assert config.oidc is not None
+        self._observe = observe
         oidc = self._oidc = config.oidc
         problems: list[str] = []
         self._keyring = _keyring(config.session, problems)
@@ -145,7 +146,7 @@ class SignIn:
     async def start(self) -> None:
         """Open the IdP client and load its metadata in the background."""
         self._http = new_session()
-        self._discovery = Discovery(self._http, self._authority.base)
+        self._discovery = Discovery(self._http, self._authority.base, observe=self._observe)
         self._jwks = JwksCache(self._discovery)
         self._oauth = OAuthClient(self._discovery.fetcher, self._credential)
         self._warming = asyncio.ensure_future(self._warm())

@@ -18,9 +18,10 @@ import trustme
 
 from iap.dev.idp import TENANT_A, USERS
 from iap.domain.sealing import COOKIE_LIMIT
-from tests.conftest import StartEdge, Upstream, free_port
+from tests.conftest import RunningReceiver, StartEdge, Upstream, free_port
 from tests.support.redis_server import start_redis_server
 from tests.support.signin import (
+    CLIENT_SECRET,
     SignInStack,
     Visitor,
     http,
@@ -31,6 +32,8 @@ from tests.support.signin import (
 __all__ = ["http"]
 
 HTML = {"Accept": "text/html"}
+SERVER, CLIENT = 2, 3  # opentelemetry.proto.trace.v1.Span.SpanKind
+CALLBACK = "/.iap/callback"
 
 
 @pytest.fixture(params=["cookie", "redis"])
@@ -265,3 +268,43 @@ async def test_client_certificate_authenticates_iap_at_the_token_endpoint(
         assert (await visitor.get("/app/x")).status == 200
     finally:
         await idp.stop()
+
+
+async def test_idp_calls_are_client_spans_and_carry_no_trace_context(
+    upstream: Upstream,
+    start_edge: StartEdge,
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
+    otlp_receiver: RunningReceiver,
+) -> None:
+    """SPEC §8: a CLIENT span per IdP call under the request that made it; no trace headers
+    to the IdP or Graph; no token, cookie or email in any exported attribute."""
+    telemetry = {"otlp_endpoint": otlp_receiver.url}
+    idp, edge = await start_signin_stack(upstream, start_edge, tmp_path, telemetry=telemetry)
+    try:
+        visitor = Visitor(http, edge.url)
+        headers = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+        start = await visitor.get("/.iap/login?rd=/app/", headers={**HTML, **headers})
+        answer = await visitor.callback(await visitor.authorize(start.location, "olivia"))
+        assert answer.status == 302
+        assert (await visitor.get("/app/x")).status == 200
+        await asyncio.get_running_loop().run_in_executor(None, edge.edge.tracing.flush)
+    finally:
+        await idp.stop()
+    assert idp.idp.trace_headers_seen == 0
+    spans = otlp_receiver.received.spans
+    [callback] = [s for s in spans if s.kind == SERVER and s.attributes["url.path"] == CALLBACK]
+    idp_calls = {
+        s.name: s for s in spans if s.kind == CLIENT and s.parent_span_id == callback.span_id
+    }
+    assert {"POST idp token", "POST idp graph"} <= set(idp_calls)
+    assert all(s.trace_id == callback.trace_id for s in idp_calls.values())
+    [app] = [s for s in spans if s.kind == SERVER and s.attributes.get("iap.route") == "app"]
+    assert app.attributes["iap.authn.method"] == "session"
+    assert app.attributes["iap.authz.decision"] == "allow"
+    exported = json.dumps([(s.name, s.attributes, s.events) for s in spans])
+    for secret in ("eyJ", "__Host-iap", USERS["olivia"].email, CLIENT_SECRET):
+        assert secret not in exported
+    metrics = await (await http.get(f"{edge.admin_url}/metrics")).text()
+    assert 'iap_idp_requests_total{endpoint="token",result="ok"} 1.0' in metrics
+    assert 'iap_idp_requests_total{endpoint="graph",result="ok"} 1.0' in metrics

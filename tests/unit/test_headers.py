@@ -304,6 +304,21 @@ def test_response_drops_hop_by_hop_nominated_and_content_length() -> None:
     ]
 
 
+def test_upstream_cannot_set_iap_cookies() -> None:
+    # Planting or overwriting iap's session (fixation, forced logout) is not the upstream's.
+    headers = [
+        ("Set-Cookie", "__Host-iap=forged; Path=/; Secure"),
+        ("set-cookie", " __Host-iap-1=x"),
+        ("Set-Cookie", "__Host-iap-login=x"),
+        ("Set-Cookie", "__Host-iapp=kept"),
+        ("Set-Cookie", "app=1; Comment=__Host-iap"),
+    ]
+    assert HeaderFilter.response(headers) == [
+        ("Set-Cookie", "__Host-iapp=kept"),
+        ("Set-Cookie", "app=1; Comment=__Host-iap"),
+    ]
+
+
 def test_response_keeps_ordinary_headers() -> None:
     headers = [("ETag", '"x"'), ("Cache-Control", "no-store"), ("X-IAP-Debug", "1")]
     assert HeaderFilter.response(headers) == headers

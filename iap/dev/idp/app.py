@@ -229,11 +229,16 @@ def is_loopback(remote: str | None) -> bool:
     return address.is_loopback
 
 
+_TRACE_HEADERS = ("traceparent", "tracestate", "baggage", "b3", "x-b3-traceid", "uber-trace-id")
+
+
 @web.middleware
 async def loopback_only(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """403 for any peer that is not a loopback address."""
+    """403 for any peer that is not a loopback address; counts trace context received."""
     if not is_loopback(request.remote):
         return web.Response(status=403, text="dev IdP: loopback peers only\n")
+    if any(name in request.headers for name in _TRACE_HEADERS):
+        request.app[DEV_IDP].trace_headers_seen += 1
     return await handler(request)
 
 

@@ -114,6 +114,8 @@ class DevIdP:
     refresh_grants: int = 0
     client_assertions: int = 0
     graph_calls: int = 0
+    #: requests that carried trace context (traceparent, b3...): a relying party's leak
+    trace_headers_seen: int = 0
     logouts: list[str] = field(default_factory=list)
     # key material and grants
     keys: list[RSAKey] = field(default_factory=list)
