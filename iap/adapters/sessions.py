@@ -196,6 +196,9 @@ class CookieSessions(_Base):
         return session
 
     async def save(self, session: Session, *, now: int) -> str:
+        if session.sid and session.seen == session.created:  # at sign-in
+            # Known sids only, so a front-channel logout for a made-up sid stores nothing.
+            await self._store.index_sid(session.sid, session.id, ttl=self._ttl(session, now))
         return self._seal(session, now)
 
     async def end(self, session: Session, *, now: int) -> None:
@@ -204,7 +207,8 @@ class CookieSessions(_Base):
         await self._revoke(session.sid or session.id, before=now + 1, ended=session.id)
 
     async def end_sid(self, sid: str, *, now: int) -> None:
-        await self._revoke(sid, before=now + 1, ended="")
+        if await self._store.handles_for_sid(sid):
+            await self._revoke(sid, before=now + 1, ended="")
 
     async def _revoke(self, name: str, *, before: int, ended: str) -> None:
         """Record that sessions of ``name`` created before ``before``, and ``ended``, are over.

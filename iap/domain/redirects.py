@@ -81,7 +81,7 @@ class RedirectPolicy:
             elif kind == "literal":
                 literals.add(host)
             else:
-                problems.append(f"allowed_hosts[{index}]: not a host name or IP literal")
+                problems.append(f"allowed_redirect_hosts[{index}]: not a host name or IP literal")
         if problems:
             raise ConfigError(problems)
         self._names = frozenset(names)

@@ -24,7 +24,14 @@ from iap.adapters.metrics import Metrics
 from iap.adapters.store import StoreUnavailable
 from iap.adapters.telemetry import CURRENT, RequestSpan, Tracing
 from iap.adapters.tls import Material
-from iap.adapters.upstream import Transfer, Upstream, Upstreams, forward, forward_websocket
+from iap.adapters.upstream import (
+    SERVER,
+    Transfer,
+    Upstream,
+    Upstreams,
+    forward,
+    forward_websocket,
+)
 from iap.config import Config, Route
 from iap.domain import correlation
 from iap.domain.headers import HeaderFilter, TrustedProxies, forwarded, identity_headers
@@ -156,6 +163,10 @@ class Gateway:
         except Exception:
             log.exception("unexpected error, correlation_id=%s", exchange.correlation_id)
             response = self._refuse(request, exchange, RequestError("unexpected error"))
+        if not response.prepared and "X-Correlation-ID" not in response.headers:
+            # iap's own answers (sign-in endpoints, redirects): same headers as its errors
+            response.headers["X-Correlation-ID"] = exchange.correlation_id
+            response.headers["Server"] = SERVER
         self._record(exchange, transfer, response)
         if span.recording:
             span.set("url.path", exchange.path)

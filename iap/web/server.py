@@ -143,6 +143,10 @@ def bind(address: Address, *, reuse_port: bool = False) -> socket.socket:
     )
 
 
+_RESTART_KEYS = ("oidc", "session", "redis", "allowed_redirect_hosts")
+"""Sign-in is built once per process (keys, IdP client, store): a reload cannot change it."""
+
+
 class Edge:
     """One process's listeners. Build (may raise ConfigError), then start, then stop."""
 
@@ -253,6 +257,11 @@ class Edge:
         Listen addresses, the listener's TLS files, telemetry and sign-in (``oidc``,
         ``session``, ``redis``, ``allowed_redirect_hosts``) need a restart.
         """
+        changed = [
+            key for key in _RESTART_KEYS if getattr(config, key) != getattr(self.config, key)
+        ]
+        if changed:
+            raise ConfigError([f"{key}: changes need a restart, not a reload" for key in changed])
         fresh = self._gateway(config)  # raises ConfigError; the running gateway stays
         old, self.gateway = self.gateway, fresh
         return old

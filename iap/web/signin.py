@@ -24,6 +24,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -82,6 +83,8 @@ _MAX_PARAM = 4096
 _SID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _NO_STORE = (("Cache-Control", "no-store"), ("Pragma", "no-cache"))
 _LOGIN_COOKIE_LIMIT = 3800
+MAX_SESSION_GROUPS = 200
+"""Past this many groups a session keeps only those named in ``tokens.roles`` or a policy."""
 
 
 @dataclass(slots=True)
@@ -135,6 +138,9 @@ class SignIn:
         kind = StoredSessions if config.session.store == "redis" else CookieSessions
         self._sessions: Sessions = kind(self._keyring, self.store, lifetime=self._lifetime)
         self._roles_map = dict(config.tokens.roles) if config.tokens else {}
+        self._relevant_groups = frozenset(self._roles_map).union(
+            *(route.policy.allow.groups for route in config.routes if route.policy.allow)
+        )
         self._authority = _Authority.parse(oidc.issuer)
         self._public_url = config.public_url.rstrip("/")
         self._redirect_uri = self._public_url + CALLBACK_PATH
@@ -167,7 +173,14 @@ class SignIn:
             log.warning("identity provider metadata not loaded yet; will retry on demand")
 
     async def readiness(self) -> dict[str, bool]:
-        """``idp``: metadata loaded; ``session_store``: the store answers."""
+        """``idp``: metadata loaded; ``session_store``: the store answers.
+
+        Until the IdP's metadata is loaded, each probe starts one more attempt in the
+        background (never two at once), so a pod that started during an IdP outage
+        becomes ready once the IdP is back.
+        """
+        if not self.ready and (self._warming is None or self._warming.done()):
+            self._warming = asyncio.ensure_future(self._warm())
         return {"idp": self.ready, "session_store": await self.store.ping()}
 
     async def _metadata(self) -> dict[str, Any]:
@@ -455,7 +468,12 @@ class SignIn:
                 raise LoginRefused("groups_overage")
             groups = await self._oauth.member_groups(self._oidc.graph_url, tokens.access_token)
             raw["groups"] = list(groups)
-        return identity_from_claims(raw, roles_map=self._roles_map)
+        identity = identity_from_claims(raw, roles_map=self._roles_map)
+        if len(identity.groups) > MAX_SESSION_GROUPS:
+            # Keep what a decision can use: the session must fit its cookie (SPEC §6: bounded).
+            kept = tuple(g for g in identity.groups if g in self._relevant_groups)
+            identity = dataclasses.replace(identity, groups=kept)
+        return identity
 
     # --- cookies ---------------------------------------------------------------------------
 

@@ -308,6 +308,16 @@ async def test_end_also_ends_the_other_sessions_of_its_sid(harness: Harness) -> 
         assert await rejected(sessions, cookie) in {"revoked", "gone"}
 
 
+async def test_end_sid_of_a_made_up_sid_stores_nothing(harness: Harness) -> None:
+    """Front-channel logout needs no cookie: calls for sids never seen must not grow state."""
+    sessions = harness.sessions()
+    for number in range(20):
+        await sessions.end_sid(f"made-up-{number}", now=NOW)
+    for number in range(20):
+        assert await harness.store.get(f"revoked:made-up-{number}") is None
+        assert await harness.store.handles_for_sid(f"made-up-{number}") == []
+
+
 async def test_end_sid_ends_every_session_of_that_sid_only(harness: Harness) -> None:
     sessions = harness.sessions()
     a1, a2 = make_session(sid="sid-a"), make_session(sid="sid-a")

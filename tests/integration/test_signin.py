@@ -7,17 +7,23 @@ on a free port): one suite for both implementations of ``session.store``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
 import trustme
 
-from iap.dev.idp import TENANT_A, USERS
+from iap import config
+from iap.dev.idp import STAFF_GROUP_ID, TENANT_A, USERS, start_dev_idp
+from iap.dev.idp import app as idp_app
 from iap.domain.sealing import COOKIE_LIMIT
+from iap.errors import ConfigError
 from tests.conftest import RunningReceiver, StartEdge, Upstream, free_port
 from tests.support.redis_server import start_redis_server
 from tests.support.signin import (
@@ -308,3 +314,68 @@ async def test_idp_calls_are_client_spans_and_carry_no_trace_context(
     metrics = await (await http.get(f"{edge.admin_url}/metrics")).text()
     assert 'iap_idp_requests_total{endpoint="token",result="ok"} 1.0' in metrics
     assert 'iap_idp_requests_total{endpoint="graph",result="ok"} 1.0' in metrics
+
+
+async def test_a_user_in_450_groups_keeps_the_groups_that_decide(
+    visitor: Visitor, stack: SignInStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past 200 groups the session keeps those named in tokens.roles or a policy, so that it
+    fits its cookie (8 chunks at most); the user still signs in and keeps the staff role."""
+    olivia = USERS["olivia"]
+    many = (STAFF_GROUP_ID, *(str(uuid.uuid5(uuid.NAMESPACE_URL, f"g{n}")) for n in range(449)))
+    crowded = dataclasses.replace(olivia, groups=many)
+    monkeypatch.setitem(idp_app.USERS, "olivia", crowded)
+    monkeypatch.setattr(idp_app, "users_for", lambda tenant: [crowded])
+    monkeypatch.setattr(idp_app, "DEMO_USERS", (crowded,))  # what the Graph stand-in answers
+    answer = await visitor.sign_in("olivia")
+    assert answer.status == 302
+    assert all(len(cookie) < COOKIE_LIMIT for cookie in answer.set_cookies)
+    body = json.loads((await visitor.get("/.iap/userinfo")).body)
+    assert body["groups"] == [STAFF_GROUP_ID]
+    assert body["roles"] == ["staff"]
+
+
+async def test_iap_answers_carry_the_correlation_id_and_no_library_banner(
+    visitor: Visitor,
+) -> None:
+    for path in ("/.iap/login?rd=/app/", "/app/x", "/.iap/frontchannel-logout?sid=x"):
+        answer = await visitor.get(path, headers=HTML)
+        assert answer.header("X-Correlation-ID"), path
+        assert answer.header("Server") == "iap", path
+
+
+async def test_sign_in_settings_change_only_with_a_restart(
+    stack: SignInStack, upstream: Upstream, tmp_path: Path
+) -> None:
+    """SIGHUP reloads routes and policies; sign-in (keys, IdP client, store) needs a restart."""
+    edge = stack.edge.edge
+    document = signin_config(upstream.url, stack.idp, stack.edge.port, tmp_path)
+    document["oidc"]["allowed_tenants"] = [TENANT_A, "another-tenant"]
+    with pytest.raises(ConfigError) as refused:
+        edge.reload(config.parse(document))
+    assert refused.value.problems[0] == "oidc: changes need a restart, not a reload"
+
+
+async def test_readiness_waits_for_the_idp_and_recovers_without_a_restart(
+    upstream: Upstream, start_edge: StartEdge, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    idp_port = free_port()
+    port = free_port()
+    down = SimpleNamespace(url=f"http://127.0.0.1:{idp_port}")  # nothing listens there yet
+    document = signin_config(upstream.url, down, port, tmp_path)  # type: ignore[arg-type]
+    edge = await start_edge(document)
+    async with http.get(f"{edge.admin_url}/readyz") as answer:
+        assert answer.status == 503
+        assert (await answer.json())["checks"]["idp"] is False
+    idp = await start_dev_idp(
+        client_id="c", client_secret="s", redirect_uris=["http://x/cb"], port=idp_port
+    )
+    try:
+        async with asyncio.timeout(30):  # a hang guard, not a performance bound
+            while True:
+                async with http.get(f"{edge.admin_url}/readyz") as answer:
+                    if answer.status == 200:
+                        break
+                await asyncio.sleep(0.05)
+    finally:
+        await idp.stop()

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
-from iap.dev.idp import TENANT_A, RunningDevIdP, start_dev_idp
+from iap.dev.idp import STAFF_GROUP_ID, TENANT_A, RunningDevIdP, start_dev_idp
 from tests.conftest import RunningEdge, StartEdge, Upstream, edge_config, free_port
 
 CLIENT_ID = "00000000-0000-4000-8000-0000000000e1"
@@ -178,7 +178,7 @@ def signin_config(
         tokens={
             "issuer": f"http://127.0.0.1:{port}/.iap",
             "keys_dir": str(directory),
-            "roles": {"Edge.Admin": "admin"},
+            "roles": {"Edge.Admin": "admin", STAFF_GROUP_ID: "staff"},
         },
         **overrides,
     )

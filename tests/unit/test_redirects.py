@@ -243,10 +243,10 @@ def test_bad_allowed_hosts_are_reported_together() -> None:
     with pytest.raises(ConfigError) as caught:
         RedirectPolicy(PUBLIC, ["good.com", "*.evil.com", "", "bad..com", "x.com."])
     assert caught.value.problems == [
-        "allowed_hosts[1]: not a host name or IP literal",
-        "allowed_hosts[2]: not a host name or IP literal",
-        "allowed_hosts[3]: not a host name or IP literal",
-        "allowed_hosts[4]: not a host name or IP literal",
+        "allowed_redirect_hosts[1]: not a host name or IP literal",
+        "allowed_redirect_hosts[2]: not a host name or IP literal",
+        "allowed_redirect_hosts[3]: not a host name or IP literal",
+        "allowed_redirect_hosts[4]: not a host name or IP literal",
     ]
 
 
