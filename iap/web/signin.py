@@ -28,10 +28,9 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urljoin
@@ -40,23 +39,17 @@ import aiohttp
 from aiohttp import web
 
 from iap.adapters.idp import Discovery, IdpUnavailable, JwksCache, Observe, new_session
-from iap.adapters.oauth import ClientCredential, OAuthClient, TokenRefused, TokenResponse
+from iap.adapters.oauth import OAuthClient, TokenRefused, TokenResponse, load_credential
 from iap.adapters.sessions import CookieSessions, SessionRejected, Sessions, StoredSessions
 from iap.adapters.store import MemoryStore, RedisStore, SessionStore, StoreUnavailable
-from iap.config import OIDC, SESSION_KEYS_ENV, Config
-from iap.config import Session as SessionConfig
-from iap.domain import idtoken, sealing
+from iap.config import Config
+from iap.domain import idtoken
 from iap.domain import session as sessions
-from iap.domain.client_auth import ClientCertificate
-from iap.domain.headers import IAP_COOKIE, iap_cookies
 from iap.domain.login import (
-    LOGIN_STATE_PURPOSE,
     MAX_AGE,
     LoginRefused,
     PendingLogin,
     add_pending,
-    decode_pending,
-    encode_pending,
     identity_from_claims,
     new_login,
     take_pending,
@@ -74,15 +67,13 @@ from iap.errors import (
     Unauthenticated,
 )
 from iap.model import Identity
+from iap.web.cookies import NO_STORE, Cookies, load_keyring, redirect, set_cookies
 
 log = logging.getLogger("iap")
 
-LOGIN_COOKIE = f"{IAP_COOKIE}-login"
 CALLBACK_PATH = "/.iap/callback"
 _MAX_PARAM = 4096
 _SID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_NO_STORE = (("Cache-Control", "no-store"), ("Pragma", "no-cache"))
-_LOGIN_COOKIE_LIMIT = 3800
 MAX_SESSION_GROUPS = 200
 """Past this many groups a session keeps only those named in ``tokens.roles`` or a policy."""
 
@@ -122,8 +113,8 @@ class SignIn:
         self._observe = observe
         oidc = self._oidc = config.oidc
         problems: list[str] = []
-        self._keyring = _keyring(config.session, problems)
-        self._credential = _credential(oidc, problems)
+        keyring = load_keyring(config.session, problems)
+        self._credential = load_credential(oidc, problems)
         try:
             self._redirects = RedirectPolicy(config.public_url, config.allowed_redirect_hosts)
         except ConfigError as exc:
@@ -136,7 +127,10 @@ class SignIn:
             RedisStore(config.redis.url) if config.redis is not None else MemoryStore()
         )
         kind = StoredSessions if config.session.store == "redis" else CookieSessions
-        self._sessions: Sessions = kind(self._keyring, self.store, lifetime=self._lifetime)
+        self._sessions: Sessions = kind(keyring, self.store, lifetime=self._lifetime)
+        self._cookies = Cookies(
+            keyring, lifetime=self._lifetime, form_post=oidc.response_mode == "form_post"
+        )
         self._roles_map = dict(config.tokens.roles) if config.tokens else {}
         self._relevant_groups = frozenset(self._roles_map).union(
             *(route.policy.allow.groups for route in config.routes if route.policy.allow)
@@ -232,8 +226,8 @@ class SignIn:
             now=now,
             response_mode=self._oidc.response_mode,
         )
-        logins = add_pending(self._pending(request, now), pending)
-        return _redirect(url, [self._login_cookie(logins, now)])
+        logins = add_pending(self._cookies.pending(request, now), pending)
+        return redirect(url, [self._cookies.login(logins, now)])
 
     async def callback(self, request: web.BaseRequest) -> web.StreamResponse:
         """The redirect URI: turn a code into a session, or refuse with no session."""
@@ -242,39 +236,39 @@ class SignIn:
         state, code = _param(params, "state"), _param(params, "code")
         if "error" in params:  # the user cancelled, or the IdP refused: spend the login
             cookies = self._spend(request, state, now)
-            raise SignInFailed(reason="login_refused:idp_error", headers=_cookies(cookies))
+            raise SignInFailed(reason="login_refused:idp_error", headers=set_cookies(cookies))
         if not state or not code:
             raise BadRequest("callback without state or code")
         try:
-            pending, rest = take_pending(self._pending(request, now), state=state, now=now)
+            pending, rest = take_pending(self._cookies.pending(request, now), state=state, now=now)
         except LoginRefused as exc:
             raise SignInFailed(reason=f"login_refused:{exc.reason}") from None
         # The state is spent from here on, whatever happens next: in this browser's cookie,
         # and in the store, so an old copy of the login cookie cannot replay it.
-        cookies = [self._login_cookie(rest, now)]
+        cookies = [self._cookies.login(rest, now)]
         digest = hashlib.sha256(state.encode()).hexdigest()
         if await self.store.acquire_lock(f"login-state:{digest}", ttl=MAX_AGE) is None:
-            raise SignInFailed(reason="login_refused:replayed", headers=_cookies(cookies))
+            raise SignInFailed(reason="login_refused:replayed", headers=set_cookies(cookies))
         try:
             session = await self._sign_in(code, pending, now)
         except (LoginRefused, idtoken.InvalidIdToken, TokenRefused) as exc:
             reason = getattr(exc, "reason", None) or getattr(exc, "error", "refused")
             raise SignInFailed(
-                reason=f"login_refused:{reason}", headers=_cookies(cookies)
+                reason=f"login_refused:{reason}", headers=set_cookies(cookies)
             ) from None
         value = await self._sessions.save(session, now=now)
-        cookies += self._session_cookies(request, value, session, now)
+        cookies += self._cookies.session(request, value, session, now)
         target = self._redirects.target(pending.rd)
         log.info("sign-in: subject=%s tenant=%s", session.identity.subject, session.identity.tid)
-        return _redirect(target, cookies)
+        return redirect(target, cookies)
 
     def _spend(self, request: web.BaseRequest, state: str, now: int) -> list[str]:
         """The login-state cookie without the login of ``state``, if there was one."""
         try:
-            _, rest = take_pending(self._pending(request, now), state=state, now=now)
+            _, rest = take_pending(self._cookies.pending(request, now), state=state, now=now)
         except LoginRefused:
             return []
-        return [self._login_cookie(rest, now)]
+        return [self._cookies.login(rest, now)]
 
     async def logout(self, request: web.BaseRequest) -> web.StreamResponse:
         """End the session here and at the IdP (RP-initiated logout, OIDC RP-Initiated §2)."""
@@ -286,17 +280,17 @@ class SignIn:
         caller = await self._load(request, now)
         if caller.session is not None:
             await self._sessions.end(caller.session, now=now)
-        cookies = self._clear_cookies(request)
+        cookies = self._cookies.clear(request)
         metadata = await self._metadata()
         end_session = metadata.get("end_session_endpoint")
         if not isinstance(end_session, str):
-            return _redirect(target, cookies)
+            return redirect(target, cookies)
         query = {"post_logout_redirect_uri": urljoin(self._public_url + "/", target)}
         if caller.session is not None:
             query["id_token_hint"] = caller.session.id_token
         query["client_id"] = self._oidc.client_id
         separator = "&" if "?" in end_session else "?"
-        return _redirect(end_session + separator + urlencode(query), cookies)
+        return redirect(end_session + separator + urlencode(query), cookies)
 
     async def frontchannel_logout(self, request: web.BaseRequest) -> web.StreamResponse:
         """Entra single sign-out: end every session of ``sid`` (OIDC Front-Channel Logout)."""
@@ -308,7 +302,7 @@ class SignIn:
         return web.Response(
             text="<!doctype html><title>Signed out</title><p>Signed out.</p>",
             content_type="text/html",
-            headers=dict(_NO_STORE),
+            headers=dict(NO_STORE),
         )
 
     async def userinfo(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -328,7 +322,7 @@ class SignIn:
             "groups": list(identity.groups),
             "session_expires_at": sessions.expires_at(caller.session, lifetime=self._lifetime),
         }
-        headers = [("Content-Type", "application/json"), *_NO_STORE, *_cookies(caller.cookies)]
+        headers = [("Content-Type", "application/json"), *NO_STORE, *set_cookies(caller.cookies)]
         response = web.Response(text=json.dumps(body))
         for name, value in headers:
             response.headers.add(name, value)
@@ -364,15 +358,14 @@ class SignIn:
         return Caller(
             session.identity,
             session,
-            self._session_cookies(request, value, session, now),
+            self._cookies.session(request, value, session, now),
             "session",
         )
 
     async def _load(self, request: web.BaseRequest, now: int) -> Caller:
-        cookies = _cookie_jar(request)
-        value = sealing.join_cookie(IAP_COOKIE, cookies)
+        value, sent = self._cookies.session_value(request)
         if not value:
-            if value is None and IAP_COOKIE not in cookies and not _has_chunks(cookies):
+            if not sent:
                 return Caller()
             log.warning("session cookie rejected (malformed); cleared")
             return self._anonymous(request, "session_malformed")
@@ -384,7 +377,7 @@ class SignIn:
         return Caller(session.identity, session, [], "session")
 
     def _anonymous(self, request: web.BaseRequest, reason: str) -> Caller:
-        return Caller(cookies=self._clear_cookies(request), reason=reason)
+        return Caller(cookies=self._cookies.clear(request), reason=reason)
 
     async def _refresh(self, session: Session) -> Session:
         """One refresh-token grant; the new ID token is validated like a login's."""
@@ -475,64 +468,6 @@ class SignIn:
             identity = dataclasses.replace(identity, groups=kept)
         return identity
 
-    # --- cookies ---------------------------------------------------------------------------
-
-    def _pending(self, request: web.BaseRequest, now: int) -> list[PendingLogin]:
-        value = _cookie_jar(request).get(LOGIN_COOKIE)
-        if not value:
-            return []
-        try:
-            data = sealing.open(
-                self._keyring,
-                value,
-                purpose=LOGIN_STATE_PURPOSE,
-                now=now,
-                max_age=MAX_AGE,
-            )
-            return decode_pending(data)
-        except ValueError:  # SealError included: a bad login cookie holds no logins
-            return []
-
-    def _login_cookie(self, logins: list[PendingLogin], now: int) -> str:
-        same_site = "None" if self._oidc.response_mode == "form_post" else "Lax"
-        while logins:
-            data = encode_pending(logins)
-            value = sealing.seal(self._keyring, data, purpose=LOGIN_STATE_PURPOSE, now=now)
-            if len(value) <= _LOGIN_COOKIE_LIMIT:
-                return sealing.set_cookie_header(LOGIN_COOKIE, value, MAX_AGE, same_site=same_site)
-            logins = logins[1:]  # parallel tabs: the oldest login gives way
-        return sealing.clear_cookie_header(LOGIN_COOKIE)
-
-    def _session_cookies(
-        self, request: web.BaseRequest, value: str, session: Session, now: int
-    ) -> list[str]:
-        max_age = max(0, sessions.expires_at(session, lifetime=self._lifetime) - now)
-        chunks = sealing.split_cookie(IAP_COOKIE, value)
-        headers = [sealing.set_cookie_header(name, chunk, max_age) for name, chunk in chunks]
-        written = {name for name, _ in chunks}
-        stale = [name for name in _chunk_names(_cookie_jar(request)) if name not in written]
-        return headers + [sealing.clear_cookie_header(name) for name in stale]
-
-    def _clear_cookies(self, request: web.BaseRequest) -> list[str]:
-        names = [IAP_COOKIE, *_chunk_names(_cookie_jar(request))]
-        return [sealing.clear_cookie_header(name) for name in dict.fromkeys(names)]
-
-
-def _cookie_jar(request: web.BaseRequest) -> dict[str, str]:
-    return iap_cookies(request.headers.getall("Cookie", ()))
-
-
-def _chunk_names(cookies: Mapping[str, str]) -> list[str]:
-    return [
-        name
-        for name in cookies
-        if name.startswith(IAP_COOKIE + "-") and name[len(IAP_COOKIE) + 1 :].isdigit()
-    ]
-
-
-def _has_chunks(cookies: Mapping[str, str]) -> bool:
-    return bool(_chunk_names(cookies))
-
 
 def _param(values: Mapping[str, Any], name: str) -> str:
     value = values.get(name, "")
@@ -549,22 +484,10 @@ async def _callback_params(request: web.BaseRequest) -> Mapping[str, Any]:
     return await request.post()
 
 
-def _cookies(values: Iterable[str]) -> list[tuple[str, str]]:
-    return [("Set-Cookie", value) for value in values]
-
-
-def _redirect(location: str, cookies: Iterable[str]) -> web.Response:
-    response = web.Response(status=302)
-    response.headers["Location"] = location
-    for name, value in (*_NO_STORE, *_cookies(cookies)):
-        response.headers.add(name, value)
-    return response
-
-
 def _unauthenticated(caller: Caller) -> RequestError:
     return Unauthenticated(
         reason=caller.reason,
-        headers=[("WWW-Authenticate", 'Bearer realm="iap"'), *_cookies(caller.cookies)],
+        headers=[("WWW-Authenticate", 'Bearer realm="iap"'), *set_cookies(caller.cookies)],
     )
 
 
@@ -575,41 +498,5 @@ def challenge(caller: Caller, *, html: bool, method: str, target: str) -> web.St
     everyone else gets 401 with ``WWW-Authenticate`` (SPEC §2 step 6).
     """
     if html and method in ("GET", "HEAD"):
-        return _redirect("/.iap/login?" + urlencode({"rd": target}), caller.cookies)
+        return redirect("/.iap/login?" + urlencode({"rd": target}), caller.cookies)
     raise _unauthenticated(caller)
-
-
-def _keyring(session: SessionConfig, problems: list[str]) -> sealing.Keyring:
-    """The cookie keyring from ``session.keys_file`` or ``IAP_SESSION_KEYS``."""
-    try:
-        if session.keys_file is not None:
-            return sealing.Keyring.parse(session.keys_file.read_text(encoding="utf-8"))
-        return sealing.Keyring.parse(os.environ[SESSION_KEYS_ENV].replace(",", "\n"))
-    except (OSError, UnicodeDecodeError, KeyError) as exc:
-        problems.append(f"session.keys_file: cannot read ({type(exc).__name__})")
-    except ValueError as exc:  # names the line, never the key
-        problems.append(f"session.keys_file: {exc}")
-    return sealing.Keyring([os.urandom(sealing.KEY_BYTES)])  # never used: problems raise
-
-
-def _credential(oidc: OIDC, problems: list[str]) -> ClientCredential:
-    """The client's secret (file or ``IAP_OIDC_CLIENT_SECRET``) or certificate."""
-    try:
-        if oidc.client_certificate is not None:
-            files = oidc.client_certificate
-            certificate = ClientCertificate.load(
-                files.cert_file.read_bytes(), files.key_file.read_bytes()
-            )
-            return ClientCredential(oidc.client_id, certificate=certificate)
-        if oidc.client_secret_file is not None:
-            secret = oidc.client_secret_file.read_text(encoding="utf-8").strip()
-        else:
-            secret = os.environ.get("IAP_OIDC_CLIENT_SECRET", "").strip()
-        if not secret:
-            problems.append("oidc.client_secret_file: the secret is empty")
-        return ClientCredential(oidc.client_id, secret=secret)
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.append(f"oidc: cannot read the client credential ({type(exc).__name__})")
-    except ValueError as exc:  # ClientCertificate names what is wrong, never the key
-        problems.append(f"oidc.client_certificate: {exc}")
-    return ClientCredential(oidc.client_id)
