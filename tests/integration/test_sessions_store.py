@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import random
 import string
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +22,8 @@ from iap.adapters.store import Lock, MemoryStore, RedisStore, SessionStore
 from iap.domain.sealing import Keyring, key_id
 from iap.domain.session import Session, new_session, refreshed, touched
 from iap.model import Identity
+from tests.support.identities import ALICE as BASE_ALICE
+from tests.support.identities import Clock
 from tests.support.redis_server import start_redis_server
 
 KEY_1 = bytes(range(32))
@@ -35,16 +38,7 @@ ID_TOKEN = "id-token-CLEARTEXT"
 REFRESH_TOKEN = "refresh-token-CLEARTEXT"
 BASE64URL = string.ascii_letters + string.digits + "-_"
 
-ALICE = Identity(
-    subject="tid-1:oid-alice",
-    tid="tid-1",
-    oid="oid-alice",
-    name="Alice",
-    email="alice@contoso.com",
-    preferred_username="alice@contoso.com",
-    roles=("reader",),
-    groups=("g-1",),
-)
+ALICE = dataclasses.replace(BASE_ALICE, roles=("reader",))
 
 AnySessions = CookieSessions | StoredSessions
 
@@ -69,16 +63,6 @@ COOKIE_REDIS = Kind("cookie-redis", CookieSessions, "redis")
 STORED_MEMORY = Kind("stored-memory", StoredSessions, "memory")
 STORED_REDIS = Kind("stored-redis", StoredSessions, "redis")
 KINDS = [COOKIE_MEMORY, COOKIE_REDIS, STORED_MEMORY, STORED_REDIS]
-
-
-class Clock:
-    """The memory store's monotonic clock, moved by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass

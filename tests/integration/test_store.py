@@ -10,17 +10,8 @@ from dataclasses import dataclass
 import pytest
 
 from iap.adapters.store import Lock, MemoryStore, RedisStore, SessionStore, StoreUnavailable
+from tests.support.identities import Clock
 from tests.support.redis_server import RedisServer, start_redis_server
-
-
-class Clock:
-    """A monotonic clock the tests move by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass

@@ -10,17 +10,7 @@ from hypothesis import strategies as st
 
 from iap.domain.headers import IAP_COOKIE, identity_headers, without_iap_cookies
 from iap.model import Identity
-
-ALICE = Identity(
-    subject="tid-1:oid-alice",
-    tid="tid-1",
-    oid="oid-alice",
-    name="Alice",
-    email="alice@contoso.com",
-    preferred_username="alice@contoso.com",
-    roles=("admin", "reader"),
-    groups=("g-1",),
-)
+from tests.support.identities import ALICE
 
 
 def _names(cookie_header: str) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from dataclasses import replace
 from typing import Any
@@ -15,6 +16,7 @@ from iap.domain import session as sessions
 from iap.domain.login import identity_from_claims
 from iap.domain.session import REFRESH_MARGIN, Session, decode, encode, new_session, refreshed
 from iap.model import Identity
+from tests.support.identities import ALICE as BASE_ALICE
 
 NOW = 1_700_000_000
 HOUR = 3600
@@ -23,16 +25,7 @@ IDLE = 30 * 60
 ID_TOKEN = "eyJ.id-token-SECRET.sig"
 REFRESH_TOKEN = "refresh-token-SECRET"
 
-ALICE = Identity(
-    subject="tid-1:oid-alice",
-    tid="tid-1",
-    oid="oid-alice",
-    name="Alice",
-    email="alice@contoso.com",
-    preferred_username="alice@contoso.com",
-    roles=("admin", "reader"),
-    groups=("00000000-0000-0000-0000-000000000001",),
-)
+ALICE = dataclasses.replace(BASE_ALICE, groups=("00000000-0000-0000-0000-000000000001",))
 
 
 def counting_random(size: int) -> bytes:
