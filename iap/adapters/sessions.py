@@ -91,49 +91,55 @@ class _Base:
         self._store = store
         self._lifetime = int(lifetime)
         self._inflight: dict[str, asyncio.Future[Session]] = {}
-        self._handles: _Lru[str, bytes] = _Lru(CACHE_SIZE)
-        self._opened: _Lru[str, Session] = _Lru(CACHE_SIZE)
+        # sealed text -> (what it opened to, its issue time), for the time checks on a hit
+        self._handles: _Lru[str, tuple[str, int]] = _Lru(CACHE_SIZE)
+        self._opened: _Lru[str, tuple[Session, int]] = _Lru(CACHE_SIZE)
 
     def _seal(self, session: Session, now: int) -> str:
         return sealing.seal(
             self._keyring, sessions.encode(session), purpose=SESSION_PURPOSE, now=now
         )
 
-    def _open(self, token: str, *, purpose: bytes, now: int) -> bytes:
+    def _open(self, token: str, *, purpose: bytes, now: int) -> tuple[bytes, int]:
+        """The plaintext and issue time of ``token``; :class:`SessionRejected` if refused."""
         try:
-            return sealing.open(
+            plaintext = sealing.open(
                 self._keyring, token, purpose=purpose, now=now, max_age=self._lifetime
             )
         except sealing.SealError as exc:
             raise SessionRejected(exc.reason) from None
-
-    def _check_age(self, token: str, now: int) -> None:
-        """The time checks of :func:`sealing.open`, for a token found in a cache."""
         issued = sealing.issued_at(token)
-        if issued is None or issued > now + sealing.CLOCK_SKEW:
+        assert issued is not None  # open() accepted the token, header included
+        return plaintext, issued
+
+    def _check_age(self, issued: int, now: int) -> None:
+        """The time checks of :func:`sealing.open`, for a token found in a cache."""
+        if issued > now + sealing.CLOCK_SKEW:
             raise SessionRejected("future")
         if now - issued > self._lifetime:
             raise SessionRejected("expired")
 
     def _open_handle(self, token: str, *, now: int) -> str:
-        handle = self._handles.get(token)
-        if handle is None:
-            handle = self._open(token, purpose=HANDLE_PURPOSE, now=now)
-            self._handles.put(token, handle)
-        else:
-            self._check_age(token, now)
-        return handle.decode("ascii", "replace")
+        cached = self._handles.get(token)
+        if cached is not None:
+            self._check_age(cached[1], now)
+            return cached[0]
+        plaintext, issued = self._open(token, purpose=HANDLE_PURPOSE, now=now)
+        handle = plaintext.decode("ascii", "replace")
+        self._handles.put(token, (handle, issued))
+        return handle
 
     def _open_session(self, token: str, *, now: int) -> Session:
-        session = self._opened.get(token)
-        if session is not None:
-            self._check_age(token, now)
-            return session
+        cached = self._opened.get(token)
+        if cached is not None:
+            self._check_age(cached[1], now)
+            return cached[0]
+        plaintext, issued = self._open(token, purpose=SESSION_PURPOSE, now=now)
         try:
-            session = sessions.decode(self._open(token, purpose=SESSION_PURPOSE, now=now))
+            session = sessions.decode(plaintext)
         except ValueError:
             raise SessionRejected("malformed") from None
-        self._opened.put(token, session)
+        self._opened.put(token, (session, issued))
         return session
 
     def _ttl(self, session: Session, now: int) -> float:
