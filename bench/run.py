@@ -49,6 +49,7 @@ from typing import Any, Literal, NoReturn
 import dev_idp
 import yaml
 
+from iap.adapters.signing_keys import write_new_key
 from iap.dev.idp import TENANT_A
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -304,6 +305,8 @@ def cookie_target(env: Env) -> Iterator[str]:
     keys.write_text(base64.urlsafe_b64encode(os.urandom(32)).decode() + "\n")
     secret = env.workdir / "client.secret"
     secret.write_text(dev_idp.CLIENT_SECRET)
+    signing = env.workdir / f"signing-keys-{port}"
+    write_new_key(signing)
     with spawn(argv, log) as idp:
         idp_url = f"http://{HOST}:{idp_port}"
         wait_ready(f"{idp_url}/organizations/v2.0/.well-known/openid-configuration", idp, log)
@@ -318,6 +321,7 @@ def cookie_target(env: Env) -> Iterator[str]:
                     "client_secret_file": str(secret),
                 },
                 "session": {"keys_file": str(keys)},
+                "tokens": {"issuer": f"{public}/.iap", "keys_dir": str(signing)},
                 "routes": [{**route, "policy": {"allow": {"authenticated": True}}}],
             }
 

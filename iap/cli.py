@@ -48,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     certs_dev.add_argument(
         "--days", type=_positive, default=30, help="certificate lifetime in days (default 30)"
     )
+
+    keys = commands.add_parser("keys", help="signing keys for the tokens iap mints")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    keys_new = keys_commands.add_parser("new", help="add an ES256 signing key; print its kid")
+    keys_new.add_argument(
+        "--dir", required=True, help="the keys directory (tokens.keys_dir); created if missing"
+    )
     return parser
 
 
@@ -75,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _event_loop(run_dev(args.port))
         if args.command == "certs":
             return _certs_dev(args.out, server_name=args.server_name, days=args.days)
+        if args.command == "keys":
+            return _keys_new(args.dir)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"config error: {problem}", file=sys.stderr)
@@ -97,6 +106,27 @@ def _certs_dev(out: str, *, server_name: str, days: int) -> int:
     print(
         "private keys (*.key, ingress-gateway-secret.yaml) are mode 0600;"
         " this material is for development only, never for production",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _keys_new(directory: str) -> int:
+    from iap.adapters.signing_keys import write_new_key
+
+    try:
+        kid, path = write_new_key(Path(directory))
+    except OSError as exc:
+        where = exc.filename or directory
+        print(
+            f"iap keys new: cannot write a key to {where}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    print(kid)
+    print(
+        f"wrote {path} (mode 0600); it is published at once and signs after"
+        " tokens.publish_before_use",
         file=sys.stderr,
     )
     return EXIT_OK

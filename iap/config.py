@@ -461,6 +461,11 @@ def _session_problems(document: Mapping[str, object]) -> list[str]:
     problems = []
     if session.get("store") == "redis" and document.get("redis") is None:
         problems.append("session.store: `redis` needs the redis key (redis.url)")
+    if document.get("oidc") is not None and document.get("tokens") is None:
+        problems.append(
+            "tokens: required with oidc: signed-in requests go upstream with a minted token "
+            "(tokens.issuer, tokens.keys_dir; see `iap keys new`)"
+        )
     has_keys = session.get("keys_file") is not None or os.environ.get(SESSION_KEYS_ENV)
     if document.get("oidc") is not None and not has_keys:
         problems.append(

@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from iap import config
+from iap.adapters.signing_keys import write_new_key
 from iap.certs import GATEWAY_SPIFFE_ID, SERVER_NAME, SPIFFE_ID, DevMaterial, issue_dev_material
 from iap.cli import EXIT_FAILURE, EXIT_OK
 from iap.dev.echo import echo_app
@@ -65,6 +66,8 @@ def dev_config(
     secret = secrets_dir / "client.secret"
     secret.write_text(DEV_CLIENT_SECRET)
     secret.chmod(0o600)
+    signing = secrets_dir / "signing-keys"
+    write_new_key(signing)
     upstream = {
         "upstream": f"https://127.0.0.1:{upstream_port}",
         "upstream_tls": {
@@ -90,7 +93,7 @@ def dev_config(
         "session": {"keys_file": str(keys)},
         "tokens": {
             "issuer": f"{public}/.iap",
-            "keys_dir": str(secrets_dir),
+            "keys_dir": str(signing),
             "roles": {"Edge.Admin": "admin", STAFF_GROUP_ID: "staff"},
         },
         "routes": [

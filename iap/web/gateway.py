@@ -14,6 +14,7 @@ import logging
 import re
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -44,6 +45,7 @@ from iap.errors import (
     ConfigError,
     Forbidden,
     HeadersTooLarge,
+    MethodNotAllowed,
     NotFound,
     RequestError,
     ServiceUnavailable,
@@ -51,6 +53,7 @@ from iap.errors import (
 )
 from iap.model import Exchange, Identity
 from iap.web.errorpage import error_response
+from iap.web.minting import Minter
 from iap.web.signin import Caller, SignIn, challenge
 
 log = logging.getLogger("iap")
@@ -85,12 +88,26 @@ class Gateway:
         audit: AuditLog,
         tracing: Tracing,
         signin: SignIn | None = None,
+        minter: Minter | None = None,
     ) -> None:
         self._signin = signin
+        self._minter = minter
+        self._documents: dict[str, Callable[[], Awaitable[web.Response]]] = (
+            {
+                "/.iap/jwks.json": minter.jwks,
+                "/.iap/.well-known/openid-configuration": minter.discovery,
+            }
+            if minter is not None
+            else {}
+        )
         self._limits = config.limits
         self._trust = TrustedProxies(config.trusted_proxies)
         self._tracing = tracing
-        self._filter = HeaderFilter(config.identity_headers, tracing.propagation_headers)
+        # With minted tokens, the token header is iap's alone: a client's copy never passes.
+        token_headers = ["authorization", config.tokens.header] if config.tokens else []
+        self._filter = HeaderFilter(
+            [*config.identity_headers, *token_headers], tracing.propagation_headers
+        )
         self._upstreams = Upstreams()
         self._metrics = metrics
         self._audit = audit
@@ -191,10 +208,8 @@ class Gateway:
         if not _HOST.fullmatch(host):
             raise BadRequest("missing or malformed Host header")
         if target.path.startswith(RESERVED_PREFIX):
-            if self._signin is None:
-                raise NotFound("no endpoint under the reserved prefix")
             exchange.route = "_iap"
-            return await self._signin.endpoint(request, target.path)
+            return await self._reserved(request, target.path)
         route = self._routes.match(host, target.path, request.method)
         if route is None:
             raise NotFound(f"no route for {request.method} {host}{target.path}")
@@ -205,6 +220,7 @@ class Gateway:
             span.set("iap.route", route.name)
         cookies: list[str] = []
         identity: Identity | None = None
+        sid: str | None = None
         if route.config.policy.public:
             exchange.decision, exchange.reason = "allow", "public"
             if span.recording:
@@ -212,11 +228,17 @@ class Gateway:
         else:
             caller = await self._authenticate(request, exchange)
             identity, cookies = caller.identity, caller.cookies
+            sid = caller.session.sid if caller.session else None
             self._authorize(request, route, exchange, span, caller, str(target))
         incoming = list(request.headers.items())
         upstream_headers = self._filter.request(incoming, trusted=trusted)
         if identity is not None:
             upstream_headers += identity_headers(identity)
+            if self._minter is not None:  # SPEC §2 step 9: exactly one token upstream
+                audience = route.config.audience or route.name
+                upstream_headers.append(
+                    self._minter.header_for(identity, audience=audience, sid=sid)
+                )
         if route.config.preserve_host:
             upstream_headers.append(("Host", host))
         upstream_headers += forwarded(
@@ -252,6 +274,17 @@ class Gateway:
         )
         span.end_upstream(response.status)
         return response
+
+    async def _reserved(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
+        """``/.iap/``: the key documents, then the sign-in endpoints; never forwarded."""
+        document = self._documents.get(path)
+        if document is not None:
+            if request.method not in ("GET", "HEAD"):
+                raise MethodNotAllowed(headers=[("Allow", "GET, HEAD")])
+            return await document()
+        if self._signin is None:
+            raise NotFound("no endpoint under the reserved prefix")
+        return await self._signin.endpoint(request, path)
 
     async def _authenticate(self, request: web.BaseRequest, exchange: Exchange) -> Caller:
         """SPEC §2 step 6: the session cookie (bearer tokens arrive with minted identity)."""

@@ -34,6 +34,7 @@ from iap.errors import ConfigError
 from iap.model import Exchange
 from iap.web.errorpage import error_response
 from iap.web.gateway import Gateway
+from iap.web.minting import Minter
 from iap.web.signin import SignIn
 
 log = logging.getLogger("iap")
@@ -104,8 +105,10 @@ def admin_app(
     readiness: Callable[[], Awaitable[dict[str, bool]]],
     metrics: Metrics,
     materials: Callable[[], list[Material]],
+    minter: Minter | None = None,
 ) -> web.Application:
-    """``/healthz``, ``/readyz`` and ``/metrics``; never exposed publicly."""
+    """``/healthz``, ``/readyz``, ``/metrics`` and, with minted tokens, ``/jwks.json`` (for
+    istiod's ``jwksUri`` inside the cluster); never exposed publicly."""
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -132,6 +135,8 @@ def admin_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_text)
+    if minter is not None:
+        app.router.add_get("/jwks.json", minter.jwks)
     return app
 
 
@@ -143,7 +148,7 @@ def bind(address: Address, *, reuse_port: bool = False) -> socket.socket:
     )
 
 
-_RESTART_KEYS = ("oidc", "session", "redis", "allowed_redirect_hosts")
+_RESTART_KEYS = ("oidc", "session", "redis", "allowed_redirect_hosts", "tokens")
 """Sign-in is built once per process (keys, IdP client, store): a reload cannot change it."""
 
 
@@ -162,9 +167,15 @@ class Edge:
             problems.append(f"listen.tls: cannot load certificate or key ({exc})")
         self.tracing = Tracing(config.telemetry, dropped=self.metrics.spans_dropped.inc)
         self.signin: SignIn | None = None
+        self.minter: Minter | None = None
         try:
             if config.oidc is not None:
                 self.signin = SignIn(config, observe=self._observe_idp)
+        except ConfigError as exc:
+            problems += exc.problems
+        try:
+            if config.tokens is not None:
+                self.minter = Minter(config)
         except ConfigError as exc:
             problems += exc.problems
         try:
@@ -206,7 +217,7 @@ class Edge:
             server, shutdown_timeout=self.config.drain_timeout, handle_signals=False
         )
         admin = web.AppRunner(
-            admin_app(self.readiness, self.metrics, self.tls_materials),
+            admin_app(self.readiness, self.metrics, self.tls_materials, self.minter),
             access_log=None,
             shutdown_timeout=1.0,
         )
@@ -229,6 +240,7 @@ class Edge:
             audit=self.audit,
             tracing=self.tracing,
             signin=self.signin,
+            minter=self.minter,
         )
 
     def _observe_idp(self, endpoint: str, method: str, result: str, start: int, end: int) -> None:
@@ -244,6 +256,8 @@ class Edge:
         checks = self.gateway.readiness()
         if self.signin is not None:
             checks.update(await self.signin.readiness())
+        if self.minter is not None:
+            checks["signing_key"] = self.minter.ready()
         return checks
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -273,6 +287,11 @@ class Edge:
     async def _watch_tls(self) -> None:
         """Re-read TLS files when they change; publish seconds to expiry."""
         while True:
+            if self.minter is not None:
+                try:
+                    self.minter.refresh()  # keys_dir: new keys published, vanished ones retained
+                except Exception:
+                    log.exception("tokens.keys_dir: re-reading failed; the keys in use stay")
             for material in self.tls_materials():
                 try:
                     if material.refresh() is False:

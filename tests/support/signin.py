@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
+from iap.adapters.signing_keys import write_new_key
 from iap.dev.idp import STAFF_GROUP_ID, TENANT_A, RunningDevIdP, start_dev_idp
 from tests.conftest import RunningEdge, StartEdge, Upstream, edge_config, free_port
 
@@ -134,6 +135,14 @@ def session_keys(directory: Path) -> Path:
     return path
 
 
+def signing_keys(directory: Path) -> Path:
+    """A ``tokens.keys_dir`` with one ES256 key, made once per directory."""
+    keys = directory / "signing-keys"
+    if not keys.exists():
+        write_new_key(keys)
+    return keys
+
+
 def signin_config(
     upstream_url: str,
     idp: RunningDevIdP,
@@ -177,7 +186,7 @@ def signin_config(
         session={"keys_file": str(session_keys(directory)), **(session or {})},
         tokens={
             "issuer": f"http://127.0.0.1:{port}/.iap",
-            "keys_dir": str(directory),
+            "keys_dir": str(signing_keys(directory)),
             "roles": {"Edge.Admin": "admin", STAFF_GROUP_ID: "staff"},
         },
         **overrides,

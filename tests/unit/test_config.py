@@ -252,7 +252,8 @@ def _with_oidc(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
         "client_id": "c1",
         "client_secret_file": str(secret),
     }
-    return minimal(oidc=oidc, session={"keys_file": str(keys)}, **overrides)
+    tokens = {"issuer": "https://edge.contoso.com/.iap", "keys_dir": str(tmp_path)}
+    return minimal(oidc=oidc, session={"keys_file": str(keys)}, tokens=tokens, **overrides)
 
 
 def test_protected_routes_parse_with_oidc(tmp_path: Path) -> None:
