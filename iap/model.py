@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """A signed-in user, keyed by ``tid`` + ``oid`` (SPEC §6); never by email."""
+    """A caller: a signed-in user keyed by ``tid`` + ``oid``, never by email, or a service
+    keyed by ``tid`` + its client application id (``azp``) (SPEC §6)."""
 
     subject: str
     tid: str
@@ -17,6 +18,8 @@ class Identity:
     preferred_username: str | None
     roles: tuple[str, ...]
     groups: tuple[str, ...]
+    azp: str | None = None
+    """The client application, for services calling with their own token (SPEC §6)."""
 
 
 @dataclass(slots=True)

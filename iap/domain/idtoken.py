@@ -108,6 +108,31 @@ def validate(
 # signature --------------------------------------------------------------------------
 
 
+def verified_claims(
+    token: str, jwks: Mapping[str, Any]
+) -> tuple[Mapping[str, Any], dict[str, Any]]:
+    """The JWK that verified ``token``'s RS256 signature, and its claims; nothing else is
+    checked. For Entra access tokens (``iap.domain.bearer``), which share the ID token's
+    header rules and keys. Raises :class:`InvalidIdToken`."""
+    header, payload = _verified(token, jwks)
+    return header.key, _json_object(payload)
+
+
+def check_key_issuer(key: Mapping[str, Any], iss: str, tid: str) -> None:
+    """Entra publishes an ``issuer`` per key (a ``{tenantid}`` template for multi-tenant
+    keys); a token must name that issuer. Raises :class:`InvalidIdToken` (``iss``)."""
+    key_issuer = key.get("issuer")
+    if key_issuer is not None and (
+        not isinstance(key_issuer, str) or iss != key_issuer.replace(TENANT_TEMPLATE, tid)
+    ):
+        raise InvalidIdToken("iss")
+
+
+def check_times(claims: Mapping[str, Any], now: int, skew: int) -> None:
+    """``exp`` (required), ``nbf`` and ``iat`` (required) as integers within ``skew``."""
+    _check_times(claims, now, skew)
+
+
 @dataclass(frozen=True)
 class _Header:
     kid: str
@@ -225,11 +250,7 @@ def _check_issuer(claims: Mapping[str, Any], issuer: str, header: _Header, tid: 
     iss = _string(claims, "iss", "iss")
     if iss != issuer.replace(TENANT_TEMPLATE, tid):
         raise InvalidIdToken("iss")
-    key_issuer = header.key.get("issuer")
-    if key_issuer is not None and (
-        not isinstance(key_issuer, str) or iss != key_issuer.replace(TENANT_TEMPLATE, tid)
-    ):
-        raise InvalidIdToken("iss")
+    check_key_issuer(header.key, iss, tid)
 
 
 def _check_audience(claims: Mapping[str, Any], client_id: str) -> None:

@@ -171,6 +171,7 @@ def decode(data: bytes) -> Session:
                 preferred_username=_optional(identity["preferred_username"]),
                 roles=_texts(identity["roles"]),
                 groups=_texts(identity["groups"]),
+                azp=_optional(identity["azp"]),
             ),
             sid=_optional(value["sid"]),
             id_token=_text(value["id_token"]),

@@ -29,7 +29,8 @@ from typing import Any
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from joserfc import jwt
+from joserfc import jws, jwt
+from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
 
 from iap.model import Identity
@@ -240,6 +241,7 @@ def user_claims(
     ttl: int,
     jti: str,
     groups: bool = False,
+    act: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The claims of a token for a signed-in user (SPEC §6), valid from ``now`` for ``ttl``.
 
@@ -272,4 +274,73 @@ def user_claims(
         claims["groups"] = list(identity.groups)
     if sid is not None:
         claims["sid"] = sid
+    if identity.azp:
+        claims["azp"] = identity.azp
+    if act is not None:  # RFC 8693 §4.1: who acts on the subject's behalf
+        claims["act"] = dict(act)
     return claims
+
+
+class InvalidToken(ValueError):
+    """An iap token that must not be believed; ``reason`` is a short code for the log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"token refused ({reason})")
+        self.reason = reason
+
+
+def verify(
+    token: str, jwks: Mapping[str, Any], *, issuer: str, now: int, skew: int = 30
+) -> dict[str, Any]:
+    """The claims of an iap token (ES256, a ``kid`` of ``jwks``, ``iss`` == ``issuer``,
+    integer times within ``skew``). The audience is the caller's to judge."""
+    try:
+        header = jws.extract_compact(token.encode("ascii")).protected
+    except (JoseError, ValueError, UnicodeEncodeError):
+        raise InvalidToken("malformed") from None
+    if header.get("alg") != ALGORITHM or {"jwk", "jku", "x5u", "x5c", "crit"} & header.keys():
+        raise InvalidToken("alg")
+    kid = header.get("kid")
+    matches = [k for k in jwks.get("keys", ()) if k.get("kid") == kid and k.get("kty") == "EC"]
+    if len(matches) != 1:
+        raise InvalidToken("kid")
+    try:
+        decoded = jwt.decode(token, ECKey.import_key(dict(matches[0])), algorithms=[ALGORITHM])
+    except (JoseError, ValueError, TypeError):
+        raise InvalidToken("signature") from None
+    claims = dict(decoded.claims)
+    if claims.get("iss") != issuer:
+        raise InvalidToken("iss")
+    for name in ("exp", "iat"):
+        if not isinstance(claims.get(name), int) or isinstance(claims.get(name), bool):
+            raise InvalidToken(name)
+    if claims["exp"] <= now - skew:
+        raise InvalidToken("exp")
+    nbf = claims.get("nbf", claims["iat"])
+    if not isinstance(nbf, int) or nbf > now + skew or claims["iat"] > now + skew:
+        raise InvalidToken("nbf")
+    return claims
+
+
+def identity_of(claims: Mapping[str, Any]) -> Identity:
+    """The caller a verified iap token names (its roles are iap's already)."""
+
+    def text(name: str) -> str | None:
+        value = claims.get(name)
+        return value if isinstance(value, str) and value else None
+
+    subject, tid, oid = text("sub"), text("tid"), text("oid")
+    roles = claims.get("roles", [])
+    if subject is None or tid is None or oid is None or not isinstance(roles, list):
+        raise InvalidToken("claims")
+    return Identity(
+        subject=subject,
+        tid=tid,
+        oid=oid,
+        name=text("name"),
+        email=text("email"),
+        preferred_username=text("preferred_username"),
+        roles=tuple(str(role) for role in roles),
+        groups=(),
+        azp=text("azp"),
+    )

@@ -52,6 +52,7 @@ from iap.errors import (
     UriTooLong,
 )
 from iap.model import Exchange, Identity
+from iap.web.bearer import BearerAuth, Refused, Verified, bearer_token, refused
 from iap.web.errorpage import error_response
 from iap.web.minting import Minter
 from iap.web.signin import Caller, SignIn, challenge
@@ -89,9 +90,11 @@ class Gateway:
         tracing: Tracing,
         signin: SignIn | None = None,
         minter: Minter | None = None,
+        bearer: BearerAuth | None = None,
     ) -> None:
         self._signin = signin
         self._minter = minter
+        self._bearer = bearer
         self._documents: dict[str, Callable[[], Awaitable[web.Response]]] = (
             {
                 "/.iap/jwks.json": minter.jwks,
@@ -226,7 +229,8 @@ class Gateway:
             if span.recording:
                 span.decision("iap.authz", _PUBLIC_DECISION)
         else:
-            caller = await self._authenticate(request, exchange)
+            audience = route.config.audience or route.name
+            caller, presented = await self._authenticate(request, exchange, audience)
             identity, cookies = caller.identity, caller.cookies
             sid = caller.session.sid if caller.session else None
             self._authorize(request, route, exchange, span, caller, str(target))
@@ -235,9 +239,10 @@ class Gateway:
         if identity is not None:
             upstream_headers += identity_headers(identity)
             if self._minter is not None:  # SPEC §2 step 9: exactly one token upstream
-                audience = route.config.audience or route.name
                 upstream_headers.append(
-                    self._minter.header_for(identity, audience=audience, sid=sid)
+                    self._minter.carry(presented)
+                    if presented is not None  # an iap token for this audience goes on as is
+                    else self._minter.header_for(identity, audience=audience, sid=sid)
                 )
         if route.config.preserve_host:
             upstream_headers.append(("Host", host))
@@ -277,6 +282,10 @@ class Gateway:
 
     async def _reserved(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
         """``/.iap/``: the key documents, then the sign-in endpoints; never forwarded."""
+        if path == "/.iap/token" and self._bearer is not None:
+            if request.method != "POST":
+                raise MethodNotAllowed(headers=[("Allow", "POST")])
+            return await self._bearer.exchange(request)
         document = self._documents.get(path)
         if document is not None:
             if request.method not in ("GET", "HEAD"):
@@ -286,19 +295,49 @@ class Gateway:
             raise NotFound("no endpoint under the reserved prefix")
         return await self._signin.endpoint(request, path)
 
-    async def _authenticate(self, request: web.BaseRequest, exchange: Exchange) -> Caller:
-        """SPEC §2 step 6: the session cookie (bearer tokens arrive with minted identity)."""
+    async def _authenticate(
+        self, request: web.BaseRequest, exchange: Exchange, audience: str
+    ) -> tuple[Caller, str | None]:
+        """SPEC §2 step 6: the session cookie, else ``Authorization: Bearer``.
+
+        Returns the caller and, when it presented an iap token for ``audience``, that token.
+        """
         assert self._signin is not None  # config refuses protected routes without oidc
         try:
             caller = await self._signin.authenticate(request)
         except StoreUnavailable as exc:
             raise ServiceUnavailable("session store down", reason="store_unavailable") from exc
-        if caller.identity is not None:
+        presented = None
+        token = bearer_token(request) if caller.identity is None and self._bearer else None
+        if token is not None:
+            assert self._bearer is not None
+            verified = await self._verify_bearer(token, audience, exchange)
+            caller = Caller(verified.identity, None, caller.cookies, "bearer")
+            presented = token if verified.method == "iap" else None
+            exchange.authn_method = "bearer"
+        elif caller.identity is not None:
             exchange.authn_method = "session"
+            self._metrics.observe_authn("session", "ok")
+        else:
+            self._metrics.observe_authn("session", caller.reason)
+        if caller.identity is not None:
             exchange.subject = caller.identity.subject
             exchange.tenant = caller.identity.tid
-        self._metrics.observe_authn("session", "ok" if caller.identity else caller.reason)
-        return caller
+        return caller, presented
+
+    async def _verify_bearer(self, token: str, audience: str, exchange: Exchange) -> Verified:
+        """The caller of a bearer token; 401 ``invalid_token`` when it is not believed."""
+        assert self._bearer is not None
+        try:
+            verified = await self._bearer.verify(token)
+            if verified.method == "iap" and verified.audience != audience:
+                raise Refused("bearer_audience")  # another service's token: exchange it
+        except Refused as exc:
+            self._metrics.observe_authn("bearer", exc.reason)
+            exchange.decision = "deny"
+            raise refused(exc.reason) from None
+        self._metrics.observe_authn(verified.method, "ok")
+        return verified
 
     def _authorize(
         self,

@@ -16,7 +16,8 @@ import json
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 
@@ -56,6 +57,10 @@ class Minter:
         token = self.token(identity, audience=audience, sid=sid)
         return ("Authorization", f"Bearer {token}") if self._bearer else (self.header, token)
 
+    def carry(self, token: str) -> tuple[str, str]:
+        """The header pair for an iap token the caller presented, sent on unchanged."""
+        return ("Authorization", f"Bearer {token}") if self._bearer else (self.header, token)
+
     def token(self, identity: Identity, *, audience: str, sid: str | None) -> str:
         """A token for ``identity`` and ``audience``, from the cache while fresh enough."""
         now = int(self._clock())
@@ -79,6 +84,26 @@ class Minter:
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         return token
+
+    @property
+    def ttl(self) -> int:
+        """Seconds a minted token lives."""
+        return self._ttl
+
+    def exchanged(self, identity: Identity, *, audience: str, act: Mapping[str, Any]) -> str:
+        """A token for a token exchange (RFC 8693): names its actor, never cached."""
+        now = int(self._clock())
+        claims = tokens.user_claims(
+            identity,
+            issuer=self._issuer,
+            audience=audience,
+            sid=None,
+            now=now,
+            ttl=self._ttl,
+            jti=secrets.token_urlsafe(16),
+            act=act,
+        )
+        return tokens.mint(self.keys.current.signing_key(now), claims)
 
     def refresh(self) -> bool | None:
         """Re-read the key directory if it changed (the TLS watcher's loop calls this)."""

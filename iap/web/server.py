@@ -32,6 +32,7 @@ from iap.adapters.tls import Material, expiry_in, listener_material
 from iap.config import Address, Config
 from iap.errors import ConfigError
 from iap.model import Exchange
+from iap.web.bearer import BearerAuth
 from iap.web.errorpage import error_response
 from iap.web.gateway import Gateway
 from iap.web.minting import Minter
@@ -173,9 +174,11 @@ class Edge:
                 self.signin = SignIn(config, observe=self._observe_idp)
         except ConfigError as exc:
             problems += exc.problems
+        self.bearer: BearerAuth | None = None
         try:
             if config.tokens is not None:
                 self.minter = Minter(config)
+                self.bearer = BearerAuth(config, signin=self.signin, minter=self.minter)
         except ConfigError as exc:
             problems += exc.problems
         try:
@@ -241,6 +244,7 @@ class Edge:
             tracing=self.tracing,
             signin=self.signin,
             minter=self.minter,
+            bearer=self.bearer,
         )
 
     def _observe_idp(self, endpoint: str, method: str, result: str, start: int, end: int) -> None:

@@ -425,6 +425,18 @@ class SignIn:
             now=now,
         )
 
+    @property
+    def authority(self) -> str:
+        """The IdP's base URL (``https://login.microsoftonline.com``)."""
+        return self._authority.base
+
+    async def entra_keys(self, *, unknown_kid: bool = False) -> dict[str, Any] | None:
+        """The IdP's JWKS (cached); with ``unknown_kid``, a rate-limited refetch or None."""
+        tenant = self._authority.tenant
+        if unknown_kid:
+            return await self._jwks.for_unknown_kid(tenant)
+        return await self._jwks.keys(tenant)
+
     async def _validated(self, token: str, *, nonce: str | None, now: int) -> idtoken.Claims:
         """Validate with the cached keys; an unknown ``kid`` refetches once (rate-limited)."""
         issuer = (await self._metadata())["issuer"]

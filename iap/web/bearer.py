@@ -1,0 +1,245 @@
+"""Callers with a token: ``Authorization: Bearer`` on protected routes and the RFC 8693 token
+exchange at ``POST /.iap/token`` (SPEC §2 step 6, §3; issue 4).
+
+Two kinds of bearer token are believed: Entra ID access tokens whose ``aud`` is one of
+``bearer.entra_audiences`` (``iap.domain.bearer``), and iap's own minted tokens
+(``iap.domain.tokens.verify``). An iap token is accepted on a route only for that route's
+audience, and is then forwarded as it came; for another audience a service exchanges it.
+
+Invariants:
+- Verified tokens are cached by the SHA-256 of the token together with the key set they were
+  verified against (iap's key set version, or the Entra JWKS seen last), and never past their
+  ``exp``; a cached iap token still has its audience compared with the route's on every use.
+- A token that fails any check answers 401 with ``WWW-Authenticate: Bearer
+  error="invalid_token"``; the reason goes to the audit line only.
+- An exchanged token names who asked in ``act`` (RFC 8693 §4.1): the ``actor_token``'s
+  subject when one is given, otherwise the party the subject token was issued to (an Entra
+  token's client application, an iap token's audience); an earlier ``act`` nests inside.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from iap.adapters.idp import IdpUnavailable
+from iap.config import Config
+from iap.domain import bearer, tokens
+from iap.errors import ServiceUnavailable, Unauthenticated
+from iap.model import Identity
+from iap.web.minting import Minter
+from iap.web.signin import SignIn
+
+CACHE_SIZE = 8192
+# RFC 8693 §2.1, §3 identifiers and RFC 6750 §3.1 challenge: names, not secrets.
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
+ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105
+JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+_MAX_TOKEN = 16 * 1024
+INVALID_TOKEN = 'Bearer realm="iap", error="invalid_token"'  # noqa: S105
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A believed bearer token: who it names, until when, and what kind it was."""
+
+    identity: Identity
+    exp: int
+    method: str  # "entra" or "iap"
+    audience: str | None  # an iap token's ``aud``; None for Entra tokens
+    claims: Mapping[str, Any]
+
+
+class Refused(Exception):
+    """The bearer token is not believed; ``reason`` is for the audit line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def bearer_token(request: web.BaseRequest) -> str | None:
+    """The token of ``Authorization: Bearer <token>``, if that is what the request carries."""
+    value = request.headers.get("Authorization", "")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+class BearerAuth:
+    """Verifies bearer tokens (with a cache) and answers the token exchange."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        signin: SignIn | None,
+        minter: Minter,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        assert config.tokens is not None
+        self._signin = signin
+        self._minter = minter
+        self._issuer = config.tokens.issuer
+        self._audiences = frozenset(config.bearer.entra_audiences)
+        self._allowed_tenants = frozenset(config.oidc.allowed_tenants) if config.oidc else ()
+        self._roles_map = dict(config.tokens.roles)
+        self._route_audiences = frozenset(r.audience or r.name for r in config.routes)
+        self._clock = clock
+        self._entra_version = ""
+        self._cache: OrderedDict[tuple[bytes, str], Verified] = OrderedDict()
+
+    async def verify(self, token: str) -> Verified:
+        """The caller ``token`` names; :class:`Refused` when it is not believed."""
+        now = int(self._clock())
+        if len(token) > _MAX_TOKEN:
+            raise Refused("bearer_malformed")
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        iap_version = self._minter.keys.current.version(now)
+        for version in (iap_version, self._entra_version):
+            hit = self._cache.get((digest, version))
+            if hit is not None and hit.exp > now:
+                self._cache.move_to_end((digest, version))
+                return hit
+        verified, version = await self._verify(token, now, iap_version)
+        self._cache[(digest, version)] = verified
+        if len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return verified
+
+    async def _verify(self, token: str, now: int, iap_version: str) -> tuple[Verified, str]:
+        try:
+            claims = tokens.verify(
+                token, self._minter.keys.current.jwks(now), issuer=self._issuer, now=now
+            )
+        except tokens.InvalidToken as exc:
+            if exc.reason != "iss":  # an iap token, refused; Entra tokens differ in iss
+                raise Refused(f"bearer_{exc.reason}") from None
+        else:
+            return self._iap(claims), iap_version
+        return await self._entra(token, now), self._entra_version
+
+    def _iap(self, claims: Mapping[str, Any]) -> Verified:
+        try:
+            identity = tokens.identity_of(claims)
+        except tokens.InvalidToken as exc:
+            raise Refused(f"bearer_{exc.reason}") from None
+        audience = claims.get("aud")
+        return Verified(
+            identity,
+            claims["exp"],
+            "iap",
+            audience if isinstance(audience, str) else None,
+            claims,
+        )
+
+    async def _entra(self, token: str, now: int) -> Verified:
+        if self._signin is None or not self._audiences:
+            raise Refused("bearer_issuer")
+        try:
+            keys = await self._signin.entra_keys()
+            assert keys is not None  # without unknown_kid there is always a JWKS or an error
+            try:
+                return self._entra_with(token, keys, now)
+            except bearer.InvalidBearer as exc:
+                if exc.reason != "kid":
+                    raise
+                fresh = await self._signin.entra_keys(unknown_kid=True)
+                if fresh is None:
+                    raise
+                return self._entra_with(token, fresh, now)
+        except bearer.InvalidBearer as exc:
+            raise Refused(f"bearer_{exc.reason}") from None
+        except IdpUnavailable as exc:
+            raise ServiceUnavailable(
+                "identity provider unavailable", reason="idp_unavailable"
+            ) from exc
+
+    def _entra_with(self, token: str, keys: Mapping[str, Any], now: int) -> Verified:
+        assert self._signin is not None
+        self._entra_version = ",".join(sorted(str(k.get("kid")) for k in keys.get("keys", ())))
+        identity, exp, client = bearer.entra_identity(
+            token,
+            jwks=keys,
+            authority=self._signin.authority,
+            audiences=self._audiences,
+            allowed_tenants=self._allowed_tenants,
+            roles_map=self._roles_map,
+            now=now,
+        )
+        return Verified(identity, exp, "entra", None, {"azp": client} if client else {})
+
+    # --- RFC 8693 token exchange ---------------------------------------------------------
+
+    async def exchange(self, request: web.BaseRequest) -> web.StreamResponse:
+        """``POST /.iap/token``: an iap token for ``audience`` in place of ``subject_token``."""
+        if request.content_type != "application/x-www-form-urlencoded":
+            return _oauth_error(400, "invalid_request", "expected a form body")
+        form = await request.post()
+        values = {name: form.get(name) for name in _FORM}
+        if values["grant_type"] != TOKEN_EXCHANGE:
+            return _oauth_error(400, "unsupported_grant_type", "token exchange only")
+        subject, audience = values["subject_token"], values["audience"]
+        if not isinstance(subject, str) or not isinstance(audience, str) or not subject:
+            return _oauth_error(400, "invalid_request", "subject_token and audience are required")
+        if values["subject_token_type"] not in (ACCESS_TOKEN, JWT_TYPE):
+            return _oauth_error(400, "invalid_request", "unsupported subject_token_type")
+        if audience not in self._route_audiences:
+            return _oauth_error(400, "invalid_target", "no route declares this audience")
+        try:
+            verified = await self.verify(subject)
+            actor = await self._actor(values["actor_token"], verified)
+        except Refused as exc:
+            request["iap.reason"] = exc.reason
+            return _oauth_error(400, "invalid_grant", "the token is not valid")
+        act: dict[str, Any] = {"sub": actor}
+        if isinstance(verified.claims.get("act"), Mapping):
+            act["act"] = dict(verified.claims["act"])
+        token = self._minter.exchanged(verified.identity, audience=audience, act=act)
+        body = {
+            "access_token": token,
+            "issued_token_type": JWT_TYPE,
+            "token_type": "Bearer",
+            "expires_in": self._minter.ttl,
+        }
+        return web.Response(
+            text=json.dumps(body),
+            content_type="application/json",
+            headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+        )
+
+    async def _actor(self, actor_token: object, subject: Verified) -> str:
+        if isinstance(actor_token, str) and actor_token:
+            return (await self.verify(actor_token)).identity.subject
+        if subject.method == "iap" and subject.audience is not None:
+            return f"{self._issuer}#{subject.audience}"  # the service the token was minted for
+        client = subject.claims.get("azp")
+        if not isinstance(client, str):
+            raise Refused("bearer_no_client")
+        return f"{subject.identity.tid}:{client}"  # the application that obtained the token
+
+
+_FORM = ("grant_type", "subject_token", "subject_token_type", "audience", "actor_token")
+
+
+def _oauth_error(status: int, error: str, description: str) -> web.Response:
+    body = {"error": error, "error_description": description}
+    return web.Response(
+        status=status,
+        text=json.dumps(body),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def refused(reason: str) -> Unauthenticated:
+    """401 for a bearer token that is not believed (RFC 6750 §3.1)."""
+    return Unauthenticated(reason=reason, headers=[("WWW-Authenticate", INVALID_TOKEN)])
