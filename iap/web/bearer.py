@@ -19,6 +19,8 @@ Invariants:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import time
@@ -32,7 +34,7 @@ from aiohttp import web
 from iap.adapters.idp import IdpUnavailable
 from iap.config import Config
 from iap.domain import bearer, tokens
-from iap.errors import ServiceUnavailable, Unauthenticated
+from iap.errors import RequestError, ServiceUnavailable, Unauthenticated
 from iap.model import Identity
 from iap.web.minting import Minter
 from iap.web.signin import SignIn
@@ -116,16 +118,16 @@ class BearerAuth:
         return verified
 
     async def _verify(self, token: str, now: int, iap_version: str) -> tuple[Verified, str]:
+        # The unverified ``iss`` only picks which verification runs; each checks everything.
+        if _claimed_issuer(token) != self._issuer:
+            return await self._entra(token, now), self._entra_version
         try:
             claims = tokens.verify(
                 token, self._minter.keys.current.jwks(now), issuer=self._issuer, now=now
             )
         except tokens.InvalidToken as exc:
-            if exc.reason != "iss":  # an iap token, refused; Entra tokens differ in iss
-                raise Refused(f"bearer_{exc.reason}") from None
-        else:
-            return self._iap(claims), iap_version
-        return await self._entra(token, now), self._entra_version
+            raise Refused(f"bearer_{exc.reason}") from None
+        return self._iap(claims), iap_version
 
     def _iap(self, claims: Mapping[str, Any]) -> Verified:
         try:
@@ -182,24 +184,23 @@ class BearerAuth:
     async def exchange(self, request: web.BaseRequest) -> web.StreamResponse:
         """``POST /.iap/token``: an iap token for ``audience`` in place of ``subject_token``."""
         if request.content_type != "application/x-www-form-urlencoded":
-            return _oauth_error(400, "invalid_request", "expected a form body")
+            raise OAuthRequestError("token exchange without a form body")
         form = await request.post()
         values = {name: form.get(name) for name in _FORM}
         if values["grant_type"] != TOKEN_EXCHANGE:
-            return _oauth_error(400, "unsupported_grant_type", "token exchange only")
+            raise UnsupportedGrantType(f"grant_type {str(values['grant_type'])[:60]!r}")
         subject, audience = values["subject_token"], values["audience"]
         if not isinstance(subject, str) or not isinstance(audience, str) or not subject:
-            return _oauth_error(400, "invalid_request", "subject_token and audience are required")
+            raise OAuthRequestError("subject_token and audience are required")
         if values["subject_token_type"] not in (ACCESS_TOKEN, JWT_TYPE):
-            return _oauth_error(400, "invalid_request", "unsupported subject_token_type")
+            raise OAuthRequestError("unsupported subject_token_type")
         if audience not in self._route_audiences:
-            return _oauth_error(400, "invalid_target", "no route declares this audience")
+            raise InvalidTarget("no route declares this audience")
         try:
             verified = await self.verify(subject)
             actor = await self._actor(values["actor_token"], verified)
         except Refused as exc:
-            request["iap.reason"] = exc.reason
-            return _oauth_error(400, "invalid_grant", "the token is not valid")
+            raise InvalidGrant(reason=f"exchange_{exc.reason}") from None
         act: dict[str, Any] = {"sub": actor}
         if isinstance(verified.claims.get("act"), Mapping):
             act["act"] = dict(verified.claims["act"])
@@ -230,14 +231,39 @@ class BearerAuth:
 _FORM = ("grant_type", "subject_token", "subject_token_type", "audience", "actor_token")
 
 
-def _oauth_error(status: int, error: str, description: str) -> web.Response:
-    body = {"error": error, "error_description": description}
-    return web.Response(
-        status=status,
-        text=json.dumps(body),
-        content_type="application/json",
-        headers={"Cache-Control": "no-store"},
-    )
+def _claimed_issuer(token: str) -> object:
+    """The ``iss`` a compact JWS claims, before any check; None when it cannot be read."""
+    segments = token.split(".")
+    if len(segments) != 3:
+        return None
+    try:
+        payload = base64.urlsafe_b64decode(segments[1] + "=" * (-len(segments[1]) % 4))
+        claims = json.loads(payload)
+    except (ValueError, binascii.Error, RecursionError):
+        return None
+    return claims.get("iss") if isinstance(claims, dict) else None
+
+
+class OAuthRequestError(RequestError):
+    """RFC 6749 §5.2 errors of the token endpoint; the JSON body's ``error`` is the code."""
+
+    status = 400
+    public = "The token request is not valid."
+    reason = "invalid_request"
+
+
+class UnsupportedGrantType(OAuthRequestError):
+    reason = "unsupported_grant_type"
+
+
+class InvalidTarget(OAuthRequestError):
+    public = "No route declares this audience."
+    reason = "invalid_target"  # RFC 8693 §2.2.2
+
+
+class InvalidGrant(OAuthRequestError):
+    public = "The subject token is not valid."
+    reason = "invalid_grant"
 
 
 def refused(reason: str) -> Unauthenticated:
