@@ -49,6 +49,7 @@ from iap.errors import (
     NotFound,
     RequestError,
     ServiceUnavailable,
+    Unauthenticated,
     UriTooLong,
 )
 from iap.model import Exchange, Identity
@@ -212,6 +213,8 @@ class Gateway:
             raise BadRequest("missing or malformed Host header")
         if target.path.startswith(RESERVED_PREFIX):
             exchange.route = "_iap"
+            if target.path == "/.iap/auth" and self._signin is not None:
+                return await self._forward_auth(request, exchange, trusted=trusted)
             return await self._reserved(request, target.path)
         route = self._routes.match(host, target.path, request.method)
         if route is None:
@@ -239,11 +242,7 @@ class Gateway:
         if identity is not None:
             upstream_headers += identity_headers(identity)
             if self._minter is not None:  # SPEC §2 step 9: exactly one token upstream
-                upstream_headers.append(
-                    self._minter.carry(presented)
-                    if presented is not None  # an iap token for this audience goes on as is
-                    else self._minter.header_for(identity, audience=audience, sid=sid)
-                )
+                upstream_headers.append(self._token(identity, presented, audience, sid))
         if route.config.preserve_host:
             upstream_headers.append(("Host", host))
         upstream_headers += forwarded(
@@ -279,6 +278,61 @@ class Gateway:
         )
         span.end_upstream(response.status)
         return response
+
+    async def _forward_auth(
+        self, request: web.BaseRequest, exchange: Exchange, *, trusted: bool
+    ) -> web.StreamResponse:
+        """``GET /.iap/auth`` for nginx ``auth_request`` and Envoy ext_authz (SPEC §3, §7):
+        200 with the identity headers and token, 401, or 403. The original request is read
+        from ``X-Forwarded-*``/``X-Original-*`` only when the peer is a trusted proxy."""
+        if request.method not in ("GET", "HEAD"):
+            raise MethodNotAllowed(headers=[("Allow", "GET, HEAD")])
+        if not trusted:
+            raise Forbidden("forward-auth from an untrusted peer", reason="untrusted_peer")
+        headers = request.headers
+        uri = headers.get("X-Forwarded-Uri") or headers.get("X-Original-URI") or "/"
+        method = headers.get("X-Forwarded-Method") or headers.get("X-Original-Method") or "GET"
+        host = headers.get("X-Forwarded-Host") or exchange.host
+        target = normalise(uri)
+        exchange.path = target.path
+        route = self._routes.match(host, target.path, method.upper())
+        if route is None:
+            raise Forbidden(f"forward-auth: no route for {host}{target.path}", reason="no_route")
+        exchange.route = route.name
+        answer = web.Response(status=200, headers={"Cache-Control": "no-store"})
+        if route.config.policy.public:
+            exchange.decision, exchange.reason = "allow", "public"
+            return answer
+        audience = route.config.audience or route.name
+        caller, presented = await self._authenticate(request, exchange, audience)
+        decision = decide(route.config.policy, caller.identity)
+        exchange.decision = "allow" if decision.allow else "deny"
+        exchange.reason = decision.reason
+        cookies = [("Set-Cookie", cookie) for cookie in caller.cookies]
+        if caller.identity is None:
+            raise Unauthenticated(
+                reason=decision.reason,
+                headers=[("WWW-Authenticate", 'Bearer realm="iap"'), *cookies],
+            )
+        if not decision.allow:
+            raise Forbidden(reason=decision.reason, headers=cookies)
+        sid = caller.session.sid if caller.session else None
+        for name, value in (*identity_headers(caller.identity), *cookies):
+            answer.headers.add(name, value)
+        if self._minter is not None:
+            name, value = self._token(caller.identity, presented, audience, sid)
+            answer.headers[name] = value
+        return answer
+
+    def _token(
+        self, identity: Identity, presented: str | None, audience: str, sid: str | None
+    ) -> tuple[str, str]:
+        """The token header for the upstream: an iap token the caller presented for this
+        audience goes on as it came; anyone else gets one minted for ``audience``."""
+        assert self._minter is not None
+        if presented is not None:
+            return self._minter.carry(presented)
+        return self._minter.header_for(identity, audience=audience, sid=sid)
 
     async def _reserved(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
         """``/.iap/``: the key documents, then the sign-in endpoints; never forwarded."""
