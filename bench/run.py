@@ -29,6 +29,7 @@ import contextlib
 import ctypes
 import datetime as dt
 import importlib.metadata
+import json
 import os
 import platform
 import re
@@ -50,13 +51,14 @@ import dev_idp
 import yaml
 
 from iap.adapters.signing_keys import write_new_key
-from iap.dev.idp import TENANT_A
+from iap.dev.idp import SERVICES, TENANT_A
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 DOC = ROOT / "docs" / "PERFORMANCE.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 HOST = "127.0.0.1"
+BENCH_API = "api://edge"
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 
@@ -294,8 +296,43 @@ def sign_in(public_url: str) -> str:
 
 
 @contextlib.contextmanager
-def cookie_target(env: Env) -> Iterator[str]:
-    """A route for any signed-in user, requests carrying alice's sealed session cookie."""
+def signed_in_target(credential: Literal["cookie", "bearer"]) -> Start:
+    """A route for any authenticated caller, behind iap signing in with the dev IdP.
+
+    ``cookie``: requests carry alice's sealed session cookie (a browser). ``bearer``: they
+    carry a client-credentials access token of the dev IdP's ``orders-service`` (a service).
+    """
+
+    @contextlib.contextmanager
+    def start(env: Env) -> Iterator[str]:
+        with _signed_in(env) as (url, public, idp_url):
+            if credential == "cookie":
+                env.headers["Cookie"] = sign_in(public)
+            else:
+                env.headers["Authorization"] = f"Bearer {service_token(idp_url)}"
+            yield url
+
+    return start
+
+
+def service_token(idp_url: str) -> str:
+    """An app-only access token for ``api://edge`` from the dev IdP (client credentials)."""
+    client = SERVICES["orders-service"]
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": client.client_id,
+        "client_secret": client.secret,
+        "scope": f"{BENCH_API}/.default",
+    }
+    request = urllib.request.Request(
+        f"{idp_url}/{client.tid}/oauth2/v2.0/token", data=urllib.parse.urlencode(form).encode()
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return str(json.loads(answer.read())["access_token"])
+
+
+@contextlib.contextmanager
+def _signed_in(env: Env) -> Iterator[tuple[str, str, str]]:
     port, idp_port = free_port(), free_port()
     public = f"http://{HOST}:{port}"
     log = env.workdir / f"dev-idp-{idp_port}.log"
@@ -322,12 +359,12 @@ def cookie_target(env: Env) -> Iterator[str]:
                 },
                 "session": {"keys_file": str(keys)},
                 "tokens": {"issuer": f"{public}/.iap", "keys_dir": str(signing)},
+                "bearer": {"entra_audiences": [BENCH_API]},
                 "routes": [{**route, "policy": {"allow": {"authenticated": True}}}],
             }
 
         with iap_target(config, port=port)(env) as url:
-            env.headers["Cookie"] = sign_in(public)
-            yield url
+            yield url, public, idp_url
 
 
 _SINK_LINE = re.compile(r"otlp_sink: spans=(\d+) exports=(\d+) rejected=(\d+) bytes=(\d+)")
@@ -380,7 +417,8 @@ SCENARIOS: list[Scenario] = [
     Scenario("naive (asyncio loop)", naive_target("asyncio"), "naive", "naive (asyncio)"),
     Scenario("naive (uvloop)", naive_target("uvloop"), "naive", "naive (uvloop)"),
     Scenario("iap public route", iap_target(public_route)),
-    Scenario("iap cookie session", cookie_target),
+    Scenario("iap cookie session", signed_in_target("cookie")),
+    Scenario("iap bearer token", signed_in_target("bearer")),
     tracing(0.1, target=0.90),
     tracing(1.0, target=0.65),
 ]

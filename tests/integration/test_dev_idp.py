@@ -9,7 +9,8 @@ import html
 import json
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -26,10 +27,13 @@ from joserfc.jwk import KeySet, KeySetSerialization
 from yarl import URL
 
 from iap.dev.idp import (
+    SERVICES,
     STAFF_GROUP_ID,
     TENANT_A,
     TENANT_B,
     USERS,
+    DemoService,
+    DevIdP,
     RunningDevIdP,
     dev_idp_app,
     is_loopback,
@@ -900,3 +904,320 @@ def test_refuses_a_non_loopback_base_url() -> None:
             client_secret=CLIENT_SECRET,
             redirect_uris=[REDIRECT_URI],
         )
+
+
+# client credentials: Entra app-only access tokens (RFC 6749 §4.4) -------------------
+
+API = "api://edge"
+APP_ONLY_RESPONSE = {"token_type", "expires_in", "ext_expires_in", "access_token"}
+
+
+async def service_token(
+    client: aiohttp.ClientSession,
+    idp: RunningDevIdP,
+    service: DemoService,
+    *,
+    tenant: str | None = None,
+    basic: bool = False,
+    fields: Mapping[str, str | None] | None = None,
+    **form: str | None,
+) -> tuple[int, dict[str, Any]]:
+    """Ask ``tenant``'s (default: the service's) token endpoint for an app-only token.
+
+    The secret goes in the form (``client_secret_post``) or, with ``basic``, the header;
+    a ``fields`` or ``form`` value overrides a field and ``None`` drops it.
+    """
+    data: dict[str, str | None] = {"grant_type": "client_credentials", "scope": f"{API}/.default"}
+    headers = {}
+    if basic:
+        credentials = base64.b64encode(f"{service.client_id}:{service.secret}".encode()).decode()
+        headers["Authorization"] = f"Basic {credentials}"
+    else:
+        data |= {"client_id": service.client_id, "client_secret": service.secret}
+    data |= {**(fields or {}), **form}
+    sent = {name: value for name, value in data.items() if value is not None}
+    url = token_url(idp, tenant or service.tid)
+    async with client.post(url, data=sent, headers=headers) as resp:
+        assert resp.headers["Cache-Control"] == "no-store"
+        return resp.status, await resp.json()
+
+
+async def verify_access_token(
+    client: aiohttp.ClientSession, idp: RunningDevIdP, access_token: str, tenant: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What an API does: the tenant's discovery and JWKS, the signature, ``aud`` and times.
+
+    Returns the token's claims and the published key that verified it.
+    """
+    async with client.get(f"{idp.url}/{tenant}/v2.0/.well-known/openid-configuration") as resp:
+        metadata = await resp.json()
+    async with client.get(metadata["jwks_uri"]) as resp:
+        jwks = await resp.json()
+    token = jwt.decode(access_token, KeySet.import_key_set(jwks), algorithms=["RS256"])
+    assert (token.header["alg"], token.header["kid"]) == ("RS256", idp.idp.signing_kid)
+    [key] = [k for k in jwks["keys"] if k["kid"] == token.header["kid"]]
+    jwt.JWTClaimsRegistry(
+        leeway=60,
+        aud={"essential": True, "value": API},
+        exp={"essential": True},
+        nbf={"essential": True},
+        iat={"essential": True},
+    ).validate(token.claims)
+    return token.claims, key
+
+
+def without_times(claims: dict[str, Any]) -> dict[str, Any]:
+    """``claims`` minus ``iat``/``nbf``/``exp`` (checked apart) and the random ``uti``."""
+    assert all(type(claims[name]) is int for name in ("iat", "nbf", "exp"))
+    assert claims["nbf"] == claims["iat"]
+    assert isinstance(claims["uti"], str)
+    assert claims["uti"]
+    return {k: v for k, v in claims.items() if k not in ("iat", "nbf", "exp", "uti")}
+
+
+async def test_discovery_offers_client_credentials(
+    idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    async with client.get(f"{idp.url}/{TENANT_A}/v2.0/.well-known/openid-configuration") as resp:
+        metadata = await resp.json()
+    assert metadata["grant_types_supported"] == [
+        "authorization_code",
+        "refresh_token",
+        "client_credentials",
+    ]
+
+
+def test_demo_services_are_entra_shaped() -> None:
+    assert set(SERVICES) == {"orders-service", "billing-service", "fabrikam-service"}
+    for key, service in SERVICES.items():
+        assert service.key == key
+        assert str(uuid.UUID(service.client_id)) == service.client_id
+        assert str(uuid.UUID(service.oid)) == service.oid
+    assert SERVICES["orders-service"].roles == ("Orders.Read",)
+    assert SERVICES["billing-service"].roles == ("Orders.Read", "Orders.Write")
+    assert SERVICES["fabrikam-service"].roles == ()
+    assert [s.tid for s in SERVICES.values()] == [TENANT_A, TENANT_A, TENANT_B]
+
+
+@pytest.mark.parametrize("key", list(SERVICES))
+async def test_each_service_gets_a_v2_app_only_token(
+    idp: RunningDevIdP, client: aiohttp.ClientSession, key: str
+) -> None:
+    service = SERVICES[key]
+    status, body = await service_token(client, idp, service)
+    assert status == 200, body
+    assert set(body) == APP_ONLY_RESPONSE
+    ttl = idp.idp.access_token_ttl
+    assert (body["token_type"], body["expires_in"], body["ext_expires_in"]) == ("Bearer", ttl, ttl)
+    claims, key_used = await verify_access_token(client, idp, body["access_token"], service.tid)
+    expected: dict[str, Any] = {
+        "aud": API,
+        "iss": f"{idp.url}/{service.tid}/v2.0",
+        "tid": service.tid,
+        "oid": service.oid,
+        "sub": service.oid,
+        "azp": service.client_id,
+        "azpacr": "1",
+        "idtyp": "app",
+        "ver": "2.0",
+    }
+    if service.roles:
+        expected["roles"] = list(service.roles)
+    assert without_times(claims) == expected
+    assert claims["exp"] - claims["iat"] == ttl
+    assert key_used["issuer"] == claims["iss"]  # the tenant's JWKS vouches for this issuer
+    assert idp.idp.client_credentials_grants == 1
+    assert (idp.idp.code_grants, idp.idp.refresh_grants) == (0, 0)
+
+
+@pytest.mark.parametrize("key", list(SERVICES))
+async def test_v1_app_only_tokens_when_the_api_accepts_v1(
+    idp: RunningDevIdP, client: aiohttp.ClientSession, key: str
+) -> None:
+    idp.idp.access_token_version = 1
+    service = SERVICES[key]
+    status, body = await service_token(client, idp, service)
+    assert status == 200, body
+    assert set(body) == APP_ONLY_RESPONSE
+    claims, _ = await verify_access_token(client, idp, body["access_token"], service.tid)
+    expected: dict[str, Any] = {
+        "aud": API,
+        "iss": f"https://sts.windows.net/{service.tid}/",
+        "tid": service.tid,
+        "oid": service.oid,
+        "sub": service.oid,
+        "appid": service.client_id,
+        "appidacr": "1",
+        "idtyp": "app",
+        "ver": "1.0",
+    }
+    if service.roles:
+        expected["roles"] = list(service.roles)
+    assert without_times(claims) == expected
+    assert idp.idp.client_credentials_grants == 1
+
+
+async def test_client_secret_basic_for_a_service(
+    idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    billing = SERVICES["billing-service"]
+    status, body = await service_token(
+        client, idp, billing, basic=True, scope="https://orders.contoso.example/.default"
+    )
+    assert status == 200, body
+    claims = idp.idp.verify(body["access_token"])
+    assert (claims["aud"], claims["azp"]) == ("https://orders.contoso.example", billing.client_id)
+    status, body = await service_token(
+        client, idp, billing, basic=True, client_id=billing.client_id, client_secret="x"
+    )
+    assert (status, body["error_codes"]) == (400, [90023])  # one credential at a time
+    assert idp.idp.client_credentials_grants == 1
+
+
+async def test_an_application_id_is_a_resource_too(
+    idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    api_app_id = "7e57a1d0-0000-4000-8000-0000000a0001"
+    status, body = await service_token(
+        client, idp, SERVICES["orders-service"], scope=f"{api_app_id}/.default"
+    )
+    assert status == 200, body
+    assert idp.idp.verify(body["access_token"])["aud"] == api_app_id
+
+
+async def test_relying_party_client_credentials_have_no_roles(
+    idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    relying_party = DemoService("rp", CLIENT_ID, CLIENT_SECRET, TENANT_B, "", "Relying party")
+    oids = []
+    for tenant in (TENANT_A, TENANT_B, TENANT_A):
+        status, body = await service_token(client, idp, relying_party, tenant=tenant)
+        assert status == 200, body
+        assert set(body) == APP_ONLY_RESPONSE
+        claims, _ = await verify_access_token(client, idp, body["access_token"], tenant)
+        assert (claims["tid"], claims["iss"]) == (tenant, f"{idp.url}/{tenant}/v2.0")
+        assert (claims["azp"], claims["idtyp"], claims["sub"]) == (CLIENT_ID, "app", claims["oid"])
+        assert "roles" not in claims
+        oids.append(uuid.UUID(claims["oid"]))
+    assert oids[0] == oids[2] != oids[1]  # one service principal per tenant
+    assert idp.idp.client_credentials_grants == 3
+
+
+REFUSED_CLIENT_CREDENTIALS = [
+    pytest.param(
+        {"client_id": "11111111-0000-4000-8000-000000000000"},
+        (400, "unauthorized_client", 700016),
+        id="unknown-client",
+    ),
+    pytest.param({"client_secret": "guess"}, (401, "invalid_client", 7000215), id="wrong-secret"),
+    pytest.param(
+        {"client_secret": CLIENT_SECRET}, (401, "invalid_client", 7000215), id="the-rp-secret"
+    ),
+    pytest.param({"client_secret": None}, (401, "invalid_client", 7000218), id="no-secret"),
+    pytest.param({"scope": None}, (400, "invalid_scope", 70011), id="no-scope"),
+    pytest.param({"scope": " "}, (400, "invalid_scope", 70011), id="blank-scope"),
+    pytest.param(
+        {"scope": f"{API}/.default api://other/.default"},
+        (400, "invalid_scope", 70011),
+        id="two-scopes",
+    ),
+    pytest.param(
+        {"scope": f"{API}/.default offline_access"},
+        (400, "invalid_scope", 70011),
+        id="plus-offline",
+    ),
+    pytest.param(
+        {"scope": f"{API}/Orders.Read"}, (400, "invalid_scope", 1002012), id="not-default"
+    ),
+    pytest.param({"scope": "openid"}, (400, "invalid_scope", 1002012), id="openid"),
+    pytest.param({"scope": f"{API}/.Default"}, (400, "invalid_scope", 1002012), id="case"),
+    pytest.param({"scope": "/.default"}, (400, "invalid_scope", 70011), id="no-resource"),
+    pytest.param({"scope": "edge/.default"}, (400, "invalid_scope", 70011), id="not-a-uri"),
+    pytest.param(
+        {"scope": f"api://{'e' * 600}/.default"}, (400, "invalid_scope", 70011), id="too-long"
+    ),
+]
+
+
+@pytest.mark.parametrize(("form", "refusal"), REFUSED_CLIENT_CREDENTIALS)
+async def test_bad_client_credentials_requests_are_refused(
+    idp: RunningDevIdP,
+    client: aiohttp.ClientSession,
+    form: dict[str, str | None],
+    refusal: tuple[int, str, int],
+) -> None:
+    status, body = await service_token(client, idp, SERVICES["orders-service"], fields=form)
+    assert (status, body["error"], body["error_codes"][0]) == refusal, body
+    assert body["error_description"].startswith(f"AADSTS{refusal[2]}:")
+    assert not {"access_token", "id_token", "refresh_token"} & set(body)
+    assert idp.idp.client_credentials_grants == 0
+
+
+async def test_a_service_exists_in_its_own_tenant_only(
+    idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    orders, fabrikam = SERVICES["orders-service"], SERVICES["fabrikam-service"]
+    for service, other in ((orders, TENANT_B), (fabrikam, TENANT_A)):
+        status, body = await service_token(client, idp, service, tenant=other)
+        assert (status, body["error"], body["error_codes"]) == (
+            400,
+            "unauthorized_client",
+            [700016],
+        )
+        assert f"directory '{other}'" in body["error_description"]
+    for authority in ("organizations", "common"):  # app-only tokens need a tenant
+        for service in (orders, DemoService("rp", CLIENT_ID, CLIENT_SECRET, TENANT_A, "", "")):
+            status, body = await service_token(client, idp, service, tenant=authority)
+            assert (status, body["error"], body["error_codes"]) == (
+                400,
+                "invalid_request",
+                [50059],
+            )
+    assert idp.idp.client_credentials_grants == 0
+
+
+async def test_a_service_cannot_redeem_what_the_relying_party_holds(
+    idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    orders = SERVICES["orders-service"]
+    auth = await sign_in(client, idp, "alice")
+    form = {
+        "grant_type": "authorization_code",
+        "code": auth.code,
+        "redirect_uri": REDIRECT_URI,
+        "code_verifier": auth.verifier,
+    }
+    status, body = await service_token(client, idp, orders, fields={**form, "scope": None})
+    assert (status, body["error"], body["error_codes"]) == (400, "invalid_grant", [70000])
+    _, tokens = await redeem(client, idp, await sign_in(client, idp, "alice"))
+    refresh = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+    status, body = await service_token(client, idp, orders, fields={**refresh, "scope": None})
+    assert (status, body["error"], body["error_codes"]) == (400, "invalid_grant", [70000])
+    assert (idp.idp.code_grants, idp.idp.refresh_grants) == (1, 0)
+    assert idp.idp.client_credentials_grants == 0
+
+
+async def test_a_service_has_no_certificate_credential(
+    cert_idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    orders = SERVICES["orders-service"]
+    fields = assertion_fields(sign_claims(assertion_claims(cert_idp)))
+    form = {**fields, "client_id": orders.client_id, "client_secret": None}
+    status, body = await service_token(client, cert_idp, orders, fields=form)
+    assert (status, body["error"], body["error_codes"]) == (401, "invalid_client", [700027])
+    assert cert_idp.idp.client_credentials_grants == 0
+
+
+async def test_client_credentials_sign_with_the_current_key(
+    idp: RunningDevIdP, client: aiohttp.ClientSession
+) -> None:
+    new_kid = idp.idp.rotate()
+    status, body = await service_token(client, idp, SERVICES["fabrikam-service"])
+    assert status == 200, body
+    _, key = await verify_access_token(client, idp, body["access_token"], TENANT_B)
+    assert key["kid"] == new_kid
+
+
+def test_access_token_version_is_1_or_2() -> None:
+    with pytest.raises(ValueError, match="access_token_version"):
+        DevIdP("http://127.0.0.1:9", CLIENT_ID, CLIENT_SECRET, (), access_token_version=3)

@@ -151,6 +151,8 @@ def signin_config(
     *,
     oidc: Mapping[str, Any] | None = None,
     session: Mapping[str, Any] | None = None,
+    extra_routes: list[dict[str, Any]] | None = None,
+    roles: Mapping[str, str] | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """iap on 127.0.0.1:``port`` signing in with the dev IdP; ``/app/`` needs a user."""
@@ -187,11 +189,11 @@ def signin_config(
         tokens={
             "issuer": f"http://127.0.0.1:{port}/.iap",
             "keys_dir": str(signing_keys(directory)),
-            "roles": {"Edge.Admin": "admin", STAFF_GROUP_ID: "staff"},
+            "roles": {"Edge.Admin": "admin", STAFF_GROUP_ID: "staff", **(roles or {})},
         },
         **overrides,
     )
-    document["routes"] = routes
+    document["routes"] = [*(extra_routes or []), *routes]  # the catch-all public route last
     return document
 
 

@@ -5,12 +5,14 @@ openid-configuration``, ``/{tenant}/oauth2/v2.0/{authorize,token,logout}`` and
 ``/{tenant}/discovery/v2.0/keys``, where ``{tenant}`` is a tenant id, ``organizations`` or
 ``common``. For the multi-tenant authorities the issuer is the literal template
 ``{base}/{tenantid}/v2.0`` and every published key carries its own ``issuer``, as Entra does.
-A small Microsoft Graph stand-in answers ``getMemberObjects`` for groups overage. It serves
-demo users only, keeps everything in memory and refuses every peer that is not a loopback
-address. Never expose it: it signs in anyone who clicks a button. The modules: ``users``
-(demo tenants and users), ``signing`` (keys, JWKS, sign/verify), ``state`` (``DevIdP``),
-``pages`` (sign-in page, authorize request), ``grants`` (token endpoint) and ``app`` (routes,
-handlers, loopback guard); this package re-exports their public names.
+A small Microsoft Graph stand-in answers ``getMemberObjects`` for groups overage. Demo
+service clients obtain Entra-shaped app-only access tokens (v2.0, or v1.0 when
+``DevIdP.access_token_version`` is 1) by the client-credentials grant. It serves demo users
+only, keeps everything in memory and refuses every peer that is not a loopback address.
+Never expose it: it signs in anyone who clicks a button. The modules: ``users`` (demo
+tenants, users and service clients), ``signing`` (keys, JWKS, sign/verify), ``state``
+(``DevIdP``), ``pages`` (sign-in page, authorize request), ``grants`` (token endpoint) and
+``app`` (routes, handlers, loopback guard); this package re-exports their public names.
 """
 
 from iap.dev.idp.app import (
@@ -32,33 +34,41 @@ from iap.dev.idp.state import (
     DEV_IDP,
     GRAPH_AUDIENCE,
     GROUPS_CLAIM_LIMIT,
+    V1_ISSUER,
     DevIdP,
     IdTokenHook,
 )
 from iap.dev.idp.users import (
+    DEMO_SERVICES,
     DEMO_USERS,
     MULTI_TENANT,
+    SERVICES,
     STAFF_GROUP_ID,
     TENANT_A,
     TENANT_B,
     TENANT_NAMES,
     TENANT_TEMPLATE,
     USERS,
+    DemoService,
     DemoUser,
 )
 
 __all__ = [
+    "DEMO_SERVICES",
     "DEMO_USERS",
     "DEV_IDP",
     "GRAPH_AUDIENCE",
     "GROUPS_CLAIM_LIMIT",
     "MULTI_TENANT",
+    "SERVICES",
     "STAFF_GROUP_ID",
     "TENANT_A",
     "TENANT_B",
     "TENANT_NAMES",
     "TENANT_TEMPLATE",
     "USERS",
+    "V1_ISSUER",
+    "DemoService",
     "DemoUser",
     "DevIdP",
     "Handler",

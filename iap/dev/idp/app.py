@@ -23,7 +23,13 @@ from aiohttp import web
 from joserfc.errors import JoseError
 from yarl import URL
 
-from iap.dev.idp.grants import OAuthError, authenticate_client, code_grant, refresh_grant
+from iap.dev.idp.grants import (
+    OAuthError,
+    authenticate_client,
+    client_credentials_grant,
+    code_grant,
+    refresh_grant,
+)
 from iap.dev.idp.pages import (
     NO_STORE,
     error_page,
@@ -64,7 +70,7 @@ async def discovery(request: web.Request) -> web.Response:
         "end_session_endpoint": f"{base}/oauth2/v2.0/logout",
         "response_types_supported": ["code"],
         "response_modes_supported": ["query", "form_post"],
-        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "subject_types_supported": ["pairwise"],
         "scopes_supported": ["openid", "profile", "email", "offline_access"],
         "id_token_signing_alg_values_supported": ["RS256"],
@@ -146,14 +152,16 @@ async def token(request: web.Request) -> web.Response:
         if request.content_type != "application/x-www-form-urlencoded":
             raise OAuthError(400, "invalid_request", 900144, "Expected a form body.")
         form = await request.post()
-        authenticate_client(idp, request, form, token_endpoint=idp.token_endpoint(tenant))
+        client_id = authenticate_client(idp, request, form, tenant=tenant)
         grant_type = text_param(form, "grant_type")
         if grant_type == "authorization_code":
-            body = code_grant(idp, form)
+            body = code_grant(idp, form, client_id)
         elif grant_type == "refresh_token":
             if idp.refresh_delay:
                 await asyncio.sleep(idp.refresh_delay)
-            body = refresh_grant(idp, form)
+            body = refresh_grant(idp, form, client_id)
+        elif grant_type == "client_credentials":
+            body = client_credentials_grant(idp, form, client_id=client_id, tenant=tenant)
         else:
             raise OAuthError(
                 400, "unsupported_grant_type", 70003, f"Grant type '{grant_type[:40]}' unsupported."

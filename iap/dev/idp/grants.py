@@ -1,15 +1,20 @@
-"""The dev IdP's token endpoint logic: client authentication and the two grants.
+"""The dev IdP's token endpoint logic: client authentication and the three grants.
 
 ``authenticate_client`` accepts ``client_secret_post``, ``client_secret_basic`` or
-``private_key_jwt`` (exactly one of them). A client assertion (RFC 7523 §3, RFC 7521 §4.2)
-is judged as Entra does: header ``alg`` exactly PS256 and ``x5t#S256`` naming the registered
-certificate before any signature check, the signature verified with that certificate's key
-only, then ``iss == sub ==`` the client, ``aud`` the token endpoint of the tenant in the
-URL, integer ``exp``/``nbf``/``iat`` within 60 s skew and ten minutes, and a ``jti`` never
-accepted before. ``code_grant`` redeems an authorization code once, checking expiry, client,
-redirect URI and the PKCE verifier, and revokes the whole refresh family on replay;
-``refresh_grant`` rotates a refresh token within its family. Failures raise ``OAuthError``,
-which renders the Entra-shaped JSON error body.
+``private_key_jwt`` (exactly one of them) and answers the client id it authenticated: the
+registered relying party (any method) or a demo service (a secret, in its own tenant only).
+Every grant then checks that what it redeems was issued to that client. A client assertion
+(RFC 7523 §3, RFC 7521 §4.2) is judged as Entra does: header ``alg`` exactly PS256 and
+``x5t#S256`` naming the registered certificate before any signature check, the signature
+verified with that certificate's key only, then ``iss == sub ==`` the client, ``aud`` the
+token endpoint of the tenant in the URL, integer ``exp``/``nbf``/``iat`` within 60 s skew
+and ten minutes, and a ``jti`` never accepted before. ``code_grant`` redeems an
+authorization code once, checking expiry, client, redirect URI and the PKCE verifier, and
+revokes the whole refresh family on replay; ``refresh_grant`` rotates a refresh token within
+its family; ``client_credentials_grant`` (RFC 6749 §4.4) issues one app-only access token
+for exactly one ``{resource}/.default`` scope at a tenant-specific authority, never a
+refresh or ID token. Failures raise ``OAuthError``, which renders the Entra-shaped JSON
+error body.
 """
 
 from __future__ import annotations
@@ -31,12 +36,20 @@ from joserfc.errors import JoseError
 
 from iap.dev.idp.pages import NO_STORE, text_param
 from iap.dev.idp.state import ClientCertificateKey, DevIdP
+from iap.dev.idp.users import DEMO_SERVICES, MULTI_TENANT
 from iap.domain.client_auth import ALGORITHM, JWT_BEARER, MAX_LIFETIME
 
 _VERIFIER = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
 #: clock skew tolerated on a client assertion's ``nbf`` and ``iat``
 ASSERTION_SKEW = 60
 MAX_ASSERTION_LENGTH = 16 * 1024
+DEFAULT_SCOPE_SUFFIX = "/.default"
+MAX_RESOURCE_LENGTH = 512
+#: an app ID URI (``api://edge``, ``https://contoso.example/api``) or an application id
+_RESOURCE = re.compile(
+    r"[A-Za-z][A-Za-z0-9+.\-]*:[!-~]+|[0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}"
+)
+_SERVICE_CLIENTS = {service.client_id: service for service in DEMO_SERVICES}
 
 
 def pkce_challenge(verifier: str) -> str:
@@ -71,12 +84,28 @@ class OAuthError(Exception):
 
 
 def authenticate_client(
-    idp: DevIdP, request: web.Request, form: Mapping[str, Any], *, token_endpoint: str
-) -> None:
-    """Authenticate the one registered client; ``token_endpoint`` is the URL being called."""
+    idp: DevIdP, request: web.Request, form: Mapping[str, Any], *, tenant: str
+) -> str:
+    """Authenticate the caller of ``tenant``'s token endpoint; returns its client id.
+
+    The registered client may use any method; a demo service only its secret.
+    """
     if "client_assertion" in form or "client_assertion_type" in form:
-        authenticate_assertion(idp, request, form, token_endpoint)
-        return
+        authenticate_assertion(idp, request, form, idp.token_endpoint(tenant))
+        return idp.client_id
+    client_id, secret = _secret_credentials(request, form)
+    expected = _registered_secret(idp, client_id, tenant)
+    if not secret:
+        raise OAuthError(
+            401, "invalid_client", 7000218, "The request must contain 'client_secret'."
+        )
+    if not hmac.compare_digest(secret.encode(), expected.encode()):
+        raise OAuthError(401, "invalid_client", 7000215, "Invalid client secret provided.")
+    return client_id
+
+
+def _secret_credentials(request: web.Request, form: Mapping[str, Any]) -> tuple[str, str]:
+    """``client_id`` and secret from the form (post) or the Authorization header (basic)."""
     client_id = text_param(form, "client_id")
     secret = text_param(form, "client_secret")
     authorization = request.headers.get("Authorization", "")
@@ -91,14 +120,24 @@ def authenticate_client(
         client_id, secret = basic_id, basic_secret
     if not client_id:
         raise OAuthError(400, "invalid_request", 900144, "The request must contain 'client_id'.")
-    if client_id != idp.client_id:
+    return client_id, secret
+
+
+def _registered_secret(idp: DevIdP, client_id: str, tenant: str) -> str:
+    """The secret of ``client_id``; a service is found in its own tenant (or a multi one)."""
+    if client_id == idp.client_id:
+        return idp.client_secret
+    service = _SERVICE_CLIENTS.get(client_id)
+    if service is None:
         raise OAuthError(400, "unauthorized_client", 700016, f"Application '{client_id}' unknown.")
-    if not secret:
+    if service.tid != tenant and tenant not in MULTI_TENANT:
         raise OAuthError(
-            401, "invalid_client", 7000218, "The request must contain 'client_secret'."
+            400,
+            "unauthorized_client",
+            700016,
+            f"Application '{client_id}' was not found in the directory '{tenant}'.",
         )
-    if not hmac.compare_digest(secret.encode(), idp.client_secret.encode()):
-        raise OAuthError(401, "invalid_client", 7000215, "Invalid client secret provided.")
+    return service.secret
 
 
 def authenticate_assertion(
@@ -111,6 +150,8 @@ def authenticate_assertion(
     if text_param(form, "client_assertion_type") != JWT_BEARER:
         raise OAuthError(400, "invalid_request", 70002, "Unsupported client_assertion_type.")
     client_id = text_param(form, "client_id")
+    if client_id in _SERVICE_CLIENTS and client_id != idp.client_id:
+        raise _invalid_client(700027, "No certificate is registered for the application.")
     if client_id and client_id != idp.client_id:
         raise OAuthError(400, "unauthorized_client", 700016, f"Application '{client_id}' unknown.")
     if idp.client_certificate is None:
@@ -191,7 +232,7 @@ def _int_claim(claims: Mapping[str, Any], name: str) -> int:
     return value
 
 
-def code_grant(idp: DevIdP, form: Mapping[str, Any]) -> dict[str, Any]:
+def code_grant(idp: DevIdP, form: Mapping[str, Any], client_id: str) -> dict[str, Any]:
     value = text_param(form, "code")
     if not value:
         raise OAuthError(400, "invalid_request", 900144, "The request must contain 'code'.")
@@ -206,7 +247,7 @@ def code_grant(idp: DevIdP, form: Mapping[str, Any]) -> dict[str, Any]:
     idp.redeemed_codes[value] = family
     if code.expires < idp.clock():
         raise OAuthError(400, "invalid_grant", 70008, "The authorization code has expired.")
-    if code.client_id != idp.client_id:
+    if code.client_id != client_id:
         raise OAuthError(400, "invalid_grant", 70000, "Code issued to another client.")
     if text_param(form, "redirect_uri") != code.redirect_uri:
         raise OAuthError(400, "invalid_grant", 500112, "redirect_uri does not match.")
@@ -221,14 +262,64 @@ def code_grant(idp: DevIdP, form: Mapping[str, Any]) -> dict[str, Any]:
     )
 
 
-def refresh_grant(idp: DevIdP, form: Mapping[str, Any]) -> dict[str, Any]:
+def refresh_grant(idp: DevIdP, form: Mapping[str, Any], client_id: str) -> dict[str, Any]:
     value = text_param(form, "refresh_token")
     grant = idp.refresh_tokens.pop(value, None) if value else None
     if grant is None or grant.expires < idp.clock():
         raise OAuthError(400, "invalid_grant", 700082, "The refresh token is not valid.")
-    if grant.client_id != idp.client_id:
+    if grant.client_id != client_id:
         raise OAuthError(400, "invalid_grant", 70000, "Refresh token of another client.")
     idp.refresh_grants += 1
     return idp.issue_tokens(
         grant.user, scopes=grant.scopes, nonce=None, sid=grant.sid, family=grant.family
     )
+
+
+def client_credentials_grant(
+    idp: DevIdP, form: Mapping[str, Any], *, client_id: str, tenant: str
+) -> dict[str, Any]:
+    """An app-only access token for ``client_id`` (RFC 6749 §4.4), Entra-shaped.
+
+    Entra needs a tenant-specific authority for it. A demo service gets its own principal
+    and app roles; the registered client is a principal of the tenant in the URL, no roles.
+    """
+    if tenant in MULTI_TENANT:
+        raise OAuthError(
+            400, "invalid_request", 50059, "No tenant-identifying information found in the request."
+        )
+    resource = default_scope_resource(text_param(form, "scope"))
+    if client_id == idp.client_id:
+        principal = idp.relying_party_principal(tenant)
+    else:
+        principal = _SERVICE_CLIENTS[client_id]
+    idp.client_credentials_grants += 1
+    return idp.issue_app_token(principal, resource)
+
+
+def default_scope_resource(scope: str) -> str:
+    """The resource of a client-credentials ``scope``: exactly one ``{resource}/.default``.
+
+    The resource is an app ID URI (``api://edge``) or an application id (a GUID).
+    """
+    scopes = scope.split()
+    if not scopes:
+        raise OAuthError(
+            400, "invalid_scope", 70011, "The request must include a 'scope' input parameter."
+        )
+    if len(scopes) > 1:
+        raise OAuthError(400, "invalid_scope", 70011, "The 'scope' must name exactly one resource.")
+    [value] = scopes
+    if not value.endswith(DEFAULT_SCOPE_SUFFIX):
+        raise OAuthError(
+            400,
+            "invalid_scope",
+            1002012,
+            f"The scope '{value[:64]}' is not valid. Client credential flows must have a scope"
+            " value with /.default suffixed to the resource identifier.",
+        )
+    resource = value.removesuffix(DEFAULT_SCOPE_SUFFIX)
+    if len(resource) > MAX_RESOURCE_LENGTH or not _RESOURCE.fullmatch(resource):
+        raise OAuthError(
+            400, "invalid_scope", 70011, f"The scope '{value[:64]}' is not a valid resource."
+        )
+    return resource

@@ -4,8 +4,9 @@
 RSA certificate), the token lifetimes and clock, the counters tests read, the signing keys
 (see ``signing``), the outstanding authorization codes, refresh token families and Graph
 access tokens, and the ``jti`` of every unexpired client assertion it accepted (the replay
-guard). It builds Entra-shaped ID and access token claims, issues token responses and
-revokes refresh families; the HTTP layer in ``app`` and ``grants`` drives it through
+guard). It builds Entra-shaped ID and access token claims (delegated ones for users, v2.0 or
+v1.0 app-only ones for the client-credentials grant), issues token responses and revokes
+refresh families; the HTTP layer in ``app`` and ``grants`` drives it through
 ``app[DEV_IDP]``.
 """
 
@@ -15,6 +16,7 @@ import base64
 import hashlib
 import secrets
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,13 +28,17 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc.jwk import RSAKey
 
 from iap.dev.idp import signing
-from iap.dev.idp.users import MULTI_TENANT, TENANT_TEMPLATE, DemoUser
+from iap.dev.idp.users import MULTI_TENANT, TENANT_TEMPLATE, DemoService, DemoUser
 from iap.domain.client_auth import thumbprint
 
 GRAPH_AUDIENCE = "https://graph.microsoft.com"
 #: Entra's limit is 200 groups in a JWT; the demo keeps a lower one so that a user with
 #: 150 groups exercises the overage path (``_claim_names``) without a huge fixture.
 GROUPS_CLAIM_LIMIT = 100
+#: ``iss`` of Entra v1.0 access tokens, issued when the API's manifest says
+#: ``accessTokenAcceptedVersion`` null or 1
+V1_ISSUER = "https://sts.windows.net/{tid}/"
+_PRINCIPALS_NAMESPACE = uuid.UUID("8c0f3d5e-2a41-4b7c-9d6e-5f1a2b3c4d5e")
 
 
 @dataclass
@@ -106,12 +112,17 @@ class DevIdP:
     #: when set, builds the compact ID token from (header, claims) instead of signing them;
     #: relying-party tests use it to forge bad tokens (``sign`` is available to it)
     id_token_hook: IdTokenHook | None = None
+    #: shape of client-credentials access tokens: 2 (Entra v2.0) or 1 (v1.0: the
+    #: ``sts.windows.net`` issuer and ``appid``), as the API's ``accessTokenAcceptedVersion``
+    access_token_version: int = 2
     # counters
     discovery_fetches: int = 0
     jwks_fetches: int = 0
     authorizations: int = 0
     code_grants: int = 0
     refresh_grants: int = 0
+    #: app-only access tokens issued by the client-credentials grant
+    client_credentials_grants: int = 0
     client_assertions: int = 0
     graph_calls: int = 0
     #: requests that carried trace context (traceparent, b3...): a relying party's leak
@@ -130,6 +141,8 @@ class DevIdP:
     client_certificate: ClientCertificateKey | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        if self.access_token_version not in (1, 2):
+            raise ValueError("access_token_version must be 1 or 2")
         if not self.keys:
             self.rotate()
         if self.client_certificate_pem is not None:
@@ -254,6 +267,60 @@ class DevIdP:
             )
             response["refresh_token"] = refresh_token
         return response
+
+    def relying_party_principal(self, tid: str) -> DemoService:
+        """The registered client as a service principal of ``tid``; it holds no app roles.
+
+        Its ``oid`` is stable per client and tenant, like a service principal's object id.
+        """
+        oid = str(uuid.uuid5(_PRINCIPALS_NAMESPACE, f"{self.client_id}:{tid}"))
+        return DemoService(
+            "relying-party", self.client_id, self.client_secret, tid, oid, "Relying party"
+        )
+
+    def app_token_claims(self, service: DemoService, resource: str) -> dict[str, Any]:
+        """Entra app-only access token claims for ``service`` calling ``resource``.
+
+        ``sub`` is the service principal's ``oid`` and ``idtyp`` is ``app``. v2.0 names the
+        client in ``azp`` (``azpacr`` "1": it authenticated with a secret) under the
+        ``{base}/{tid}/v2.0`` issuer; v1.0 uses ``appid``/``appidacr`` and ``sts.windows.net``.
+        """
+        now = int(self.clock())
+        claims: dict[str, Any] = {
+            "aud": resource,
+            "iss": f"{self.base_url}/{service.tid}/v2.0",
+            "iat": now,
+            "nbf": now,
+            "exp": now + self.access_token_ttl,
+            "tid": service.tid,
+            "oid": service.oid,
+            "sub": service.oid,
+            "azp": service.client_id,
+            "azpacr": "1",
+            "idtyp": "app",
+            "ver": "2.0",
+            "uti": secrets.token_urlsafe(16),
+        }
+        if self.access_token_version == 1:
+            del claims["azp"], claims["azpacr"]
+            claims |= {
+                "iss": V1_ISSUER.format(tid=service.tid),
+                "appid": service.client_id,
+                "appidacr": "1",
+                "ver": "1.0",
+            }
+        if service.roles:
+            claims["roles"] = list(service.roles)
+        return claims
+
+    def issue_app_token(self, service: DemoService, resource: str) -> dict[str, Any]:
+        """The client-credentials response: one Bearer access token, no refresh or ID token."""
+        return {
+            "token_type": "Bearer",
+            "expires_in": self.access_token_ttl,
+            "ext_expires_in": self.access_token_ttl,
+            "access_token": self.sign({}, self.app_token_claims(service, resource)),
+        }
 
     def first_use(self, jti: str, expires: int) -> bool:
         """Remember a client assertion's ``jti`` until ``expires``; False on a replay."""

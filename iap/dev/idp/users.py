@@ -1,9 +1,11 @@
-"""Demo tenants and users of the dev IdP.
+"""Demo tenants, users and service clients of the dev IdP.
 
 Two Entra-shaped tenants (Contoso as tenant A, Fabrikam as tenant B) and a handful of
 demo users with roles and groups: Alice is an admin, Bob is staff by group, Eve lives in the
 other tenant and Olivia has enough groups to trigger the overage path. ``users_for`` lists
-the users an authority (a tenant id, ``organizations`` or ``common``) may sign in.
+the users an authority (a tenant id, ``organizations`` or ``common``) may sign in. The demo
+service clients are single-tenant app registrations with a secret that obtain app-only
+access tokens by the client-credentials grant; ``SERVICES`` maps them by key.
 """
 
 from __future__ import annotations
@@ -75,3 +77,52 @@ USERS = {user.key: user for user in DEMO_USERS}
 
 def users_for(tenant: str) -> list[DemoUser]:
     return [u for u in DEMO_USERS if tenant in MULTI_TENANT or u.tid == tenant]
+
+
+@dataclass(frozen=True)
+class DemoService:
+    """A confidential service client (app registration with a secret) and its principal.
+
+    ``oid`` is the object id of the service principal in ``tid``: the ``oid`` and ``sub`` of
+    its app-only tokens. ``roles`` are the app roles (application permissions) the API
+    granted it; they become the ``roles`` claim. The secrets are demo values, never real.
+    """
+
+    key: str
+    client_id: str
+    secret: str
+    tid: str
+    oid: str
+    name: str
+    roles: tuple[str, ...] = ()
+
+
+DEMO_SERVICES: tuple[DemoService, ...] = (
+    DemoService(
+        "orders-service",
+        "0d3e5a10-0000-4000-8000-0000000005a1",
+        "orders-dev-secret",
+        TENANT_A,
+        "0d3e5a10-5e00-4000-8000-0000000005b1",
+        "Orders service",
+        roles=("Orders.Read",),
+    ),
+    DemoService(
+        "billing-service",
+        "b1111000-0000-4000-8000-0000000005a2",
+        "billing-dev-secret",
+        TENANT_A,
+        "b1111000-5e00-4000-8000-0000000005b2",
+        "Billing service",
+        roles=("Orders.Read", "Orders.Write"),
+    ),
+    DemoService(
+        "fabrikam-service",
+        "fab00000-0000-4000-8000-0000000005a3",
+        "fabrikam-dev-secret",
+        TENANT_B,
+        "fab00000-5e00-4000-8000-0000000005b3",
+        "Fabrikam service",
+    ),
+)
+SERVICES = {service.key: service for service in DEMO_SERVICES}

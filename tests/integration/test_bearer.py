@@ -1,0 +1,215 @@
+"""Services at the edge (issue 4): Entra client-credentials tokens from the dev IdP, iap tokens
+bound to one audience, and the RFC 8693 exchange that moves a caller to another audience."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+
+from iap.dev.idp import SERVICES, TENANT_A
+from tests.conftest import StartEdge, Upstream
+from tests.support.signin import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    SignInStack,
+    Visitor,
+    http,
+    start_signin_stack,
+)
+
+__all__ = ["http"]
+
+EDGE_API = "api://edge"
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
+
+
+def service_routes(upstream_url: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "orders",
+            "upstream": upstream_url,
+            "audience": "orders",
+            "match": {"path_prefix": "/orders/"},
+            "policy": {"allow": {"roles": ["orders-reader"]}},
+        },
+        {
+            "name": "billing",
+            "upstream": upstream_url,
+            "audience": "billing",
+            "match": {"path_prefix": "/billing/"},
+            "policy": {"allow": {"authenticated": True}},
+        },
+    ]
+
+
+@pytest.fixture
+async def stack(
+    upstream: Upstream, start_edge: StartEdge, tmp_path: Path
+) -> AsyncIterator[SignInStack]:
+    idp, edge = await start_signin_stack(
+        upstream,
+        start_edge,
+        tmp_path,
+        bearer={"entra_audiences": [EDGE_API]},
+        extra_routes=service_routes(upstream.url),
+        roles={"Orders.Read": "orders-reader"},
+    )
+    try:
+        yield SignInStack(idp, edge, upstream)
+    finally:
+        await idp.stop()
+
+
+async def entra_token(
+    http: aiohttp.ClientSession, stack: SignInStack, service: str, scope: str = EDGE_API
+) -> str:
+    client = SERVICES[service]
+    url = f"{stack.idp.url}/{client.tid}/oauth2/v2.0/token"
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": client.client_id,
+        "client_secret": client.secret,
+        "scope": f"{scope}/.default",
+    }
+    async with http.post(url, data=form) as answer:
+        assert answer.status == 200, await answer.text()
+        return str((await answer.json())["access_token"])
+
+
+async def call(visitor: Visitor, path: str, token: str) -> int:
+    return (await visitor.get(path, headers={"Authorization": f"Bearer {token}"})).status
+
+
+def forwarded_token(stack: SignInStack) -> str:
+    [authorization] = stack.upstream.seen.last.headers.getall("Authorization")
+    return authorization.removeprefix("Bearer ")
+
+
+async def exchange(
+    http: aiohttp.ClientSession, stack: SignInStack, token: str, audience: str
+) -> aiohttp.ClientResponse:
+    form = {
+        "grant_type": TOKEN_EXCHANGE,
+        "subject_token": token,
+        "subject_token_type": ACCESS_TOKEN,
+        "audience": audience,
+    }
+    async with http.post(f"{stack.edge.url}/.iap/token", data=form) as answer:
+        await answer.read()
+        return answer
+
+
+async def test_a_client_credentials_token_is_accepted_on_a_route_of_its_audience(
+    stack: SignInStack, http: aiohttp.ClientSession
+) -> None:
+    visitor = stack.visitor(http)
+    token = await entra_token(http, stack, "orders-service")
+    assert await call(visitor, "/orders/42", token) == 200
+    minted = jwt.decode(forwarded_token(stack), options={"verify_signature": False})
+    client = SERVICES["orders-service"]
+    assert minted["aud"] == "orders"
+    assert minted["sub"] == f"{TENANT_A}:{client.client_id}"
+    assert minted["azp"] == client.client_id
+    assert minted["roles"] == ["orders-reader"]
+    assert forwarded_token(stack) != token  # the Entra token never reaches the upstream
+    line = (await stack.edge.wait_audit_lines(1))[-1]
+    assert (line["authn_method"], line["subject"], line["decision"]) == (
+        "bearer",
+        minted["sub"],
+        "allow",
+    )
+
+
+async def test_an_iap_token_is_bound_to_its_audience_until_exchanged(
+    stack: SignInStack, http: aiohttp.ClientSession
+) -> None:
+    visitor = stack.visitor(http)
+    assert await call(visitor, "/orders/1", await entra_token(http, stack, "orders-service"))
+    for_orders = forwarded_token(stack)
+
+    assert await call(visitor, "/orders/2", for_orders) == 200  # its own audience: as is
+    assert forwarded_token(stack) == for_orders
+    seen = len(stack.upstream.seen.requests)
+    assert await call(visitor, "/billing/1", for_orders) == 401  # audience orders, not billing
+    assert len(stack.upstream.seen.requests) == seen
+
+    answer = await exchange(http, stack, for_orders, "billing")
+    assert answer.status == 200
+    body = await answer.json()
+    assert body["issued_token_type"] == "urn:ietf:params:oauth:token-type:jwt"
+    assert body["token_type"] == "Bearer"
+    for_billing = body["access_token"]
+    claims = jwt.decode(for_billing, options={"verify_signature": False})
+    assert claims["aud"] == "billing"
+    assert claims["sub"] == jwt.decode(for_orders, options={"verify_signature": False})["sub"]
+    assert claims["act"] == {"sub": f"{stack.edge.url}/.iap#orders"}
+    assert await call(visitor, "/billing/1", for_billing) == 200
+    assert forwarded_token(stack) == for_billing
+
+
+async def test_exchange_refuses_unknown_audiences_and_bad_tokens(
+    stack: SignInStack, http: aiohttp.ClientSession
+) -> None:
+    token = await entra_token(http, stack, "orders-service")
+    unknown = await exchange(http, stack, token, "nobody-declares-this")
+    assert (unknown.status, (await unknown.json())["error"]) == (400, "invalid_target")
+    forged = await exchange(http, stack, token + "x", "billing")
+    assert (forged.status, (await forged.json())["error"]) == (400, "invalid_grant")
+    assert stack.edge.audit_lines()[-1]["reason"] == "exchange_bearer_malformed"
+    answer = await exchange(http, stack, token, "billing")
+    assert answer.status == 200  # an Entra token can be exchanged too; act names its client
+    claims = jwt.decode((await answer.json())["access_token"], options={"verify_signature": False})
+    assert claims["act"] == {"sub": f"{TENANT_A}:{SERVICES['orders-service'].client_id}"}
+
+
+@pytest.mark.parametrize(
+    ("service", "scope"),
+    [("orders-service", "api://another-api"), ("fabrikam-service", EDGE_API)],
+    ids=["wrong-audience", "tenant-not-allowed"],
+)
+async def test_entra_tokens_outside_the_configuration_are_refused(
+    stack: SignInStack, http: aiohttp.ClientSession, service: str, scope: str
+) -> None:
+    visitor = stack.visitor(http)
+    answer = await visitor.get(
+        "/billing/1",
+        headers={"Authorization": f"Bearer {await entra_token(http, stack, service, scope)}"},
+    )
+    assert answer.status == 401
+    assert answer.header("WWW-Authenticate") == 'Bearer realm="iap", error="invalid_token"'
+    assert not stack.upstream.seen.requests
+
+
+async def test_a_forged_bearer_token_is_refused_and_not_forwarded(
+    stack: SignInStack, http: aiohttp.ClientSession
+) -> None:
+    visitor = stack.visitor(http)
+    token = await entra_token(http, stack, "billing-service")
+    header, payload, signature = token.split(".")
+    forged = f"{header}.{payload}.{signature[:-4]}AAAA"
+    assert await call(visitor, "/billing/1", forged) == 401
+    assert await call(visitor, "/billing/1", "not-a-jwt") == 401
+    assert not stack.upstream.seen.requests
+
+
+async def test_a_service_without_the_role_is_forbidden(
+    stack: SignInStack, http: aiohttp.ClientSession
+) -> None:
+    """The relying party's own registration, as a client-credentials caller, has no app role."""
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "scope": f"{EDGE_API}/.default",
+    }
+    async with http.post(f"{stack.idp.url}/{TENANT_A}/oauth2/v2.0/token", data=form) as answer:
+        token = (await answer.json())["access_token"]
+    visitor = stack.visitor(http)
+    assert await call(visitor, "/orders/1", token) == 403
+    assert await call(visitor, "/billing/1", token) == 200
