@@ -295,7 +295,6 @@ def sign_in(public_url: str) -> str:
     return cookie
 
 
-@contextlib.contextmanager
 def signed_in_target(credential: Literal["cookie", "bearer"]) -> Start:
     """A route for any authenticated caller, behind iap signing in with the dev IdP.
 

@@ -111,10 +111,11 @@ class Retired:
 class KeySet:
     """The signing keys found in ``tokens.keys_dir`` plus the retired keys still published.
 
-    Immutable: :meth:`replaced` returns the set after a re-read of the directory.
+    Immutable: :meth:`replaced` returns the set after a re-read of the directory. (The one
+    memo, of the last :meth:`version` answer, is a pure function's cache.)
     """
 
-    __slots__ = ("_jwks", "_keys", "_retired", "publish_before_use", "ttl")
+    __slots__ = ("_jwks", "_keys", "_retired", "_version", "publish_before_use", "ttl")
 
     def __init__(
         self,
@@ -131,6 +132,7 @@ class KeySet:
         self._keys = _oldest_per_kid(keys)
         self._retired = tuple(r for r in retired if r.kid not in self._keys)
         self._jwks = {kid: public_jwk(key) for kid, key in self._keys.items()}
+        self._version: tuple[float, str] = (-1.0, "")  # the last answer of version()
 
     @property
     def keys(self) -> tuple[SigningKey, ...]:
@@ -179,10 +181,14 @@ class KeySet:
         It changes whenever the signing key or the published kids change, and when a key
         moves from the directory to retention, and at no other time.
         """
+        if self._version[0] == now:  # asked on every request, at whole seconds
+            return self._version[1]
         signing = self.signing_key(now).kid if self._keys else ""
         retained = sorted(r.kid for r in self._retired if now <= r.until)
         text = "|".join((signing, ",".join(sorted(self._keys)), ",".join(retained)))
-        return hashlib.sha256(text.encode("ascii")).hexdigest()[:32]
+        version = hashlib.sha256(text.encode("ascii")).hexdigest()[:32]
+        self._version = (now, version)
+        return version
 
     def replaced(self, keys: Iterable[SigningKey], now: float) -> KeySet:
         """The set after the directory was re-read at ``now`` and held ``keys``.
