@@ -1,0 +1,553 @@
+"""For Python services inside the mesh: verify the tokens iap mints and carry identity and
+trace context on east-west calls (SPEC §6, issue 4). See docs/mesh.md.
+
+    verifier = Verifier(jwks_url, issuer="https://edge.contoso.com/.iap", audience="orders")
+    app = web.Application(middlewares=[middleware(verifier)])
+    # in a handler: request[IDENTITY].subject; await call(session, "GET", url, request=request)
+
+Invariants:
+- The header is judged before any key is fetched or touched: ``alg`` must be exactly
+  ``ES256`` (no ``none``, no HMAC keyed with the public key: RFC 8725 §2.1, §3.1,
+  CVE-2015-9235), and headers that carry or point at a key (``jwk``, ``jku``, ``x5u``,
+  ``x5c``) or demand extensions (``crit``, ``b64``) are refused (RFC 8725 §3.10). A refused
+  header costs no JWKS fetch.
+- The key is chosen here, by ``kid``, among the EC P-256 keys of the configured JWKS; joserfc
+  gets that one key and the allow-list ``["ES256"]``, never a choice of its own.
+- Every segment is canonical base64url, so a token has exactly one encoding.
+- Claims: ``iss`` equal to the issuer, ``aud`` equal to (or a list containing) the audience,
+  integer ``exp`` (required), ``nbf`` and ``iat`` (required) within ``leeway`` (RFC 7519 §2,
+  §4.1), ``sub`` and ``tid`` non-empty strings. A refusal raises :class:`InvalidToken` with a
+  short ``reason``; messages never contain the token or its claims.
+- JWKS cache: one fetch at a time (single-flight), fresh for an hour; an unknown ``kid``
+  refetches at most once per ``refetch_interval``, so forged tokens cannot make a service
+  hammer iap; a failed fetch keeps the last-known-good keys (for up to a day) and is not
+  retried for :data:`FAILURE_BACKOFF` seconds. Redirects are not followed; bodies are
+  bounded; no cookies are stored.
+- :func:`forward_headers` copies an allow-list (the token, correlation and request ids, W3C
+  trace context and baggage, B3 multi headers) and nothing else: never cookies.
+- Dependencies: aiohttp and joserfc only; nothing else from iap, so a service may vendor
+  this one file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType, TracebackType
+from typing import Any, Final
+
+import aiohttp
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey
+from multidict import CIMultiDict
+from yarl import URL
+
+ALGORITHM: Final = "ES256"
+CURVE: Final = "P-256"
+REFRESH_AFTER: Final = 3600.0
+"""Seconds a fetched JWKS is used before the next access refreshes it."""
+MAX_STALE: Final = 24 * 3600.0
+"""Seconds the last-known-good JWKS stays usable while refreshes fail."""
+FAILURE_BACKOFF: Final = 10.0
+"""Seconds after a failed fetch during which no scheduled refresh is tried."""
+MAX_TOKEN_LENGTH: Final = 16 * 1024
+MAX_JWKS_BYTES: Final = 256 * 1024
+FORWARDED_HEADERS: Final = (
+    "X-Correlation-ID",
+    "X-Request-ID",
+    "traceparent",
+    "tracestate",
+    "baggage",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+)
+"""What an east-west call carries besides the token (SPEC §6 headers to the upstream)."""
+#: List-valued headers whose repeated lines are one value (W3C Trace Context §3.3, Baggage).
+_LIST_HEADERS = frozenset({"tracestate", "baggage"})
+_FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "crit", "b64"})
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+
+Clock = Callable[[], float]
+log = logging.getLogger(__name__)
+
+
+class MeshError(Exception):
+    """Root of this module's errors: :class:`InvalidToken`, :class:`KeysUnavailable`."""
+
+
+class InvalidToken(MeshError):
+    """The token is refused; ``reason`` is a short code for logs and metrics (``alg``,
+    ``header``, ``malformed``, ``kid``, ``signature``, ``iss``, ``aud``, ``exp``, ``nbf``,
+    ``iat``, ``missing``, ``scheme``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"token refused ({reason})")
+        self.reason = reason
+
+
+class KeysUnavailable(MeshError):
+    """No usable JWKS: never fetched, or the last-known-good one is too old (answer 503)."""
+
+    def __init__(self) -> None:
+        super().__init__("iap signing keys unavailable")
+
+
+@dataclass(frozen=True)
+class MeshIdentity:
+    """The caller named by a verified iap token. Key users by ``subject`` (``<tid>:<oid>``,
+    or ``<tid>:<client app id>`` for services), never by email. ``actor`` is the ``act``
+    claim's ``sub`` after a token exchange (RFC 8693 §4.1); ``claims`` holds every claim."""
+
+    subject: str
+    tid: str
+    oid: str | None
+    name: str | None
+    email: str | None
+    roles: tuple[str, ...]
+    audience: str
+    actor: str | None
+    claims: Mapping[str, Any] = field(repr=False, compare=False)
+
+
+IDENTITY: Final = web.RequestKey("iap.mesh.identity", MeshIdentity)
+"""Where :func:`middleware` stores the caller's :class:`MeshIdentity` on the request."""
+
+
+class Verifier:
+    """Verifies iap tokens for one audience against the JWKS at ``jwks_url`` (http or https;
+    inside the mesh the sidecar provides mTLS). ``clock`` gives Unix seconds, for the token
+    times and the cache alike. Without ``session``, one is made on first use and closed by
+    :meth:`close` (or ``async with``)."""
+
+    def __init__(
+        self,
+        jwks_url: str,
+        *,
+        issuer: str,
+        audience: str,
+        session: aiohttp.ClientSession | None = None,
+        clock: Clock = time.time,
+        leeway: int = 30,
+        refetch_interval: float = 300,
+        timeout: float = 5.0,
+    ) -> None:
+        _check_url(jwks_url)
+        if not issuer or not audience:
+            raise ValueError("issuer and audience must not be empty")
+        if leeway < 0 or refetch_interval < 0:
+            raise ValueError("leeway and refetch_interval must not be negative")
+        self._url = jwks_url
+        self._issuer = issuer
+        self._audience = audience
+        self._session = session
+        self._own_session = session is None
+        self._clock = clock
+        self._leeway = leeway
+        self._refetch_interval = refetch_interval
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._lock = asyncio.Lock()
+        self._keys: dict[str, ECKey] = {}
+        self._fetched_at: float | None = None
+        self._failed_at: float | None = None
+        self._unknown_kid_at: float | None = None
+
+    async def verify(self, token: str) -> MeshIdentity:
+        """The identity in ``token``. Raises :class:`InvalidToken`, or
+        :class:`KeysUnavailable` when no JWKS could ever be obtained (or it is too old)."""
+        kid = _header_kid(token)
+        key = (await self._current()).get(kid)
+        if key is None:
+            key = (await self._after_unknown_kid(kid)).get(kid)
+        if key is None:
+            raise InvalidToken("kid")
+        claims = _verified_claims(token, key)
+        _check_claims(
+            claims,
+            issuer=self._issuer,
+            audience=self._audience,
+            now=int(self._clock()),
+            leeway=self._leeway,
+        )
+        return _identity(claims, self._audience)
+
+    async def close(self) -> None:
+        """Close the session this verifier made, if any."""
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> Verifier:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- the JWKS cache ---------------------------------------------------------------
+
+    async def _current(self) -> Mapping[str, ECKey]:
+        """The keys, refreshed first when older than an hour (unless a fetch just failed)."""
+        async with self._lock:
+            now = self._clock()
+            if self._fetched_at is not None and now - self._fetched_at < REFRESH_AFTER:
+                return self._keys
+            if self._failed_at is None or now - self._failed_at >= FAILURE_BACKOFF:
+                try:
+                    return await self._fetch()
+                except KeysUnavailable:
+                    pass
+            if self._fetched_at is None or now - self._fetched_at >= MAX_STALE:
+                raise KeysUnavailable
+            return self._keys  # last-known-good
+
+    async def _after_unknown_kid(self, kid: str) -> Mapping[str, ECKey]:
+        """The keys after a refetch for ``kid``, if the budget allows one (SPEC §7)."""
+        async with self._lock:
+            if kid in self._keys:  # a concurrent verify refetched meanwhile
+                return self._keys
+            now = self._clock()
+            last = self._unknown_kid_at
+            if last is not None and now - last < self._refetch_interval:
+                return self._keys
+            self._unknown_kid_at = now
+            try:
+                return await self._fetch()
+            except KeysUnavailable:
+                return self._keys
+
+    async def _fetch(self) -> Mapping[str, ECKey]:
+        """Fetch and store the JWKS; the caller holds the lock."""
+        try:
+            keys = _p256_keys(await self._get())
+        except KeysUnavailable as exc:
+            self._failed_at = self._clock()
+            log.warning("iap JWKS fetch failed: %r", exc.__cause__ or exc)
+            raise
+        self._keys, self._fetched_at, self._failed_at = keys, self._clock(), None
+        return keys
+
+    async def _get(self) -> Any:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        try:
+            async with self._session.get(
+                self._url,
+                headers={"Accept": "application/json"},
+                allow_redirects=False,
+                timeout=self._timeout,
+            ) as response:
+                if response.status != 200:
+                    raise KeysUnavailable
+                body = await _bounded_body(response)
+            return json.loads(body)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise KeysUnavailable from exc
+
+
+def _check_url(url: str) -> None:
+    parsed = URL(url)
+    if parsed.scheme not in ("http", "https") or not parsed.absolute or not parsed.raw_host:
+        raise ValueError("jwks_url must be an absolute http or https URL")
+    if parsed.user is not None or parsed.password is not None:
+        raise ValueError("jwks_url must not carry userinfo")
+
+
+async def _bounded_body(response: aiohttp.ClientResponse) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_JWKS_BYTES:
+            raise KeysUnavailable
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _p256_keys(document: Any) -> dict[str, ECKey]:
+    """The ES256 keys of a JWK Set by ``kid``; a ``kid`` named twice is ambiguous: dropped."""
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise KeysUnavailable
+    found: dict[str, ECKey | None] = {}
+    for jwk in document["keys"]:
+        entry = _p256_key(jwk)
+        if entry is not None:
+            kid, key = entry
+            found[kid] = None if kid in found else key
+    return {kid: key for kid, key in found.items() if key is not None}
+
+
+def _p256_key(jwk: Any) -> tuple[str, ECKey] | None:
+    """The public key of one JWK if it is an EC P-256 signing key for ES256."""
+    if not isinstance(jwk, dict) or jwk.get("kty") != "EC" or jwk.get("crv") != CURVE:
+        return None
+    kid, x, y = jwk.get("kid"), jwk.get("x"), jwk.get("y")
+    if not (isinstance(kid, str) and kid and isinstance(x, str) and isinstance(y, str)):
+        return None
+    if jwk.get("use", "sig") != "sig" or jwk.get("alg", ALGORITHM) != ALGORITHM:
+        return None
+    try:  # public members only, whatever else the document holds
+        return kid, ECKey.import_key({"kty": "EC", "crv": CURVE, "x": x, "y": y})
+    except (JoseError, ValueError, TypeError):
+        return None
+
+
+# --- the token ------------------------------------------------------------------------
+
+
+def _header_kid(token: str) -> str:
+    """The ``kid`` of a well-formed token whose header is acceptable (RFC 8725 §3.1)."""
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidToken("malformed")
+    segments = token.split(".")
+    if len(segments) != 3:
+        raise InvalidToken("malformed")
+    header = _json_object(_b64decode(segments[0]))
+    if header.get("alg") != ALGORITHM:
+        raise InvalidToken("alg")
+    typ = header.get("typ", "JWT")
+    if _FORBIDDEN_HEADERS & header.keys() or not isinstance(typ, str) or typ.upper() != "JWT":
+        raise InvalidToken("header")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise InvalidToken("header")
+    for segment in segments[1:]:
+        _b64decode(segment)
+    return kid
+
+
+def _verified_claims(token: str, key: ECKey) -> dict[str, Any]:
+    try:
+        verified = jws.deserialize_compact(token, key, algorithms=[ALGORITHM])
+    except (JoseError, ValueError, TypeError):
+        raise InvalidToken("signature") from None
+    return _json_object(verified.payload)
+
+
+def _b64decode(segment: str) -> bytes:
+    """Strict base64url without padding; non-canonical trailing bits are refused."""
+    if not _SEGMENT.fullmatch(segment) or len(segment) % 4 == 1:
+        raise InvalidToken("malformed")
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        raise InvalidToken("malformed") from None
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != segment:
+        raise InvalidToken("malformed")
+    return raw
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    """A JSON object with unique member names (RFC 7515 §5.2, RFC 7519 §4)."""
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result = dict(pairs)
+        if len(result) != len(pairs):
+            raise InvalidToken("malformed")
+        return result
+
+    try:
+        value = json.loads(raw.decode("utf-8"), object_pairs_hook=unique)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise InvalidToken("malformed") from None
+    if not isinstance(value, dict):
+        raise InvalidToken("malformed")
+    return value
+
+
+def _check_claims(
+    claims: Mapping[str, Any], *, issuer: str, audience: str, now: int, leeway: int
+) -> None:
+    if claims.get("iss") != issuer:
+        raise InvalidToken("iss")
+    aud = claims.get("aud")
+    if isinstance(aud, list):
+        ok = all(isinstance(item, str) for item in aud) and audience in aud
+    else:
+        ok = isinstance(aud, str) and aud == audience
+    if not ok:
+        raise InvalidToken("aud")
+    exp = _time(claims, "exp", required=True)
+    if exp is None or exp + leeway <= now:
+        raise InvalidToken("exp")
+    nbf = _time(claims, "nbf", required=False)
+    if nbf is not None and nbf > now + leeway:
+        raise InvalidToken("nbf")
+    iat = _time(claims, "iat", required=True)
+    if iat is None or iat > now + leeway:
+        raise InvalidToken("iat")
+
+
+def _time(claims: Mapping[str, Any], name: str, *, required: bool) -> int | None:
+    value = claims.get(name)
+    if value is None and not required:
+        return None
+    # RFC 7519 §2 NumericDate; integers only (bool is an int in Python)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidToken(name)
+    return value
+
+
+def _identity(claims: dict[str, Any], audience: str) -> MeshIdentity:
+    act = claims.get("act")
+    if act is not None and not (isinstance(act, dict) and _is_text(act.get("sub"))):
+        raise InvalidToken("malformed")
+    roles = claims.get("roles", [])
+    if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
+        raise InvalidToken("malformed")
+    return MeshIdentity(
+        subject=_text(claims, "sub"),
+        tid=_text(claims, "tid"),
+        oid=_optional_text(claims, "oid"),
+        name=_optional_text(claims, "name"),
+        email=_optional_text(claims, "email"),
+        roles=tuple(roles),
+        audience=audience,
+        actor=None if act is None else act["sub"],
+        claims=MappingProxyType(claims),
+    )
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _text(claims: Mapping[str, Any], name: str) -> str:
+    value = claims.get(name)
+    if not isinstance(value, str) or not value:
+        raise InvalidToken("malformed")
+    return value
+
+
+def _optional_text(claims: Mapping[str, Any], name: str) -> str | None:
+    value = claims.get(name)
+    if value is not None and not isinstance(value, str):
+        raise InvalidToken("malformed")
+    return value
+
+
+# --- aiohttp server side ----------------------------------------------------------------
+
+
+def middleware(
+    verifier: Verifier, *, header: str = "authorization", required: bool = True
+) -> Middleware:
+    """An aiohttp middleware that verifies the iap token of every request and stores the
+    caller at ``request[IDENTITY]``.
+
+    The token is read from ``Authorization: Bearer <token>``, or bare from ``header`` when
+    iap is configured with another ``tokens.header``. Missing (when ``required``) or invalid:
+    401 JSON with a ``WWW-Authenticate: Bearer`` challenge (RFC 6750 §3) and no handler
+    call. With ``required=False`` a request without a token reaches the handler with no
+    identity (``request.get(IDENTITY)`` is None); an invalid token is still a 401. No JWKS:
+    503.
+    """
+    name = header.lower()
+
+    @web.middleware
+    async def iap_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            token = _token_from(request, name)
+            if token is not None:
+                request[IDENTITY] = await verifier.verify(token)
+        except InvalidToken as exc:
+            log.info("iap token refused (%s): %s %s", exc.reason, request.method, request.path)
+            return _unauthorized(request, invalid=True)
+        except KeysUnavailable:
+            return _error(request, 503, "temporarily_unavailable", {"Retry-After": "10"})
+        if token is None and required:
+            return _unauthorized(request, invalid=False)
+        return await handler(request)
+
+    return iap_token
+
+
+def _token_from(request: web.BaseRequest, name: str) -> str | None:
+    """The token in header ``name``; None when absent. A repeated header is refused."""
+    values = request.headers.getall(name, [])
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidToken("header")
+    value = values[0]
+    if name == "authorization":
+        scheme, _, value = value.partition(" ")
+        if scheme.lower() != "bearer":  # RFC 7235 §2.1: schemes are case-insensitive
+            raise InvalidToken("scheme")
+    token = value.strip(" ")
+    if not token:
+        raise InvalidToken("missing")
+    return token
+
+
+def _unauthorized(request: web.BaseRequest, *, invalid: bool) -> web.Response:
+    # RFC 6750 §3.1: no error code when the request carried no token at all.
+    challenge = 'Bearer error="invalid_token"' if invalid else "Bearer"
+    error = "invalid_token" if invalid else "unauthorized"
+    return _error(request, 401, error, {"WWW-Authenticate": challenge})
+
+
+def _error(
+    request: web.BaseRequest, status: int, error: str, headers: Mapping[str, str]
+) -> web.Response:
+    body = {"error": error}
+    correlation_id = request.headers.get("X-Correlation-ID", "")
+    if 0 < len(correlation_id) <= 128:
+        body["correlation_id"] = correlation_id
+    return web.json_response(body, status=status, headers={**headers, "Cache-Control": "no-store"})
+
+
+# --- aiohttp client side ----------------------------------------------------------------
+
+
+def forward_headers(request: web.BaseRequest, *, header: str = "authorization") -> dict[str, str]:
+    """The headers an east-west call made on behalf of ``request`` carries: the incoming
+    token unchanged (``Authorization``, or ``header``) and :data:`FORWARDED_HEADERS`, when
+    present; nothing else. A header sent more than once is dropped as ambiguous, except
+    ``tracestate`` and ``baggage``, whose lines are joined (RFC 9110 §5.3)."""
+    token_header = "Authorization" if header.lower() == "authorization" else header
+    forwarded: dict[str, str] = {}
+    for name in (token_header, *FORWARDED_HEADERS):
+        values = request.headers.getall(name, [])
+        if name.lower() in _LIST_HEADERS and values:
+            forwarded[name] = ",".join(values)
+        elif len(values) == 1:
+            forwarded[name] = values[0]
+    return forwarded
+
+
+async def call(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str | URL,
+    *,
+    request: web.BaseRequest,
+    header: str = "authorization",
+    **kwargs: Any,
+) -> aiohttp.ClientResponse:
+    """``session.request(method, url, **kwargs)`` carrying :func:`forward_headers` of
+    ``request``; headers given in ``kwargs`` win over forwarded ones of the same name.
+    Redirects are not followed unless ``allow_redirects=True`` is passed, so the token goes
+    only where it was sent. Use as ``async with await call(...) as response``."""
+    headers: CIMultiDict[str] = CIMultiDict(forward_headers(request, header=header))
+    given = kwargs.pop("headers", None)
+    if given:
+        headers.update(given)
+    kwargs.setdefault("allow_redirects", False)
+    return await session.request(method, url, headers=headers, **kwargs)
