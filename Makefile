@@ -19,8 +19,8 @@ sysdeps:
 	bash scripts/sysdeps.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check iap tests bench
-	$(BIN)/ruff format --check iap tests bench
+	$(BIN)/ruff check iap tests bench examples
+	$(BIN)/ruff format --check iap tests bench examples
 
 types: $(STAMP)
 	$(BIN)/mypy
