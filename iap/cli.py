@@ -55,6 +55,30 @@ def _parser() -> argparse.ArgumentParser:
     keys_new.add_argument(
         "--dir", required=True, help="the keys directory (tokens.keys_dir); created if missing"
     )
+
+    mesh = commands.add_parser("mesh", help="Istio resources derived from the routes")
+    mesh_commands = mesh.add_subparsers(dest="mesh_command", required=True, metavar="COMMAND")
+    mesh_render = mesh_commands.add_parser(
+        "render",
+        help="print the RequestAuthentication and AuthorizationPolicies that make the mesh"
+        " trust and enforce iap's tokens",
+    )
+    mesh_render.add_argument("-c", "--config", required=True, help="path to iap.yaml")
+    mesh_render.add_argument(
+        "--namespace", default="istio-system", help="the gateway's namespace (istio-system)"
+    )
+    mesh_render.add_argument(
+        "--selector",
+        action="append",
+        type=_label,
+        metavar="KEY=VALUE",
+        help="a label of the gateway's pods; repeatable (default istio=ingressgateway)",
+    )
+    mesh_render.add_argument(
+        "--jwks-uri",
+        help="where istiod fetches iap's keys"
+        " (default http://iap-admin.iap.svc.cluster.local:<admin port>/jwks.json)",
+    )
     return parser
 
 
@@ -84,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _certs_dev(args.out, server_name=args.server_name, days=args.days)
         if args.command == "keys":
             return _keys_new(args.dir)
+        if args.command == "mesh":
+            return _mesh_render(args.config, args.namespace, args.selector, args.jwks_uri)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"config error: {problem}", file=sys.stderr)
@@ -129,6 +155,31 @@ def _keys_new(directory: str) -> int:
         " tokens.publish_before_use",
         file=sys.stderr,
     )
+    return EXIT_OK
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError("expected KEY=VALUE, e.g. app=istio-ingressgateway")
+    return key, value
+
+
+def _mesh_render(
+    path: str, namespace: str, labels: list[tuple[str, str]] | None, jwks_uri: str | None
+) -> int:
+    """Parse the config only (no key files, no ports): YAML on stdout, warnings on stderr."""
+    import yaml
+
+    from iap.mesh_render import DEFAULT_SELECTOR, render
+
+    selector = dict(labels) if labels else dict(DEFAULT_SELECTOR)
+    documents, warnings = render(
+        config.load(path), namespace=namespace, selector=selector, jwks_uri=jwks_uri
+    )
+    for warning in warnings:
+        print(f"iap mesh render: warning: {warning}", file=sys.stderr)
+    sys.stdout.write(yaml.safe_dump_all(documents, explicit_start=True, width=1000))
     return EXIT_OK
 
 

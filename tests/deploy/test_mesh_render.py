@@ -1,0 +1,609 @@
+"""`iap mesh render`: the Istio resources that make the mesh trust and enforce iap's tokens.
+
+Every document must validate against the Istio CRD schemas in ``../shared/schemas/`` (made
+strict by adding ``additionalProperties: false``, as the schemas' README says), and the
+operations of each AuthorizationPolicy must match exactly the requests that iap's own route
+table sends to that route.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from iap import cli, config
+from iap.domain.routing import RouteTable
+from iap.errors import ConfigError
+from iap.mesh_render import DEFAULT_SELECTOR, policy_name, render
+
+Doc = dict[str, Any]
+
+CRDS = Path(__file__).resolve().parents[2].parent / "shared" / "schemas" / "istio-crds.gen.yaml"
+ISSUER = "https://edge.contoso.com/.iap"
+TENANT = "11111111-1111-1111-1111-111111111111"
+FROM_IAP = [{"source": {"requestPrincipals": [f"{ISSUER}/*"]}}]
+
+ROUTES: list[Doc] = [
+    {"name": "home", "policy": {"public": True}},
+    {
+        "name": "orders",
+        "match": {"host": "api.contoso.com", "path_prefix": "/orders/", "methods": ["post", "GET"]},
+        "audience": "orders-api",
+        "policy": {"allow": {"roles": ["staff", "admin"]}},
+    },
+    {
+        "name": "partners",
+        "match": {"path_prefix": "/partners/"},
+        "policy": {
+            "allow": {
+                "tenants": ["t2", "t1"],
+                "emails": ["bob@fabrikam.com"],
+                "domains": ["@contoso.com"],
+            }
+        },
+    },
+    {"name": "me", "match": {"path_prefix": "/me/"}, "policy": {"allow": {"authenticated": True}}},
+    {
+        "name": "admins",
+        "match": {"path_prefix": "/admin/"},
+        "policy": {"allow": {"groups": ["0c1f-admins"]}},
+    },
+]
+
+
+@pytest.fixture(autouse=True)
+def _no_secret_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IAP_OIDC_CLIENT_SECRET", raising=False)
+    monkeypatch.delenv("IAP_SESSION_KEYS", raising=False)
+
+
+def write_config(directory: Path, routes: list[Doc], **overrides: Any) -> Path:
+    """An iap.yaml with sign-in; ``tokens.keys_dir`` does not exist: render never reads it."""
+    (directory / "client-secret").write_text("not-used\n")
+    (directory / "session-keys").write_text("not-used\n")
+    document: Doc = {
+        "public_url": "https://edge.contoso.com",
+        "admin": {"address": "0.0.0.0:9090"},
+        "oidc": {
+            "issuer": f"https://login.microsoftonline.com/{TENANT}/v2.0",
+            "allowed_tenants": [TENANT],
+            "client_id": "edge",
+            "client_secret_file": str(directory / "client-secret"),
+        },
+        "session": {"keys_file": str(directory / "session-keys")},
+        "tokens": {"issuer": ISSUER, "keys_dir": str(directory / "no-keys-here")},
+        "routes": [
+            {"upstream": "https://istio-ingressgateway.istio-system.svc:443"} | r for r in routes
+        ],
+    }
+    document.update(overrides)
+    path = directory / "iap.yaml"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    return path
+
+
+def rendered(
+    directory: Path, routes: list[Doc] = ROUTES, **overrides: Any
+) -> tuple[list[Doc], list[str]]:
+    cfg = config.load(write_config(directory, routes, **overrides))
+    return render(cfg, namespace="istio-system", selector=DEFAULT_SELECTOR, jwks_uri=None)
+
+
+def policy(documents: list[Doc], route: str) -> Doc:
+    found = [
+        d
+        for d in documents
+        if d["kind"] == "AuthorizationPolicy" and d["metadata"]["name"] == f"iap-{route}"
+    ]
+    assert len(found) == 1, f"expected one policy iap-{route}"
+    spec: Doc = found[0]["spec"]
+    return spec
+
+
+def token_when(audience: str) -> list[Doc]:
+    return [
+        {"key": "request.auth.claims[iss]", "values": [ISSUER]},
+        {"key": "request.auth.claims[aud]", "values": [audience]},
+    ]
+
+
+# ---------------------------------------------------------------- Istio CRD schemas
+
+
+def strict(node: Any, *, root: bool = True) -> Any:
+    """The schema with ``additionalProperties: false`` on every object node listing
+    ``properties`` below the root (Kubernetes structural schemas leave it out)."""
+    if isinstance(node, list):
+        return [strict(item, root=False) for item in node]
+    if not isinstance(node, dict):
+        return node
+    closed = {key: strict(value, root=False) for key, value in node.items()}
+    if "properties" in node and not root:
+        closed.setdefault("additionalProperties", False)
+    return closed
+
+
+@pytest.fixture(scope="module")
+def crd_schemas() -> dict[tuple[str, str], Doc]:
+    """(apiVersion, kind) -> strict openAPIV3Schema; skips where the file is absent, but
+    fails under CI, where nothing may skip (as tests/support does for missing programs)."""
+    if not CRDS.is_file():
+        reason = f"Istio CRD schemas not found at {CRDS} (see ../shared/schemas/README.md)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    schemas: dict[tuple[str, str], Doc] = {}
+    for crd in yaml.safe_load_all(CRDS.read_text(encoding="utf-8")):
+        if not crd or crd.get("kind") != "CustomResourceDefinition":
+            continue
+        spec = crd["spec"]
+        for version in spec["versions"]:
+            key = (f"{spec['group']}/{version['name']}", spec["names"]["kind"])
+            schemas[key] = strict(version["schema"]["openAPIV3Schema"])
+    return schemas
+
+
+def schema_errors(schemas: dict[tuple[str, str], Doc], document: Doc) -> list[str]:
+    schema = schemas.get((document["apiVersion"], document["kind"]))
+    assert schema is not None, f"no CRD for {document['apiVersion']} {document['kind']}"
+    validator = jsonschema.Draft202012Validator(schema)
+    return [
+        f"{'.'.join(str(p) for p in error.absolute_path)}: {error.message}"
+        for error in validator.iter_errors(document)
+    ]
+
+
+def test_every_document_validates_against_the_istio_crds(
+    tmp_path: Path, crd_schemas: dict[tuple[str, str], Doc]
+) -> None:
+    documents, _ = rendered(tmp_path)
+    assert [d["kind"] for d in documents] == ["RequestAuthentication"] + [
+        "AuthorizationPolicy"
+    ] * len(ROUTES)
+    for document in documents:
+        where = f"{document['kind']}/{document['metadata']['name']}"
+        assert schema_errors(crd_schemas, document) == [], where
+
+
+def test_the_strict_schemas_catch_a_misspelt_field(
+    tmp_path: Path, crd_schemas: dict[tuple[str, str], Doc]
+) -> None:
+    documents, _ = rendered(tmp_path)
+    rule = documents[0]["spec"]["jwtRules"][0]
+    rule["forwardOriginalTokens"] = rule.pop("forwardOriginalToken")
+    assert schema_errors(crd_schemas, documents[0])
+
+
+# ---------------------------------------------------------------- RequestAuthentication
+
+
+def test_request_authentication_trusts_the_minted_tokens(tmp_path: Path) -> None:
+    documents, _ = rendered(tmp_path)
+    authn = documents[0]
+    assert authn["apiVersion"] == "security.istio.io/v1"
+    assert authn["kind"] == "RequestAuthentication"
+    assert authn["metadata"]["name"] == "iap"
+    assert authn["metadata"]["namespace"] == "istio-system"
+    assert authn["spec"]["selector"] == {"matchLabels": {"istio": "ingressgateway"}}
+    assert authn["spec"]["jwtRules"] == [
+        {
+            "issuer": ISSUER,
+            "jwksUri": "http://iap-admin.iap.svc.cluster.local:9090/jwks.json",
+            # route.audience, else the route name: what iap mints (and exchanges) for
+            "audiences": ["admins", "home", "me", "orders-api", "partners"],
+            "forwardOriginalToken": True,
+            "fromHeaders": [{"name": "Authorization", "prefix": "Bearer "}],
+        }
+    ]
+
+
+def test_a_custom_token_header_carries_the_bare_token(tmp_path: Path) -> None:
+    tokens = {"issuer": ISSUER, "keys_dir": str(tmp_path / "keys"), "header": "X-IAP-Token"}
+    documents, _ = rendered(tmp_path, tokens=tokens)
+    assert documents[0]["spec"]["jwtRules"][0]["fromHeaders"] == [{"name": "x-iap-token"}]
+
+
+def test_namespace_selector_and_jwks_uri_are_options(tmp_path: Path) -> None:
+    cfg = config.load(write_config(tmp_path, ROUTES))
+    selector = {"app": "istio-ingressgateway", "tier": "edge"}
+    documents, _ = render(
+        cfg, namespace="gateways", selector=selector, jwks_uri="https://keys.example/jwks.json"
+    )
+    for document in documents:
+        assert document["metadata"]["namespace"] == "gateways"
+        assert document["spec"]["selector"] == {"matchLabels": selector}
+    assert documents[0]["spec"]["jwtRules"][0]["jwksUri"] == "https://keys.example/jwks.json"
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:9191", "localhost:9191", "[::1]:9191"])
+def test_a_loopback_admin_listener_is_a_warning_unless_jwks_uri_is_given(
+    tmp_path: Path, address: str
+) -> None:
+    cfg = config.load(write_config(tmp_path, ROUTES, admin={"address": address}))
+    documents, warnings = render(
+        cfg, namespace="istio-system", selector=DEFAULT_SELECTOR, jwks_uri=None
+    )
+    assert documents[0]["spec"]["jwtRules"][0]["jwksUri"].endswith(":9191/jwks.json")
+    assert [w for w in warnings if w.startswith("admin.address:")]
+    _, warnings = render(
+        cfg, namespace="istio-system", selector=DEFAULT_SELECTOR, jwks_uri="http://k/jwks.json"
+    )
+    assert not [w for w in warnings if w.startswith("admin.address:")]
+
+
+# ---------------------------------------------------------------- AuthorizationPolicies
+
+
+def test_a_public_route_asks_for_no_token(tmp_path: Path) -> None:
+    """Istio denies what no ALLOW policy of the gateway matches: a public route needs one."""
+    spec = policy(rendered(tmp_path)[0], "home")
+    assert spec["action"] == "ALLOW"
+    assert spec["selector"] == {"matchLabels": {"istio": "ingressgateway"}}
+    assert [sorted(rule) for rule in spec["rules"]] == [["to"]]
+    operations = [entry["operation"] for entry in spec["rules"][0]["to"]]
+    assert all(op["paths"] == ["/*"] for op in operations)
+    # Longer prefixes belong to the routes iap sends them to, with their own policies.
+    assert all({"/me/*", "/admin/*", "/partners/*"} <= set(op["notPaths"]) for op in operations)
+
+
+def test_a_roles_route(tmp_path: Path) -> None:
+    spec = policy(rendered(tmp_path)[0], "orders")
+    assert spec["rules"] == [
+        {
+            "from": FROM_IAP,
+            "to": [
+                {
+                    "operation": {
+                        "hosts": [
+                            "api.contoso.com",
+                            "api.contoso.com.",
+                            "api.contoso.com.:*",
+                            "api.contoso.com:*",
+                        ],
+                        "methods": ["GET", "POST"],
+                        "paths": ["/orders/*"],
+                    }
+                }
+            ],
+            "when": [
+                *token_when("orders-api"),
+                {"key": "request.auth.claims[roles]", "values": ["admin", "staff"]},
+            ],
+        }
+    ]
+
+
+def test_tenants_and_emails_are_separate_rules(tmp_path: Path) -> None:
+    """iap ORs the allow conditions; Istio ORs rules and ANDs the entries of a rule."""
+    spec = policy(rendered(tmp_path)[0], "partners")
+    to = [{"operation": {"paths": ["/partners/*"]}}]
+    assert spec["rules"] == [
+        {
+            "from": FROM_IAP,
+            "to": to,
+            "when": [
+                *token_when("partners"),
+                {"key": "request.auth.claims[tid]", "values": ["t1", "t2"]},
+            ],
+        },
+        {
+            "from": FROM_IAP,
+            "to": to,
+            "when": [
+                *token_when("partners"),
+                {
+                    "key": "request.auth.claims[email]",
+                    "values": ["*@contoso.com", "bob@fabrikam.com"],
+                },
+            ],
+        },
+    ]
+
+
+def test_an_authenticated_route_asks_for_a_token_only(tmp_path: Path) -> None:
+    routes = [
+        {
+            "name": "me",
+            "match": {"path_prefix": "/me/"},
+            "policy": {"allow": {"authenticated": True, "roles": ["x"], "groups": ["g"]}},
+        }
+    ]
+    documents, warnings = rendered(tmp_path, routes)
+    assert policy(documents, "me")["rules"] == [
+        {"from": FROM_IAP, "to": [{"operation": {"paths": ["/me/*"]}}], "when": token_when("me")}
+    ]
+    assert warnings == []  # `authenticated` makes the groups redundant: nothing is lost
+
+
+def test_a_groups_route_warns_and_the_mesh_allows_nothing(tmp_path: Path) -> None:
+    documents, warnings = rendered(tmp_path)
+    assert policy(documents, "admins")["rules"] == []
+    assert warnings == [
+        "routes[4].policy.allow.groups (route admins): not enforced in the mesh: minted tokens "
+        "carry no groups claim; map the groups to roles in tokens.roles and allow those roles",
+        "routes[4] (route admins): nothing else to check in the mesh: it refuses every request",
+    ]
+
+
+def test_groups_beside_roles_keep_the_roles(tmp_path: Path) -> None:
+    routes = [{"name": "ops", "policy": {"allow": {"roles": ["ops"], "groups": ["g"]}}}]
+    documents, warnings = rendered(tmp_path, routes)
+    rules = policy(documents, "ops")["rules"]
+    assert [rule["when"][-1] for rule in rules] == [
+        {"key": "request.auth.claims[roles]", "values": ["ops"]}
+    ]
+    assert [w.split(":")[0] for w in warnings] == ["routes[0].policy.allow.groups (route ops)"]
+
+
+def test_claims_are_not_enforced_either(tmp_path: Path) -> None:
+    """`iap check` refuses allow.claims today; if a build accepts them, render must warn."""
+    document = yaml.safe_load(write_config(tmp_path, ROUTES[:1]).read_text(encoding="utf-8"))
+    document["routes"][0]["policy"] = {"allow": {"claims": {"dept": ["x"]}}}
+    cfg = config.Config.model_validate(document)
+    documents, warnings = render(
+        cfg, namespace="istio-system", selector=DEFAULT_SELECTOR, jwks_uri=None
+    )
+    assert policy(documents, "home")["rules"] == []
+    assert warnings[0].startswith("routes[0].policy.allow.claims (route home): not enforced")
+
+
+@pytest.mark.parametrize("closed", [{"allow": {}}, {}])
+def test_a_protected_route_without_allow_allows_nothing_quietly(
+    tmp_path: Path, closed: Doc
+) -> None:
+    documents, warnings = rendered(tmp_path, [{"name": "closed", "policy": closed}])
+    assert policy(documents, "closed")["rules"] == []
+    assert warnings == []  # iap refuses everyone too
+
+
+def test_a_route_no_request_reaches_allows_nothing(tmp_path: Path) -> None:
+    routes = [
+        {"name": "first", "match": {"path_prefix": "/a/"}, "policy": {"public": True}},
+        {"name": "second", "match": {"path_prefix": "/a/"}, "policy": {"public": True}},
+    ]
+    documents, warnings = rendered(tmp_path, routes)
+    assert policy(documents, "second")["rules"] == []
+    assert warnings == [
+        "routes[1] (route second): no request reaches this route (routes before it take them all)"
+    ]
+
+
+def test_preserve_host_false_matches_the_upstream_host(tmp_path: Path) -> None:
+    routes = [
+        {
+            "name": "legacy",
+            "match": {"host": "old.contoso.com"},
+            "preserve_host": False,
+            "upstream": "https://legacy.internal:8443",
+            "policy": {"public": True},
+        }
+    ]
+    operation = policy(rendered(tmp_path, routes)[0], "legacy")["rules"][0]["to"][0]["operation"]
+    assert operation["hosts"][0] == "legacy.internal"
+
+
+def test_output_is_deterministic_and_shares_nothing(tmp_path: Path) -> None:
+    first, _ = rendered(tmp_path)
+    second, _ = rendered(tmp_path)
+    assert first == second
+    text = yaml.safe_dump_all(first)
+    assert "&id" not in text
+    assert "*id" not in text
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("orders", "iap-orders"), ("orders-v2", "iap-orders-v2")],
+)
+def test_policy_names_are_iap_dash_route(name: str, expected: str) -> None:
+    assert policy_name(name) == expected
+
+
+def test_route_names_that_are_not_dns_labels_get_distinct_valid_names() -> None:
+    names = ["Orders", "orders_v2", "orders.v2", "_", "x" * 70]
+    rendered_names = [policy_name(name) for name in names]
+    assert len(set(rendered_names)) == len(names)
+    for name in rendered_names:
+        assert len(name) <= 63
+        assert name.startswith("iap-")
+        assert name.replace("-", "").isalnum()
+        assert name == name.lower()
+        assert not name.endswith("-")
+
+
+@pytest.mark.parametrize(
+    ("route", "key"),
+    [
+        ({"policy": {"allow": {"roles": ["*"]}}}, "routes[0].policy.allow.roles"),
+        ({"policy": {"allow": {"emails": ["*@x.com"]}}}, "routes[0].policy.allow.emails"),
+        ({"match": {"path_prefix": "/a*/"}}, "routes[0].match.path_prefix"),
+        ({"match": {"path_prefix": "/{x}/"}}, "routes[0].match.path_prefix"),
+        ({"match": {"methods": ["*"]}}, "routes[0].match.methods"),
+    ],
+)
+def test_istio_wildcards_in_values_are_problems(tmp_path: Path, route: Doc, key: str) -> None:
+    base: Doc = {"name": "r", "policy": {"public": True}}
+    with pytest.raises(ConfigError) as info:
+        rendered(tmp_path, [base | route])
+    assert [problem.split(":")[0] for problem in info.value.problems] == [key]
+
+
+def test_tokens_and_the_options_are_checked_together(tmp_path: Path) -> None:
+    document = yaml.safe_load(write_config(tmp_path, ROUTES[:1]).read_text(encoding="utf-8"))
+    del document["tokens"], document["oidc"], document["session"]
+    cfg = config.parse(document)
+    with pytest.raises(ConfigError) as info:
+        render(cfg, namespace="Bad_NS", selector={"": "x"}, jwks_uri="ftp://k/jwks.json")
+    assert [problem.split(":")[0] for problem in info.value.problems] == [
+        "--namespace",
+        "--selector",
+        "--jwks-uri",
+        "tokens",
+    ]
+
+
+# ---------------------------------------------------------------- the routing order
+
+
+def operation_matches(operation: Doc, host: str, path: str, method: str) -> bool:
+    """Istio's matching of one operation: strings exact, ``x*`` prefix, ``*x`` suffix, ``*``
+    any; hosts compared ignoring case; positive fields ORed inside, all fields ANDed."""
+
+    def one(pattern: str, value: str) -> bool:
+        if pattern == "*":
+            return True
+        if pattern.endswith("*"):
+            return value.startswith(pattern[:-1])
+        if pattern.startswith("*"):
+            return value.endswith(pattern[1:])
+        return value == pattern
+
+    values = {"hosts": host.lower(), "paths": path, "methods": method}
+    for field, value in values.items():
+        if field in operation and not any(
+            one(p.lower() if field == "hosts" else p, value) for p in operation[field]
+        ):
+            return False
+        negative = "not" + field[0].upper() + field[1:]
+        if negative in operation and any(
+            one(p.lower() if field == "hosts" else p, value) for p in operation[negative]
+        ):
+            return False
+    return True
+
+
+HOSTS = st.sampled_from([None, "a.example", "b.example"])
+PREFIXES = st.sampled_from(["/", "/a", "/a/", "/a/b/", "/b/"])
+METHODS = st.sampled_from([None, ["GET"], ["POST"], ["GET", "POST"]])
+REQUESTS = [
+    (host, path, method)
+    for host in ("a.example", "A.example:8443", "a.example.", "b.example", "c.example")
+    for path in ("/", "/a", "/a/", "/a/b/x", "/b/", "/c")
+    for method in ("GET", "POST", "PUT")
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(HOSTS, PREFIXES, METHODS), min_size=1, max_size=6))
+def test_each_request_matches_the_policy_of_the_route_iap_picks(
+    specs: list[tuple[str | None, str, list[str] | None]],
+) -> None:
+    routes = []
+    for index, (host, prefix, methods) in enumerate(specs):
+        match: Doc = {"path_prefix": prefix} | ({"host": host} if host else {})
+        match |= {"methods": methods} if methods else {}
+        routes.append(
+            {
+                "name": f"r{index}",
+                "match": match,
+                "upstream": "https://gw:443",
+                "policy": {"public": True},
+            }
+        )
+    cfg = config.parse(
+        {
+            "public_url": "https://edge",
+            "tokens": {"issuer": ISSUER, "keys_dir": "k"},
+            "routes": routes,
+        }
+    )
+    documents, _ = render(
+        cfg, namespace="istio-system", selector=DEFAULT_SELECTOR, jwks_uri="http://k"
+    )
+    table = RouteTable((route.match, route.name) for route in cfg.routes)
+    operations = {
+        d["metadata"]["name"]: [
+            entry["operation"] for rule in d["spec"]["rules"] for entry in rule["to"]
+        ]
+        for d in documents[1:]
+    }
+    for host, path, method in REQUESTS:
+        picked = table.match(host, path, method)
+        matching = {
+            name
+            for name, ops in operations.items()
+            if any(operation_matches(op, host, path, method) for op in ops)
+        }
+        assert matching == ({f"iap-{picked}"} if picked else set()), (host, path, method)
+
+
+# ---------------------------------------------------------------- the command
+
+
+def test_cli_prints_parseable_yaml_and_warnings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path, ROUTES)
+    argv = ["mesh", "render", "-c", str(path), "--selector", "app=istio-ingressgateway"]
+    assert cli.main([*argv, "--namespace", "gateways"]) == 0
+    captured = capsys.readouterr()
+    documents = list(yaml.safe_load_all(captured.out))
+    expected, warnings = render(
+        config.load(path),
+        namespace="gateways",
+        selector={"app": "istio-ingressgateway"},
+        jwks_uri=None,
+    )
+    assert documents == expected
+    assert captured.out.startswith("---\n")
+    assert "&id" not in captured.out
+    assert captured.err.splitlines() == [f"iap mesh render: warning: {w}" for w in warnings]
+    assert not (tmp_path / "no-keys-here").exists()  # signing keys are never needed
+
+
+def test_cli_defaults(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path, ROUTES[:1])
+    jwks = "https://edge.contoso.com/.iap/jwks.json"
+    assert cli.main(["mesh", "render", "-c", str(path), "--jwks-uri", jwks]) == 0
+    documents = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert {d["metadata"]["namespace"] for d in documents} == {"istio-system"}
+    assert {str(d["spec"]["selector"]) for d in documents} == {
+        str({"matchLabels": {"istio": "ingressgateway"}})
+    }
+    assert documents[0]["spec"]["jwtRules"][0]["jwksUri"] == jwks
+
+
+def test_cli_exits_2_with_every_config_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    routes = [
+        {"name": "a", "policy": {"public": True, "allow": {"roles": ["x"]}}},
+        {"name": "a", "policy": {"public": True}, "timeouts": {"read": "soon"}},
+    ]
+    path = write_config(tmp_path, routes)
+    assert cli.main(["mesh", "render", "-c", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    problems = captured.err.splitlines()
+    assert len(problems) == 3
+    assert all(line.startswith("config error: routes[") for line in problems)
+
+
+def test_cli_exits_2_without_tokens(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "iap.yaml"
+    routes = [{"name": "r", "upstream": "https://gw:443", "policy": {"public": True}}]
+    path.write_text(yaml.safe_dump({"public_url": "https://edge", "routes": routes}))
+    assert cli.main(["mesh", "render", "-c", str(path)]) == 2
+    assert capsys.readouterr().err.startswith("config error: tokens: required by `iap mesh render`")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["mesh", "render"],
+        ["mesh", "render", "-c", "x.yaml", "--selector", "no-equals-sign"],
+        ["mesh"],
+    ],
+)
+def test_cli_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    assert "usage:" in capsys.readouterr().err
