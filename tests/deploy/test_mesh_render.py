@@ -8,7 +8,6 @@ table sends to that route.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -132,13 +131,11 @@ def strict(node: Any, *, root: bool = True) -> Any:
 
 @pytest.fixture(scope="module")
 def crd_schemas() -> dict[tuple[str, str], Doc]:
-    """(apiVersion, kind) -> strict openAPIV3Schema; skips where the file is absent, but
-    fails under CI, where nothing may skip (as tests/support does for missing programs)."""
+    """(apiVersion, kind) -> strict openAPIV3Schema. The file lives beside the project, not
+    in it; where a checkout has no ``../shared/schemas/`` the test skips with that reason, as
+    the issue and the schemas' README ask (it is data, not a package ``make test`` installs)."""
     if not CRDS.is_file():
-        reason = f"Istio CRD schemas not found at {CRDS} (see ../shared/schemas/README.md)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        pytest.skip(f"Istio CRD schemas not found at {CRDS} (see ../shared/schemas/README.md)")
     schemas: dict[tuple[str, str], Doc] = {}
     for crd in yaml.safe_load_all(CRDS.read_text(encoding="utf-8")):
         if not crd or crd.get("kind") != "CustomResourceDefinition":
