@@ -213,3 +213,18 @@ async def test_a_service_without_the_role_is_forbidden(
     visitor = stack.visitor(http)
     assert await call(visitor, "/orders/1", token) == 403
     assert await call(visitor, "/billing/1", token) == 200
+
+
+async def test_v1_access_tokens_are_accepted_too(
+    stack: SignInStack, http: aiohttp.ClientSession
+) -> None:
+    """APIs whose manifest accepts v1 tokens get ``iss: https://sts.windows.net/<tid>/`` and
+    ``appid`` instead of ``azp``."""
+    stack.idp.idp.access_token_version = 1
+    token = await entra_token(http, stack, "billing-service")
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["iss"] == f"https://sts.windows.net/{TENANT_A}/"
+    assert "azp" not in claims
+    assert await call(stack.visitor(http), "/orders/1", token) == 200
+    minted = jwt.decode(forwarded_token(stack), options={"verify_signature": False})
+    assert minted["azp"] == SERVICES["billing-service"].client_id
