@@ -163,6 +163,7 @@ def _describe(edge: Edge, idp_url: str, upstream_port: int, material: DevMateria
         "    eve     Fabrikam (tenant B): refused, tenant B is not in allowed_tenants",
         "  routes: / (any signed-in user), /admin/ (role admin), /public/ (no sign-in)",
         "  your identity: /.iap/userinfo   sign out: /.iap/logout",
+        f"  minted tokens (ES256, audience = route name): JWKS {edge.public_url}/.iap/jwks.json",
         f"  upstream hop: mutual TLS to https://127.0.0.1:{upstream_port}"
         f" (SNI {SERVER_NAME}, iap presents {SPIFFE_ID})",
         f"  dev certificates: {material.directory} (removed at exit)",

@@ -226,13 +226,13 @@ class Gateway:
             span.set("iap.route", route.name)
         cookies: list[str] = []
         identity: Identity | None = None
-        sid: str | None = None
+        sid = presented = None
+        audience = route.config.audience or route.name
         if route.config.policy.public:
             exchange.decision, exchange.reason = "allow", "public"
             if span.recording:
                 span.decision("iap.authz", _PUBLIC_DECISION)
         else:
-            audience = route.config.audience or route.name
             caller, presented = await self._authenticate(request, exchange, audience)
             identity, cookies = caller.identity, caller.cookies
             sid = caller.session.sid if caller.session else None
