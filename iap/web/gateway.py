@@ -413,7 +413,7 @@ class Gateway:
             span.decision(
                 "iap.authz",
                 {
-                    "iap.authn.method": "session" if caller.identity else "none",
+                    "iap.authn.method": exchange.authn_method or "none",
                     "iap.authn.result": "ok" if caller.identity else caller.reason,
                     "iap.authz.decision": exchange.decision,
                     "iap.authz.reason": decision.reason,
