@@ -70,17 +70,8 @@ class Minter:
         if cached is not None and cached[1] - now > self._margin:
             self._cache.move_to_end(key)
             return cached[0]
-        claims = tokens.user_claims(
-            identity,
-            issuer=self._issuer,
-            audience=audience,
-            sid=sid,
-            now=now,
-            ttl=self._ttl,
-            jti=secrets.token_urlsafe(16),
-        )
-        token = tokens.mint(keys.signing_key(now), claims)
-        self._cache[key] = (token, claims["exp"])
+        token, exp = self._mint(identity, audience=audience, sid=sid, act=None, now=now)
+        self._cache[key] = (token, exp)
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         return token
@@ -92,18 +83,29 @@ class Minter:
 
     def exchanged(self, identity: Identity, *, audience: str, act: Mapping[str, Any]) -> str:
         """A token for a token exchange (RFC 8693): names its actor, never cached."""
-        now = int(self._clock())
+        return self._mint(identity, audience=audience, sid=None, act=act, now=int(self._clock()))[0]
+
+    def _mint(
+        self,
+        identity: Identity,
+        *,
+        audience: str,
+        sid: str | None,
+        act: Mapping[str, Any] | None,
+        now: int,
+    ) -> tuple[str, int]:
+        """A fresh token and its ``exp``."""
         claims = tokens.user_claims(
             identity,
             issuer=self._issuer,
             audience=audience,
-            sid=None,
+            sid=sid,
             now=now,
             ttl=self._ttl,
             jti=secrets.token_urlsafe(16),
             act=act,
         )
-        return tokens.mint(self.keys.current.signing_key(now), claims)
+        return tokens.mint(self.keys.current.signing_key(now), claims), claims["exp"]
 
     def refresh(self) -> bool | None:
         """Re-read the key directory if it changed (the TLS watcher's loop calls this)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import hmac
 import importlib.util
@@ -26,22 +27,13 @@ from multidict import CIMultiDict
 from iap import mesh
 from iap.domain.tokens import KeySet, SigningKey, load_key, mint, new_key_pem, user_claims
 from iap.mesh import IDENTITY, InvalidToken, KeysUnavailable, MeshIdentity, Verifier
-from iap.model import Identity
+from tests.support.identities import ALICE as BASE_ALICE
 
 T0 = 1_700_000_000
 ISSUER = "https://edge.test/.iap"
 AUDIENCE = "orders"
 TTL = 300
-ALICE = Identity(
-    subject="tid-1:oid-alice",
-    tid="tid-1",
-    oid="oid-alice",
-    name="Alice",
-    email="alice@contoso.com",
-    preferred_username="alice@contoso.com",
-    roles=("staff",),
-    groups=(),
-)
+ALICE = dataclasses.replace(BASE_ALICE, roles=("staff",), groups=())
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "mesh_service.py"
 
 
