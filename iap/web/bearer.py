@@ -40,6 +40,8 @@ from iap.web.minting import Minter
 from iap.web.signin import SignIn
 
 CACHE_SIZE = 8192
+MAX_ACT_DEPTH = 4
+"""Exchanges of exchanged tokens stop here, so a token cannot grow without bound."""
 # RFC 8693 §2.1, §3 identifiers and RFC 6750 §3.1 challenge: names, not secrets.
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105
@@ -202,8 +204,11 @@ class BearerAuth:
         except Refused as exc:
             raise InvalidGrant(reason=f"exchange_{exc.reason}") from None
         act: dict[str, Any] = {"sub": actor}
-        if isinstance(verified.claims.get("act"), Mapping):
-            act["act"] = dict(verified.claims["act"])
+        earlier = verified.claims.get("act")
+        if isinstance(earlier, Mapping):
+            if _depth(earlier) >= MAX_ACT_DEPTH:  # each exchange nests one more level
+                raise InvalidGrant(reason="exchange_act_too_deep")
+            act["act"] = dict(earlier)
         token = self._minter.exchanged(verified.identity, audience=audience, act=act)
         body = {
             "access_token": token,
@@ -229,6 +234,14 @@ class BearerAuth:
 
 
 _FORM = ("grant_type", "subject_token", "subject_token_type", "audience", "actor_token")
+
+
+def _depth(act: Mapping[str, Any]) -> int:
+    """How many actors an ``act`` claim chains (RFC 8693 §4.1 nests earlier ones)."""
+    depth = 1
+    while isinstance(act.get("act"), Mapping):
+        act, depth = act["act"], depth + 1
+    return depth
 
 
 def _claimed_issuer(token: str) -> object:

@@ -228,3 +228,24 @@ async def test_v1_access_tokens_are_accepted_too(
     assert await call(stack.visitor(http), "/orders/1", token) == 200
     minted = jwt.decode(forwarded_token(stack), options={"verify_signature": False})
     assert minted["azp"] == SERVICES["billing-service"].client_id
+
+
+async def test_exchanges_chain_act_and_stop_at_a_bounded_depth(
+    stack: SignInStack, http: aiohttp.ClientSession
+) -> None:
+    visitor = stack.visitor(http)
+    assert await call(visitor, "/orders/1", await entra_token(http, stack, "orders-service"))
+    token = forwarded_token(stack)
+    depths = []
+    for audience in ["billing", "orders", "billing", "orders", "billing"]:
+        answer = await exchange(http, stack, token, audience)
+        if answer.status != 200:
+            assert (await answer.json())["error"] == "invalid_grant"
+            break
+        token = (await answer.json())["access_token"]
+        act = jwt.decode(token, options={"verify_signature": False})["act"]
+        depth = 1
+        while "act" in act:
+            act, depth = act["act"], depth + 1
+        depths.append(depth)
+    assert depths == [1, 2, 3, 4]  # the fifth exchange is refused
