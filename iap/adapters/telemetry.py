@@ -251,7 +251,11 @@ class Tracing:
             incoming = self.propagator.extract(headers, context=_EMPTY_CONTEXT)
         if not self.enabled:
             return _PassThrough(self.propagator, incoming) if trusted else _UNTRACED
-        claimed = trace.get_current_span(incoming).get_span_context()
+        claimed = (
+            trace.get_current_span(incoming).get_span_context()
+            if incoming is not _EMPTY_CONTEXT
+            else trace.INVALID_SPAN_CONTEXT  # most requests: no context came with them
+        )
         links: tuple[tuple[int, int, dict[str, str]], ...] = ()
         if trusted and claimed.is_valid:
             trace_id, parent_id, sampled = (
