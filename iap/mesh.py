@@ -6,6 +6,8 @@ trace context on east-west calls (SPEC §6, issue 4). See docs/mesh.md.
     # in a handler: request[IDENTITY].subject; await call(session, "GET", url, request=request)
 
 Invariants:
+- The token checks are iap's own (``iap.domain.tokens``: ``header_kid``, ``verify``), the same
+  code that judges iap tokens at the edge; this module adds the JWKS fetching around them.
 - The header is judged before any key is fetched or touched: ``alg`` must be exactly
   ``ES256`` (no ``none``, no HMAC keyed with the public key: RFC 8725 §2.1, §3.1,
   CVE-2015-9235), and headers that carry or point at a key (``jwk``, ``jku``, ``x5u``,
@@ -25,18 +27,14 @@ Invariants:
   bounded; no cookies are stored.
 - :func:`forward_headers` copies an allow-list (the token, correlation and request ids, W3C
   trace context and baggage, B3 multi headers) and nothing else: never cookies.
-- Dependencies: aiohttp and joserfc only; nothing else from iap, so a service may vendor
-  this one file.
+- Dependencies: aiohttp, joserfc and ``iap.domain.tokens`` (pure: cryptography, joserfc).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -46,14 +44,12 @@ from typing import Any, Final
 import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from joserfc import jws
-from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
 from multidict import CIMultiDict
 from yarl import URL
 
-ALGORITHM: Final = "ES256"
-CURVE: Final = "P-256"
+from iap.domain import tokens
+
 REFRESH_AFTER: Final = 3600.0
 """Seconds a fetched JWKS is used before the next access refreshes it."""
 MAX_STALE: Final = 24 * 3600.0
@@ -61,6 +57,7 @@ MAX_STALE: Final = 24 * 3600.0
 FAILURE_BACKOFF: Final = 10.0
 """Seconds after a failed fetch during which no scheduled refresh is tried."""
 MAX_TOKEN_LENGTH: Final = 16 * 1024
+"""An iap token is well under 2 KB; longer ones are refused before any parsing."""
 MAX_JWKS_BYTES: Final = 256 * 1024
 FORWARDED_HEADERS: Final = (
     "X-Correlation-ID",
@@ -77,8 +74,6 @@ FORWARDED_HEADERS: Final = (
 """What an east-west call carries besides the token (SPEC §6 headers to the upstream)."""
 #: List-valued headers whose repeated lines are one value (W3C Trace Context §3.3, Baggage).
 _LIST_HEADERS = frozenset({"tracestate", "baggage"})
-_FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "crit", "b64"})
-_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 
 Clock = Callable[[], float]
 log = logging.getLogger(__name__)
@@ -167,20 +162,23 @@ class Verifier:
     async def verify(self, token: str) -> MeshIdentity:
         """The identity in ``token``. Raises :class:`InvalidToken`, or
         :class:`KeysUnavailable` when no JWKS could ever be obtained (or it is too old)."""
-        kid = _header_kid(token)
-        key = (await self._current()).get(kid)
-        if key is None:
-            key = (await self._after_unknown_kid(kid)).get(kid)
-        if key is None:
-            raise InvalidToken("kid")
-        claims = _verified_claims(token, key)
-        _check_claims(
-            claims,
-            issuer=self._issuer,
-            audience=self._audience,
-            now=int(self._clock()),
-            leeway=self._leeway,
-        )
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+            raise InvalidToken("malformed")
+        try:  # the checks are iap's own (iap.domain.tokens): one verifier on both sides
+            kid = tokens.header_kid(token)
+            keys = await self._current()
+            if kid not in keys:
+                keys = await self._after_unknown_kid(kid)
+            claims = tokens.verify(
+                token,
+                keys,
+                issuer=self._issuer,
+                audience=self._audience,
+                now=int(self._clock()),
+                skew=self._leeway,
+            )
+        except tokens.InvalidToken as exc:
+            raise InvalidToken(exc.reason) from None
         return _identity(claims, self._audience)
 
     async def close(self) -> None:
@@ -281,127 +279,10 @@ async def _bounded_body(response: aiohttp.ClientResponse) -> bytes:
 
 
 def _p256_keys(document: Any) -> dict[str, ECKey]:
-    """The ES256 keys of a JWK Set by ``kid``; a ``kid`` named twice is ambiguous: dropped."""
+    """The ES256 keys of a JWK Set by ``kid`` (``iap.domain.tokens.public_keys``)."""
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise KeysUnavailable
-    found: dict[str, ECKey | None] = {}
-    for jwk in document["keys"]:
-        entry = _p256_key(jwk)
-        if entry is not None:
-            kid, key = entry
-            found[kid] = None if kid in found else key
-    return {kid: key for kid, key in found.items() if key is not None}
-
-
-def _p256_key(jwk: Any) -> tuple[str, ECKey] | None:
-    """The public key of one JWK if it is an EC P-256 signing key for ES256."""
-    if not isinstance(jwk, dict) or jwk.get("kty") != "EC" or jwk.get("crv") != CURVE:
-        return None
-    kid, x, y = jwk.get("kid"), jwk.get("x"), jwk.get("y")
-    if not (isinstance(kid, str) and kid and isinstance(x, str) and isinstance(y, str)):
-        return None
-    if jwk.get("use", "sig") != "sig" or jwk.get("alg", ALGORITHM) != ALGORITHM:
-        return None
-    try:  # public members only, whatever else the document holds
-        return kid, ECKey.import_key({"kty": "EC", "crv": CURVE, "x": x, "y": y})
-    except (JoseError, ValueError, TypeError):
-        return None
-
-
-# --- the token ------------------------------------------------------------------------
-
-
-def _header_kid(token: str) -> str:
-    """The ``kid`` of a well-formed token whose header is acceptable (RFC 8725 §3.1)."""
-    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
-        raise InvalidToken("malformed")
-    segments = token.split(".")
-    if len(segments) != 3:
-        raise InvalidToken("malformed")
-    header = _json_object(_b64decode(segments[0]))
-    if header.get("alg") != ALGORITHM:
-        raise InvalidToken("alg")
-    typ = header.get("typ", "JWT")
-    if _FORBIDDEN_HEADERS & header.keys() or not isinstance(typ, str) or typ.upper() != "JWT":
-        raise InvalidToken("header")
-    kid = header.get("kid")
-    if not isinstance(kid, str) or not kid:
-        raise InvalidToken("header")
-    for segment in segments[1:]:
-        _b64decode(segment)
-    return kid
-
-
-def _verified_claims(token: str, key: ECKey) -> dict[str, Any]:
-    try:
-        verified = jws.deserialize_compact(token, key, algorithms=[ALGORITHM])
-    except (JoseError, ValueError, TypeError):
-        raise InvalidToken("signature") from None
-    return _json_object(verified.payload)
-
-
-def _b64decode(segment: str) -> bytes:
-    """Strict base64url without padding; non-canonical trailing bits are refused."""
-    if not _SEGMENT.fullmatch(segment) or len(segment) % 4 == 1:
-        raise InvalidToken("malformed")
-    try:
-        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError):
-        raise InvalidToken("malformed") from None
-    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != segment:
-        raise InvalidToken("malformed")
-    return raw
-
-
-def _json_object(raw: bytes) -> dict[str, Any]:
-    """A JSON object with unique member names (RFC 7515 §5.2, RFC 7519 §4)."""
-
-    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        result = dict(pairs)
-        if len(result) != len(pairs):
-            raise InvalidToken("malformed")
-        return result
-
-    try:
-        value = json.loads(raw.decode("utf-8"), object_pairs_hook=unique)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise InvalidToken("malformed") from None
-    if not isinstance(value, dict):
-        raise InvalidToken("malformed")
-    return value
-
-
-def _check_claims(
-    claims: Mapping[str, Any], *, issuer: str, audience: str, now: int, leeway: int
-) -> None:
-    if claims.get("iss") != issuer:
-        raise InvalidToken("iss")
-    aud = claims.get("aud")
-    if isinstance(aud, list):
-        ok = all(isinstance(item, str) for item in aud) and audience in aud
-    else:
-        ok = isinstance(aud, str) and aud == audience
-    if not ok:
-        raise InvalidToken("aud")
-    exp = _time(claims, "exp", required=True)
-    if exp is None or exp + leeway <= now:
-        raise InvalidToken("exp")
-    nbf = _time(claims, "nbf", required=False)
-    if nbf is not None and nbf > now + leeway:
-        raise InvalidToken("nbf")
-    iat = _time(claims, "iat", required=True)
-    if iat is None or iat > now + leeway:
-        raise InvalidToken("iat")
-
-
-def _time(claims: Mapping[str, Any], name: str, *, required: bool) -> int | None:
-    value = claims.get(name)
-    if value is None and not required:
-        return None
-    # RFC 7519 §2 NumericDate; integers only (bool is an int in Python)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidToken(name)
-    return value
+    return tokens.public_keys(document["keys"])
 
 
 def _identity(claims: dict[str, Any], audience: str) -> MeshIdentity:

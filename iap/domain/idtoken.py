@@ -21,11 +21,7 @@ Invariants:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
-import json
-import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -35,13 +31,12 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey
 
+from iap.domain import compact
+
 TENANT_TEMPLATE = "{tenantid}"
 ALGORITHM = "RS256"
-#: Large enough for Entra tokens with 200 groups, small enough to bound the work.
-MAX_TOKEN_LENGTH = 64 * 1024
 #: Header members that embed or locate a key, or demand extensions we do not implement.
 _FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "crit"})
-_SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
 
 
 class InvalidIdToken(ValueError):
@@ -141,14 +136,11 @@ class _Header:
 
 def _verified(token: str, jwks: Mapping[str, Any]) -> tuple[_Header, bytes]:
     """The selected key and the payload bytes whose RS256 signature checked out."""
-    if len(token) > MAX_TOKEN_LENGTH:
-        raise InvalidIdToken("malformed")
-    segments = token.split(".")
-    if len(segments) != 3:
-        raise InvalidIdToken("malformed")
-    for segment in segments:
-        _b64decode(segment)
-    header = _json_object(_b64decode(segments[0]), reason="header")
+    try:
+        encoded_header = compact.b64decode(compact.segments(token)[0])
+    except compact.Malformed:
+        raise InvalidIdToken("malformed") from None
+    header = _json_object(encoded_header, reason="header")
     kid = _check_header(header)
     jwk = _select_key(jwks, kid)
     try:
@@ -188,35 +180,11 @@ def _select_key(jwks: Mapping[str, Any], kid: str) -> Mapping[str, Any]:
     return key
 
 
-def _b64decode(segment: str) -> bytes:
-    """Strict base64url without padding; non-canonical trailing bits are refused."""
-    if not _SEGMENT.fullmatch(segment) or len(segment) % 4 == 1:
-        raise InvalidIdToken("malformed")
-    try:
-        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError):
-        raise InvalidIdToken("malformed") from None
-    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != segment:
-        raise InvalidIdToken("malformed")
-    return raw
-
-
 def _json_object(raw: bytes, *, reason: str = "malformed") -> dict[str, Any]:
-    """A JSON object with unique member names (RFC 7515 §5.2, RFC 7519 §4)."""
-
-    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        result = dict(pairs)
-        if len(result) != len(pairs):
-            raise InvalidIdToken(reason)
-        return result
-
     try:
-        value = json.loads(raw.decode("utf-8"), object_pairs_hook=unique)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        return compact.json_object(raw)
+    except compact.Malformed:
         raise InvalidIdToken(reason) from None
-    if not isinstance(value, dict):
-        raise InvalidIdToken(reason)
-    return value
 
 
 # claims -----------------------------------------------------------------------------

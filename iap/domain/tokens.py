@@ -33,6 +33,7 @@ from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
 
+from iap.domain import compact
 from iap.model import Identity
 
 ALGORITHM = "ES256"
@@ -295,36 +296,120 @@ class InvalidToken(ValueError):
         self.reason = reason
 
 
-def verify(
-    token: str, jwks: Mapping[str, Any], *, issuer: str, now: int, skew: int = 30
-) -> dict[str, Any]:
-    """The claims of an iap token (ES256, a ``kid`` of ``jwks``, ``iss`` == ``issuer``,
-    integer times within ``skew``). The audience is the caller's to judge."""
+# --- verifying (iap's own gateway and ``iap.mesh`` in the services) ---------------------
+
+_FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "crit", "b64"})
+
+
+def public_keys(jwks: Iterable[Any]) -> dict[str, ECKey]:
+    """The ES256 verification keys among the members of a JWK Set's ``keys``, by ``kid``.
+
+    Public members only are read; a ``kid`` named twice is ambiguous and dropped.
+    """
+    found: dict[str, ECKey | None] = {}
+    for jwk in jwks:
+        entry = _public_key(jwk)
+        if entry is not None:
+            kid, key = entry
+            found[kid] = None if kid in found else key
+    return {kid: key for kid, key in found.items() if key is not None}
+
+
+def _public_key(jwk: Any) -> tuple[str, ECKey] | None:
+    if not isinstance(jwk, Mapping) or jwk.get("kty") != "EC" or jwk.get("crv") != CURVE:
+        return None
+    kid, x, y = jwk.get("kid"), jwk.get("x"), jwk.get("y")
+    if not (isinstance(kid, str) and kid and isinstance(x, str) and isinstance(y, str)):
+        return None
+    if jwk.get("use", "sig") != "sig" or jwk.get("alg", ALGORITHM) != ALGORITHM:
+        return None
     try:
-        header = jws.extract_compact(token.encode("ascii")).protected
-    except (JoseError, ValueError, UnicodeEncodeError):
+        return kid, ECKey.import_key({"kty": "EC", "crv": CURVE, "x": x, "y": y})
+    except (JoseError, ValueError, TypeError):
+        return None
+
+
+def header_kid(token: str) -> str:
+    """The ``kid`` of a well-formed token whose header is acceptable, judged before any key
+    is touched (RFC 8725 §3.1: exactly ES256; no embedded or remote keys, no extensions)."""
+    try:
+        header = compact.header(token)
+    except compact.Malformed:
         raise InvalidToken("malformed") from None
-    if header.get("alg") != ALGORITHM or {"jwk", "jku", "x5u", "x5c", "crit"} & header.keys():
+    if header.get("alg") != ALGORITHM:
         raise InvalidToken("alg")
+    typ = header.get("typ", "JWT")
+    if _FORBIDDEN_HEADERS & header.keys() or not isinstance(typ, str) or typ.upper() != "JWT":
+        raise InvalidToken("header")
     kid = header.get("kid")
-    matches = [k for k in jwks.get("keys", ()) if k.get("kid") == kid and k.get("kty") == "EC"]
-    if len(matches) != 1:
-        raise InvalidToken("kid")
+    if not isinstance(kid, str) or not kid:
+        raise InvalidToken("header")
+    return kid
+
+
+def verified_claims(token: str, key: ECKey) -> dict[str, Any]:
+    """The claims of ``token`` once its ES256 signature checks out with ``key``."""
     try:
-        decoded = jwt.decode(token, ECKey.import_key(dict(matches[0])), algorithms=[ALGORITHM])
+        verified = jws.deserialize_compact(token, key, algorithms=[ALGORITHM])
+        return compact.json_object(verified.payload)
+    except compact.Malformed:
+        raise InvalidToken("malformed") from None
     except (JoseError, ValueError, TypeError):
         raise InvalidToken("signature") from None
-    claims = dict(decoded.claims)
+
+
+def check_claims(
+    claims: Mapping[str, Any], *, issuer: str, audience: str | None, now: int, skew: int
+) -> None:
+    """``iss``; ``aud`` when an ``audience`` is given (a string, or a list holding it);
+    integer ``exp`` and ``iat`` (required) and ``nbf`` within ``skew`` of ``now``."""
     if claims.get("iss") != issuer:
         raise InvalidToken("iss")
-    for name in ("exp", "iat"):
-        if not isinstance(claims.get(name), int) or isinstance(claims.get(name), bool):
-            raise InvalidToken(name)
-    if claims["exp"] <= now - skew:
+    if audience is not None:
+        aud = claims.get("aud")
+        if isinstance(aud, list):
+            ok = all(isinstance(item, str) for item in aud) and audience in aud
+        else:
+            ok = isinstance(aud, str) and aud == audience
+        if not ok:
+            raise InvalidToken("aud")
+    exp = _time(claims, "exp", required=True)
+    if exp is None or exp + skew <= now:
         raise InvalidToken("exp")
-    nbf = claims.get("nbf", claims["iat"])
-    if not isinstance(nbf, int) or nbf > now + skew or claims["iat"] > now + skew:
+    nbf = _time(claims, "nbf", required=False)
+    if nbf is not None and nbf > now + skew:
         raise InvalidToken("nbf")
+    iat = _time(claims, "iat", required=True)
+    if iat is None or iat > now + skew:
+        raise InvalidToken("iat")
+
+
+def _time(claims: Mapping[str, Any], name: str, *, required: bool) -> int | None:
+    value = claims.get(name)
+    if value is None and not required:
+        return None
+    # RFC 7519 §2 NumericDate; integers only (bool is an int in Python)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidToken(name)
+    return value
+
+
+def verify(
+    token: str,
+    keys: Mapping[str, ECKey],
+    *,
+    issuer: str,
+    now: int,
+    audience: str | None = None,
+    skew: int = 30,
+) -> dict[str, Any]:
+    """The claims of an iap token: header, the key of its ``kid`` among ``keys``, signature,
+    then :func:`check_claims`. Raises :class:`InvalidToken`."""
+    key = keys.get(header_kid(token))
+    if key is None:
+        raise InvalidToken("kid")
+    claims = verified_claims(token, key)
+    check_claims(claims, issuer=issuer, audience=audience, now=now, skew=skew)
     return claims
 
 

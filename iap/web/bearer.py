@@ -123,10 +123,9 @@ class BearerAuth:
         # The unverified ``iss`` only picks which verification runs; each checks everything.
         if _claimed_issuer(token) != self._issuer:
             return await self._entra(token, now), self._entra_version
+        keys = tokens.public_keys(self._minter.keys.current.jwks(now)["keys"])
         try:
-            claims = tokens.verify(
-                token, self._minter.keys.current.jwks(now), issuer=self._issuer, now=now
-            )
+            claims = tokens.verify(token, keys, issuer=self._issuer, now=now)
         except tokens.InvalidToken as exc:
             raise Refused(f"bearer_{exc.reason}") from None
         return self._iap(claims), iap_version
