@@ -19,8 +19,6 @@ Invariants:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import time
@@ -33,7 +31,7 @@ from aiohttp import web
 
 from iap.adapters.idp import IdpUnavailable
 from iap.config import Config
-from iap.domain import bearer, tokens
+from iap.domain import bearer, compact, tokens
 from iap.errors import RequestError, ServiceUnavailable, Unauthenticated
 from iap.model import Identity
 from iap.web.minting import Minter
@@ -245,15 +243,10 @@ def _depth(act: Mapping[str, Any]) -> int:
 
 def _claimed_issuer(token: str) -> object:
     """The ``iss`` a compact JWS claims, before any check; None when it cannot be read."""
-    segments = token.split(".")
-    if len(segments) != 3:
-        return None
     try:
-        payload = base64.urlsafe_b64decode(segments[1] + "=" * (-len(segments[1]) % 4))
-        claims = json.loads(payload)
-    except (ValueError, binascii.Error, RecursionError):
+        return compact.json_object(compact.b64decode(compact.segments(token)[1])).get("iss")
+    except compact.Malformed:
         return None
-    return claims.get("iss") if isinstance(claims, dict) else None
 
 
 class OAuthRequestError(RequestError):
