@@ -3,6 +3,7 @@
     IapError
     ├── ConfigError              bad configuration (exit 2, never a request error)
     └── RequestError             answered by iap itself, never forwarded
+        ├── SignInRequired       302 a browser on a protected route, sent to /.iap/login
         ├── BadRequest           400 malformed or ambiguous request
         ├── Unauthenticated      401 no usable credentials on a protected route
         ├── SignInFailed         403 a login callback that must not sign anyone in
@@ -67,6 +68,14 @@ class BadRequest(RequestError):
     status = 400
     public = "Bad request."
     reason = "bad_request"
+
+
+class SignInRequired(RequestError):
+    """Not an error for the browser: a redirect to sign-in, answered the way errors are."""
+
+    status = 302
+    public = "Sign-in required."
+    reason = "unauthenticated"
 
 
 class Unauthenticated(RequestError):

@@ -24,6 +24,7 @@ code{{background:#f3f3f3;padding:.1em .3em}}</style></head>
 """
 
 _TITLES = {
+    302: "Sign-in required",
     400: "Bad request",
     401: "Sign-in required",
     403: "Forbidden",

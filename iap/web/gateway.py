@@ -176,8 +176,6 @@ class Gateway:
             response = await self._serve(
                 request, exchange, transfer, span, peer=peer, trusted=trusted
             )
-        except _Redirect as redirect:
-            response = redirect.response
         except RequestError as exc:
             span.end_upstream(None, exc.reason)
             response = self._refuse(request, exchange, exc)
@@ -424,7 +422,9 @@ class Gateway:
             return
         if caller.identity is None:
             html = prefers_html(request.headers.get("Accept"))
-            raise _Redirect(challenge(caller, html=html, method=request.method, target=target))
+            raise challenge(
+                caller, html=html, method=request.method, target=target, reason=exchange.reason
+            )
         raise Forbidden(reason=decision.reason, headers=[("Set-Cookie", c) for c in caller.cookies])
 
     def _check_bounds(self, request: web.BaseRequest) -> None:
@@ -481,14 +481,6 @@ class Gateway:
     def readiness(self) -> dict[str, bool]:
         """Checks for ``/readyz``; every value must be true to receive traffic."""
         return {"accepting": not self.draining, "routes": True}
-
-
-class _Redirect(Exception):
-    """Carries a finished answer (the sign-in redirect) out of the pipeline."""
-
-    def __init__(self, response: web.StreamResponse) -> None:
-        super().__init__("redirect")
-        self.response = response
 
 
 def headers_say_websocket(request: web.BaseRequest) -> bool:

@@ -64,6 +64,7 @@ from iap.errors import (
     RequestError,
     ServiceUnavailable,
     SignInFailed,
+    SignInRequired,
     Unauthenticated,
 )
 from iap.model import Identity
@@ -496,19 +497,23 @@ async def _callback_params(request: web.BaseRequest) -> Mapping[str, Any]:
     return await request.post()
 
 
-def _unauthenticated(caller: Caller) -> RequestError:
+def _unauthenticated(caller: Caller, reason: str | None = None) -> RequestError:
     return Unauthenticated(
-        reason=caller.reason,
+        reason=reason or caller.reason,
         headers=[("WWW-Authenticate", 'Bearer realm="iap"'), *set_cookies(caller.cookies)],
     )
 
 
-def challenge(caller: Caller, *, html: bool, method: str, target: str) -> web.StreamResponse:
+def challenge(caller: Caller, *, html: bool, method: str, target: str, reason: str) -> RequestError:
     """What an anonymous caller gets on a protected route: 302 to login or 401.
 
     Browsers (``Accept`` prefers HTML) on GET/HEAD go to ``/.iap/login?rd=<target>``;
-    everyone else gets 401 with ``WWW-Authenticate`` (SPEC §2 step 6).
+    everyone else gets 401 with ``WWW-Authenticate`` (SPEC §2 step 6). ``reason`` is the
+    audit line's.
     """
     if html and method in ("GET", "HEAD"):
-        return redirect("/.iap/login?" + urlencode({"rd": target}), caller.cookies)
-    raise _unauthenticated(caller)
+        location = "/.iap/login?" + urlencode({"rd": target})
+        return SignInRequired(
+            reason=reason, headers=[("Location", location), *set_cookies(caller.cookies)]
+        )
+    return _unauthenticated(caller, reason)

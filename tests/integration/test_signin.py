@@ -71,10 +71,16 @@ def alice_subject() -> str:
     return f"{alice.tid}:{alice.oid}"
 
 
-async def test_anonymous_browser_is_sent_to_login_with_rd(visitor: Visitor) -> None:
+async def test_anonymous_browser_is_sent_to_login_with_rd(
+    visitor: Visitor, stack: SignInStack
+) -> None:
     answer = await visitor.get("/app/page?x=1", headers=HTML)
     assert answer.status == 302
     assert answer.location == "/.iap/login?rd=%2Fapp%2Fpage%3Fx%3D1"
+    assert answer.header("Cache-Control") == "no-store"
+    assert not stack.upstream.seen.requests
+    [line] = await stack.edge.wait_audit_lines(1)
+    assert (line["status"], line["decision"], line["reason"]) == (302, "deny", "unauthenticated")
 
 
 async def test_anonymous_api_caller_gets_401_json(visitor: Visitor, stack: SignInStack) -> None:
@@ -83,6 +89,8 @@ async def test_anonymous_api_caller_gets_401_json(visitor: Visitor, stack: SignI
     assert answer.header("WWW-Authenticate") == 'Bearer realm="iap"'
     assert json.loads(answer.body)["error"] == "unauthenticated"
     assert not stack.upstream.seen.requests
+    [line] = await stack.edge.wait_audit_lines(1)
+    assert (line["status"], line["decision"], line["reason"]) == (401, "deny", "unauthenticated")
 
 
 async def test_login_redirects_to_the_idp_with_pkce(visitor: Visitor, stack: SignInStack) -> None:
