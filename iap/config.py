@@ -347,6 +347,24 @@ class Route(_Model):
         return self
 
 
+class ForwardAuth(_Model):
+    """Where ``/.iap/auth`` reads the original request (SPEC §5.1); nginx's names by default.
+
+    Exactly these headers are read, one value each; see ``iap.domain.forward_auth``.
+    """
+
+    uri_header: HeaderName = "x-original-uri"
+    method_header: HeaderName = "x-original-method"
+    host_header: HeaderName = "x-forwarded-host"
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ForwardAuth:
+        names = (self.uri_header, self.method_header, self.host_header)
+        if len(set(names)) != len(names):
+            raise ValueError("uri_header, method_header and host_header must be three headers")
+        return self
+
+
 class Telemetry(_Model):
     service_name: str = "iap"
     otlp_endpoint: HttpUrl | None = None
@@ -399,6 +417,7 @@ class Config(_Model):
     redis: Redis | None = None
     tokens: Tokens | None = None
     bearer: Bearer = Bearer()
+    forward_auth: ForwardAuth = ForwardAuth()
     routes: list[Route] = Field(min_length=1)
     telemetry: Telemetry = Telemetry()
 

@@ -74,6 +74,12 @@ class Metrics:
             ["route", "decision"],
             registry=self.registry,
         )
+        self.authn_internal_errors = Counter(
+            "iap_authn_internal_errors_total",
+            "Unexpected errors while authenticating or authorizing; each request was refused "
+            "(401, or 302 to sign-in), never forwarded. Should stay at 0: alert on any.",
+            registry=self.registry,
+        )
         self.idp_requests = Counter(
             "iap_idp_requests_total",
             "Calls to the IdP and Graph, by endpoint and result (ok, refused, error).",

@@ -11,7 +11,6 @@ Invariants:
 from __future__ import annotations
 
 import logging
-import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -34,7 +33,7 @@ from iap.adapters.upstream import (
     forward_websocket,
 )
 from iap.config import Config, Route
-from iap.domain import correlation
+from iap.domain import correlation, forward_auth
 from iap.domain.headers import HeaderFilter, TrustedProxies, forwarded, identity_headers
 from iap.domain.negotiation import prefers_html
 from iap.domain.paths import normalise
@@ -49,7 +48,6 @@ from iap.errors import (
     NotFound,
     RequestError,
     ServiceUnavailable,
-    Unauthenticated,
     UriTooLong,
 )
 from iap.model import Exchange, Identity
@@ -66,7 +64,7 @@ _PUBLIC_DECISION = {
     "iap.authz.decision": "allow",
     "iap.authz.reason": "public",
 }
-_HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
+_FORWARD_AUTH_PREFIX = forward_auth.PATH + "/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +104,8 @@ class Gateway:
         )
         self._limits = config.limits
         self._trust = TrustedProxies(config.trusted_proxies)
+        fa = config.forward_auth
+        self._sources = forward_auth.Sources(fa.uri_header, fa.method_header, fa.host_header)
         self._tracing = tracing
         # With minted tokens, the token header is iap's alone: a client's copy never passes.
         token_headers = ["authorization", config.tokens.header] if config.tokens else []
@@ -204,15 +204,29 @@ class Gateway:
     ) -> web.StreamResponse:
         self._check_bounds(request)
         exchange.path = request.raw_path.partition("?")[0][:1024]  # until normalised
+        host = exchange.host
+        if not forward_auth.HOST.fullmatch(host):
+            raise BadRequest("missing or malformed Host header")
+        if request.raw_path.startswith(_FORWARD_AUTH_PREFIX) and self._signin is not None:
+            # Envoy ext_authz with path_prefix: the rest of the request line is the original
+            # target, normalised on its own (a dot segment cannot climb out of the prefix).
+            exchange.route = "_iap"
+            _require_trusted(trusted)
+            suffix = request.raw_path[len(forward_auth.PATH) :]
+            original = forward_auth.from_path(
+                suffix, method=request.method, host=host, headers=request.headers.items()
+            )
+            return await self._forward_auth(request, exchange, span, original)
         target = normalise(request.raw_path)
         exchange.path = target.path
-        host = exchange.host
-        if not _HOST.fullmatch(host):
-            raise BadRequest("missing or malformed Host header")
         if target.path.startswith(RESERVED_PREFIX):
             exchange.route = "_iap"
-            if target.path == "/.iap/auth" and self._signin is not None:
-                return await self._forward_auth(request, exchange, trusted=trusted)
+            if target.path == forward_auth.PATH and self._signin is not None:
+                if request.method not in ("GET", "HEAD"):
+                    raise MethodNotAllowed(headers=[("Allow", "GET, HEAD")])
+                _require_trusted(trusted)
+                original = forward_auth.from_headers(request.headers.items(), self._sources)
+                return await self._forward_auth(request, exchange, span, original)
             return await self._reserved(request, target.path)
         route = self._routes.match(host, target.path, request.method)
         if route is None:
@@ -231,10 +245,9 @@ class Gateway:
             if span.recording:
                 span.decision("iap.authz", _PUBLIC_DECISION)
         else:
-            caller, presented = await self._authenticate(request, exchange, audience)
+            caller, presented = await self._admit(request, exchange, route, span, str(target))
             identity, cookies = caller.identity, caller.cookies
             sid = caller.session.sid if caller.session else None
-            self._authorize(request, route, exchange, span, caller, str(target))
         incoming = list(request.headers.items())
         upstream_headers = self._filter.request(incoming, trusted=trusted)
         if identity is not None:
@@ -278,49 +291,83 @@ class Gateway:
         return response
 
     async def _forward_auth(
-        self, request: web.BaseRequest, exchange: Exchange, *, trusted: bool
+        self,
+        request: web.BaseRequest,
+        exchange: Exchange,
+        span: RequestSpan,
+        original: forward_auth.Original,
     ) -> web.StreamResponse:
-        """``GET /.iap/auth`` for nginx ``auth_request`` and Envoy ext_authz (SPEC §3, §7):
-        200 with the identity headers and token, 401, or 403. The original request is read
-        from ``X-Forwarded-*``/``X-Original-*`` only when the peer is a trusted proxy."""
-        if request.method not in ("GET", "HEAD"):
-            raise MethodNotAllowed(headers=[("Allow", "GET, HEAD")])
-        if not trusted:
-            raise Forbidden("forward-auth from an untrusted peer", reason="untrusted_peer")
-        headers = request.headers
-        uri = headers.get("X-Forwarded-Uri") or headers.get("X-Original-URI") or "/"
-        method = headers.get("X-Forwarded-Method") or headers.get("X-Original-Method") or "GET"
-        host = headers.get("X-Forwarded-Host") or exchange.host
-        target = normalise(uri)
-        exchange.path = target.path
-        route = self._routes.match(host, target.path, method.upper())
+        """``/.iap/auth`` for nginx ``auth_request``, Traefik and Envoy ext_authz (SPEC §3,
+        §5.1): 200 with the identity headers and token, 401, or 403; never forwards.
+
+        ``original`` is the request the front proxy holds (``iap.domain.forward_auth``); it
+        is judged by the same steps as a proxied request, but an anonymous browser gets 401,
+        not a redirect: front proxies treat any answer but 2xx, 401 and 403 as an error.
+        """
+        exchange.path = original.target.path
+        route = self._routes.match(original.host, original.target.path, original.method)
         if route is None:
-            raise Forbidden(f"forward-auth: no route for {host}{target.path}", reason="no_route")
+            raise Forbidden(
+                f"forward-auth: no route for {original.host}{original.target.path}",
+                reason="no_route",
+            )
         exchange.route = route.name
         answer = web.Response(status=200, headers={"Cache-Control": "no-store"})
         if route.config.policy.public:
             exchange.decision, exchange.reason = "allow", "public"
             return answer
-        audience = route.config.audience or route.name
-        caller, presented = await self._authenticate(request, exchange, audience)
-        decision = decide(route.config.policy, caller.identity)
-        exchange.decision = "allow" if decision.allow else "deny"
-        exchange.reason = decision.reason
-        cookies = [("Set-Cookie", cookie) for cookie in caller.cookies]
-        if caller.identity is None:
-            raise Unauthenticated(
-                reason=decision.reason,
-                headers=[("WWW-Authenticate", 'Bearer realm="iap"'), *cookies],
-            )
-        if not decision.allow:
-            raise Forbidden(reason=decision.reason, headers=cookies)
-        sid = caller.session.sid if caller.session else None
-        for name, value in (*identity_headers(caller.identity), *cookies):
+        caller, presented = await self._admit(
+            request, exchange, route, span, str(original.target), redirect=False
+        )
+        assert caller.identity is not None  # _admit raised otherwise
+        for name, value in identity_headers(caller.identity):
             answer.headers.add(name, value)
+        for cookie in caller.cookies:
+            answer.headers.add("Set-Cookie", cookie)
         if self._minter is not None:
+            sid = caller.session.sid if caller.session else None
+            audience = route.config.audience or route.name
             name, value = self._token(caller.identity, presented, audience, sid)
             answer.headers[name] = value
         return answer
+
+    async def _admit(
+        self,
+        request: web.BaseRequest,
+        exchange: Exchange,
+        route: _Route,
+        span: RequestSpan,
+        target: str,
+        *,
+        redirect: bool = True,
+    ) -> tuple[Caller, str | None]:
+        """SPEC §2 steps 6 and 7: the caller, once the route's policy lets it pass.
+
+        Fail closed: anything unexpected while authenticating or authorizing is logged with
+        the correlation id, counted in ``iap_authn_internal_errors_total`` and answered as
+        for a caller without credentials (401, or 302 to sign-in), never 500, never a pass.
+        """
+        try:
+            caller, presented = await self._authenticate(
+                request, exchange, route.config.audience or route.name
+            )
+            self._authorize(request, route, exchange, span, caller, target, redirect=redirect)
+        except RequestError:
+            raise
+        except Exception:
+            log.exception("authentication error, correlation_id=%s", exchange.correlation_id)
+            self._metrics.authn_internal_errors.inc()
+            exchange.decision, exchange.reason = "deny", "authn_internal_error"
+            if bearer_token(request) is not None:
+                raise refused("authn_internal_error") from None
+            raise challenge(
+                Caller(),
+                html=redirect and prefers_html(request.headers.get("Accept")),
+                method=request.method,
+                target=target,
+                reason="authn_internal_error",
+            ) from None
+        return caller, presented
 
     def _token(
         self, identity: Identity, presented: str | None, audience: str, sid: str | None
@@ -399,8 +446,13 @@ class Gateway:
         span: RequestSpan,
         caller: Caller,
         target: str,
+        *,
+        redirect: bool,
     ) -> None:
-        """SPEC §2 step 7: the route's policy, deny by default; raises when denied."""
+        """SPEC §2 step 7: the route's policy, deny by default; raises when denied.
+
+        An anonymous caller is challenged: a browser with ``redirect`` is sent to sign-in.
+        """
         decision = decide(route.config.policy, caller.identity)
         exchange.decision = "allow" if decision.allow else "deny"
         exchange.reason = decision.reason
@@ -421,7 +473,7 @@ class Gateway:
         if decision.allow:
             return
         if caller.identity is None:
-            html = prefers_html(request.headers.get("Accept"))
+            html = redirect and prefers_html(request.headers.get("Accept"))
             raise challenge(
                 caller, html=html, method=request.method, target=target, reason=exchange.reason
             )
@@ -481,6 +533,12 @@ class Gateway:
     def readiness(self) -> dict[str, bool]:
         """Checks for ``/readyz``; every value must be true to receive traffic."""
         return {"accepting": not self.draining, "routes": True}
+
+
+def _require_trusted(trusted: bool) -> None:
+    """Forward-auth believes the original request only from ``trusted_proxies`` (SPEC §7)."""
+    if not trusted:
+        raise Forbidden("forward-auth from an untrusted peer", reason="untrusted_peer")
 
 
 def headers_say_websocket(request: web.BaseRequest) -> bool:

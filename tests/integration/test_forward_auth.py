@@ -1,27 +1,36 @@
-"""``GET /.iap/auth``: forward-auth for nginx ``auth_request`` / Envoy ext_authz (SPEC §3)."""
+"""``/.iap/auth``: forward-auth for nginx ``auth_request``, Traefik and Envoy ext_authz
+(SPEC §3, §5.1), over real sockets against the dev IdP.
+
+Each refusal is checked for its status and its audit reason, and each pass for the identity
+it hands the front proxy. The front proxies themselves run in test_nginx_forward_auth.py and
+test_envoy_ext_authz.py; here the proxy's request is written by hand, hostile ones included.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import jwt
 import pytest
+from multidict import CIMultiDict
 
 from iap.dev.idp import USERS
 from tests.conftest import StartEdge, Upstream
+from tests.support.http import raw_request, request_head
 from tests.support.signin import SignInStack, Visitor, http, start_signin_stack
 
 __all__ = ["http"]
 
+NGINX = {"X-Original-Method": "GET", "X-Forwarded-Host": "127.0.0.1"}
 
-@pytest.fixture(params=[True, False], ids=["trusted", "untrusted"])
-async def stack(
-    request: pytest.FixtureRequest, upstream: Upstream, start_edge: StartEdge, tmp_path: Path
+
+async def start(
+    upstream: Upstream, start_edge: StartEdge, tmp_path: Path, **config: Any
 ) -> AsyncIterator[SignInStack]:
-    proxies = ["127.0.0.0/8"] if request.param else []
-    idp, edge = await start_signin_stack(upstream, start_edge, tmp_path, trusted_proxies=proxies)
+    idp, edge = await start_signin_stack(upstream, start_edge, tmp_path, **config)
     try:
         yield SignInStack(idp, edge, upstream)
     finally:
@@ -29,18 +38,33 @@ async def stack(
 
 
 @pytest.fixture
+async def stack(
+    upstream: Upstream, start_edge: StartEdge, tmp_path: Path
+) -> AsyncIterator[SignInStack]:
+    async for running in start(upstream, start_edge, tmp_path, trusted_proxies=["127.0.0.0/8"]):
+        yield running
+
+
+@pytest.fixture
 def visitor(stack: SignInStack, http: aiohttp.ClientSession) -> Visitor:
     return stack.visitor(http)
 
 
-def trusted(stack: SignInStack) -> bool:
-    return bool(stack.edge.edge.config.trusted_proxies)
-
-
-async def auth(visitor: Visitor, uri: str, **headers: str) -> tuple[int, dict[str, str]]:
-    sent = {"X-Forwarded-Uri": uri, "X-Forwarded-Method": "GET", **headers}
+async def auth(
+    visitor: Visitor, uri: str | None, *extra: tuple[str, str], **headers: str
+) -> tuple[int, CIMultiDict[str]]:
+    """``GET /.iap/auth`` as nginx sends it: ``X-Original-URI`` and friends."""
+    sent: CIMultiDict[str] = CIMultiDict({**NGINX, **headers})
+    if uri is not None:
+        sent["X-Original-URI"] = uri
+    for name, value in extra:
+        sent.add(name, value)
     answer = await visitor.get("/.iap/auth", headers=sent)
-    return answer.status, dict(answer.headers)
+    return answer.status, CIMultiDict(answer.headers)
+
+
+def last_reason(stack: SignInStack) -> str:
+    return str(stack.edge.audit_lines()[-1]["reason"])
 
 
 async def test_a_signed_in_user_gets_200_with_identity_and_token(
@@ -48,9 +72,6 @@ async def test_a_signed_in_user_gets_200_with_identity_and_token(
 ) -> None:
     await visitor.sign_in("alice")
     status, headers = await auth(visitor, "/app/orders?id=1")
-    if not trusted(stack):  # the original URI is believed from trusted proxies only
-        assert status == 403
-        return
     assert status == 200
     alice = USERS["alice"]
     assert headers["X-IAP-Subject"] == f"{alice.tid}:{alice.oid}"
@@ -59,18 +80,95 @@ async def test_a_signed_in_user_gets_200_with_identity_and_token(
     assert not stack.upstream.seen.requests  # forward-auth never forwards
 
 
-async def test_anonymous_gets_401_and_a_denied_user_403(
+async def test_anonymous_gets_401_even_as_a_browser_and_a_denied_user_403(
     stack: SignInStack, visitor: Visitor, http: aiohttp.ClientSession
 ) -> None:
-    expected = 401 if trusted(stack) else 403
-    assert (await auth(stack.visitor(http), "/app/x"))[0] == expected
+    """A front proxy treats anything but 2xx, 401 and 403 as an error: no redirect here."""
+    anonymous = stack.visitor(http)
+    assert (await auth(anonymous, "/app/x", Accept="text/html"))[0] == 401
+    assert last_reason(stack) == "unauthenticated"
     await visitor.sign_in("bob")
     assert (await auth(visitor, "/admin/panel"))[0] == 403
-    public = 200 if trusted(stack) else 403
-    assert (await auth(stack.visitor(http), "/public/page"))[0] == public
+    assert last_reason(stack) == "no_rule_matched"
+    assert (await auth(anonymous, "/public/page"))[0] == 200
+    assert not stack.upstream.seen.requests
 
 
-@pytest.mark.parametrize("stack", [True], indirect=True, ids=["trusted"])
+async def test_an_untrusted_peer_is_refused_whatever_it_asks(
+    upstream: Upstream, start_edge: StartEdge, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """From a peer outside ``trusted_proxies`` even a signed-in user's allowed request, and
+    a public one, get 403: only a trusted proxy may say what the original request was."""
+    async for stack in start(upstream, start_edge, tmp_path, trusted_proxies=[]):
+        visitor = stack.visitor(http)
+        await visitor.sign_in("alice")
+        for uri in ("/app/orders", "/public/page"):
+            assert (await auth(visitor, uri))[0] == 403
+            assert last_reason(stack) == "untrusted_peer"
+        answer = await visitor.get("/.iap/auth/app/orders")
+        assert (answer.status, last_reason(stack)) == (403, "untrusted_peer")
+
+
+async def test_the_original_uri_is_read_from_the_configured_header_only(
+    stack: SignInStack, http: aiohttp.ClientSession
+) -> None:
+    """The bypass of the outside review: nginx passes the client's own ``X-Forwarded-Uri``
+    along; iap read it first and judged ``/public`` for a request to ``/app/secret``."""
+    anonymous = stack.visitor(http)
+    status, _ = await auth(anonymous, "/app/secret", ("X-Forwarded-Uri", "/public/x"))
+    assert (status, last_reason(stack)) == (400, "forward_auth_uri_conflict")
+    for name in ("X-Original-URL", "X-Envoy-Original-Path"):
+        status, _ = await auth(anonymous, "/app/secret", (name, "/public/x"))
+        assert (status, last_reason(stack)) == (400, "forward_auth_uri_conflict")
+    # The same value twice is no contradiction, and decides as the configured header says.
+    assert (await auth(anonymous, "/app/secret", ("X-Forwarded-Uri", "/app/secret")))[0] == 401
+
+
+@pytest.mark.parametrize(
+    ("uri", "extra", "reason"),
+    [
+        (None, (), "forward_auth_uri_missing"),
+        ("", (), "forward_auth_uri_missing"),
+        ("/public/x", (("X-Original-URI", "/app/secret"),), "forward_auth_uri_repeated"),
+        ("/public/x", (("X-Original-URI", "/public/x"),), "forward_auth_uri_repeated"),
+        ("public/x", (), "forward_auth_uri_invalid"),
+        ("/app/..%2fpublic", (), "forward_auth_uri_invalid"),
+        ("/public/\\x", (), "forward_auth_uri_invalid"),
+        ("/public/x", (("X-Forwarded-Method", "POST"),), "forward_auth_method_conflict"),
+        ("/public/x", (("X-Original-Method", "GET"),), "forward_auth_method_repeated"),
+        ("/public/x", (("X-Original-Host", "evil.test"),), "forward_auth_host_conflict"),
+    ],
+)
+async def test_missing_empty_repeated_or_contradicted_input_is_400(
+    stack: SignInStack,
+    http: aiohttp.ClientSession,
+    uri: str | None,
+    extra: tuple[tuple[str, str], ...],
+    reason: str,
+) -> None:
+    """Never a default: judging ``/`` for a missing URI passes any path behind a public root
+    route, which is the catch-all here."""
+    assert (await auth(stack.visitor(http), uri, *extra))[0] == 400
+    assert last_reason(stack) == reason
+    assert not stack.upstream.seen.requests
+
+
+@pytest.mark.parametrize(
+    ("header", "value", "reason"),
+    [
+        ("X-Original-Method", "", "forward_auth_method_missing"),
+        ("X-Original-Method", "GET POST", "forward_auth_method_invalid"),
+        ("X-Forwarded-Host", "", "forward_auth_host_missing"),
+        ("X-Forwarded-Host", "evil.test/x", "forward_auth_host_invalid"),
+    ],
+)
+async def test_the_method_and_host_follow_the_same_rules(
+    stack: SignInStack, http: aiohttp.ClientSession, header: str, value: str, reason: str
+) -> None:
+    assert (await auth(stack.visitor(http), "/public/x", **{header: value}))[0] == 400
+    assert last_reason(stack) == reason
+
+
 async def test_the_decision_is_on_the_forwarded_uri_not_the_request_path(
     stack: SignInStack, visitor: Visitor
 ) -> None:
@@ -78,4 +176,69 @@ async def test_the_decision_is_on_the_forwarded_uri_not_the_request_path(
     forwarded URI is refused rather than guessed."""
     assert (await auth(visitor, "/public/%2e%2e/app/x"))[0] == 401  # decided as /app/x
     assert (await auth(visitor, "/app/%2e%2e/public"))[0] == 200  # decided as /public
-    assert (await auth(visitor, "/app/..%2fpublic"))[0] == 400  # ambiguous: refused
+
+
+async def test_the_original_method_decides_method_bound_routes(
+    upstream: Upstream, start_edge: StartEdge, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    reports = {
+        "name": "reports",
+        "upstream": upstream.url,
+        "match": {"path_prefix": "/reports/", "methods": ["GET"]},
+        "policy": {"public": True},
+    }
+    async for stack in start(
+        upstream, start_edge, tmp_path, trusted_proxies=["127.0.0.0/8"], extra_routes=[reports]
+    ):
+        anonymous = stack.visitor(http)
+        assert (await auth(anonymous, "/reports/q"))[0] == 200
+        # POST falls through to the catch-all public route, the same as the gateway routes it
+        assert (await auth(anonymous, "/reports/q", **{"X-Original-Method": "POST"}))[0] == 200
+        assert stack.edge.audit_lines()[-1]["route"] == "public"
+
+
+async def test_traefik_headers_when_configured(
+    upstream: Upstream, start_edge: StartEdge, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """``forward_auth`` names Traefik's headers: those are read, nginx's contradict them."""
+    traefik = {
+        "uri_header": "X-Forwarded-Uri",
+        "method_header": "X-Forwarded-Method",
+        "host_header": "X-Forwarded-Host",
+    }
+    async for stack in start(
+        upstream, start_edge, tmp_path, trusted_proxies=["127.0.0.0/8"], forward_auth=traefik
+    ):
+        anonymous = stack.visitor(http)
+        sent = {"X-Forwarded-Method": "GET", "X-Forwarded-Host": "127.0.0.1"}
+        answer = await anonymous.get("/.iap/auth", headers={**sent, "X-Forwarded-Uri": "/app/x"})
+        assert answer.status == 401
+        answer = await anonymous.get(
+            "/.iap/auth", headers={**sent, "X-Forwarded-Uri": "/app/x", "X-Original-URI": "/"}
+        )
+        assert (answer.status, last_reason(stack)) == (400, "forward_auth_uri_conflict")
+        answer = await anonymous.get("/.iap/auth", headers={**sent, "X-Original-URI": "/app/x"})
+        assert (answer.status, last_reason(stack)) == (400, "forward_auth_uri_missing")
+
+
+async def test_envoy_prefix_mode_takes_the_path_from_the_request_line(
+    stack: SignInStack, visitor: Visitor, http: aiohttp.ClientSession
+) -> None:
+    anonymous = stack.visitor(http)
+    assert (await anonymous.get("/.iap/auth/app/x?y=1")).status == 401
+    assert (await anonymous.request("POST", "/.iap/auth/public/form")).status == 200
+    assert (await anonymous.get("/.iap/auth/app/%2e%2e/public")).status == 200
+    # a dot segment cannot climb out of the prefix into a proxied path (sent raw: an HTTP
+    # client library would resolve it first)
+    answer = await raw_request(stack.edge.port, request_head("/.iap/auth/../../app/x"))
+    assert (answer.status, stack.edge.audit_lines()[-1]["path"]) == (401, "/app/x")
+    assert not stack.upstream.seen.requests
+    answer = await anonymous.get("/.iap/auth/app/..%2fpublic")
+    assert (answer.status, last_reason(stack)) == (400, "forward_auth_uri_invalid")
+    answer = await anonymous.get("/.iap/auth/app/x", headers={"X-Original-URI": "/public/x"})
+    assert (answer.status, last_reason(stack)) == (400, "forward_auth_uri_conflict")
+    await visitor.sign_in("alice")
+    answer = await visitor.request("DELETE", "/.iap/auth/app/orders/1")
+    assert answer.status == 200
+    assert answer.header("X-IAP-Subject") == f"{USERS['alice'].tid}:{USERS['alice'].oid}"
+    assert stack.edge.audit_lines()[-1]["method"] == "DELETE"

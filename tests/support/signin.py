@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
+from multidict import CIMultiDict
 
 from iap.adapters.signing_keys import write_new_key
 from iap.dev.idp import STAFF_GROUP_ID, TENANT_A, RunningDevIdP, start_dev_idp
@@ -66,7 +67,7 @@ class Visitor:
     ) -> Response:
         if url.startswith("/"):
             url = self.base + url
-        sent = dict(headers or {})
+        sent = CIMultiDict(headers or {})  # repeated headers stay repeated
         if cookies and self.cookies and url.startswith(self.base):
             sent["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
         async with self.http.request(
