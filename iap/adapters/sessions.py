@@ -24,6 +24,13 @@ Invariants:
 - A refresh happens once per session across tasks and replicas: in-process callers share
   one future, other replicas meet at a store lock and then read the refreshed session
   (sealed) that the winner leaves behind for :data:`REFRESHED_TTL` seconds.
+- That shared outcome serves a request carrying an older generation of the cookie only while
+  it is itself usable: refreshed less than :data:`REFRESHED_TTL` seconds before the request
+  (in the caller's clock as well as by the store's TTL), within its absolute lifetime, and
+  with IdP tokens not yet due for a refresh (``sessions.state`` is ``valid``; the configured
+  idle timeout is the caller's check, on the cookie it holds). Anything else refreshes the
+  caller's own session again, which the IdP may refuse: an old cookie never rides on a newer
+  generation's tokens once those have expired or the grant is revoked.
 """
 
 from __future__ import annotations
@@ -40,8 +47,16 @@ from iap.domain.session import HANDLE_PURPOSE, SESSION_PURPOSE, Session
 
 REFRESH_LOCK_TTL = 30.0
 """Seconds a refresh may hold its lock; longer than the IdP call's timeout."""
-REFRESHED_TTL = 60.0
-"""Seconds the outcome of a refresh stays readable for requests that carried the old cookie."""
+REFRESHED_TTL = 10.0
+"""Seconds the outcome of a refresh serves requests that carried the previous cookie.
+
+Only requests that overlap the refresh need it: other replicas waiting at the lock (they
+look every :data:`WAIT_STEP` and read it at once), and requests the browser sent with the old
+cookie before the answer that set the new one arrived (network round trips, a few seconds at
+worst). Ten seconds covers those with room for clock differences between replicas and stays
+far below :data:`REFRESH_LOCK_TTL`; a longer window would only let a copy of an old cookie
+ride on a newer generation's tokens.
+"""
 WAIT_STEP = 0.05
 """Seconds between looks for another replica's refresh outcome (bounded by the lock TTL)."""
 CACHE_SIZE = 4096
@@ -178,7 +193,7 @@ class _Base:
         raise SessionRejected("refresh_timeout")
 
     async def _refreshed(self, session: Session, now: int) -> Session | None:
-        """A refresh outcome newer than ``session`` that another request already stored."""
+        """A refresh outcome newer than ``session`` that another request stored, if usable."""
         stored = await self._store.get(f"refreshed:{session.id}")
         if stored is None:
             return None
@@ -186,7 +201,13 @@ class _Base:
             fresh = self._open_session(stored.decode("ascii"), now=now)
         except (SessionRejected, UnicodeDecodeError):
             return None
-        return fresh if fresh.generation > session.generation else None
+        if fresh.generation <= session.generation:
+            return None
+        # ``seen`` of an outcome is the time of its refresh, so with REFRESHED_TTL as the idle
+        # timeout "idle" means "refreshed too long ago to share"; "stale" means its IdP tokens
+        # are due again, "expired" that the session is past its absolute lifetime.
+        status = sessions.state(fresh, now=now, lifetime=self._lifetime, idle_timeout=REFRESHED_TTL)
+        return fresh if status == "valid" else None
 
 
 class CookieSessions(_Base):

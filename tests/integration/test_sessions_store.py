@@ -17,10 +17,16 @@ from dataclasses import dataclass
 import pytest
 import redis.asyncio
 
-from iap.adapters.sessions import CookieSessions, SessionRejected, StoredSessions
+from iap.adapters.sessions import (
+    REFRESH_LOCK_TTL,
+    REFRESHED_TTL,
+    CookieSessions,
+    SessionRejected,
+    StoredSessions,
+)
 from iap.adapters.store import Lock, MemoryStore, RedisStore, SessionStore
 from iap.domain.sealing import Keyring, key_id
-from iap.domain.session import Session, new_session, refreshed, touched
+from iap.domain.session import REFRESH_MARGIN, Session, new_session, refreshed, touched
 from iap.model import Identity
 from tests.support.identities import ALICE as BASE_ALICE
 from tests.support.identities import Clock
@@ -388,11 +394,16 @@ async def test_key_rotation(harness: Harness) -> None:
 
 
 class Refresher:
-    """A refresh the test holds until ``release`` is set; counts its calls."""
+    """A refresh the test holds until ``release`` is set; counts its calls. It happens at
+    ``now`` and the IdP's new tokens last ``expires_in`` seconds."""
 
-    def __init__(self, error: Exception | None = None) -> None:
+    def __init__(
+        self, error: Exception | None = None, *, now: int = LATER, expires_in: int = HOUR
+    ) -> None:
         self.calls = 0
         self.error = error
+        self.now = now
+        self.expires_in = expires_in
         self.started = asyncio.Event()
         self.release = asyncio.Event()
 
@@ -407,8 +418,8 @@ class Refresher:
             identity=session.identity,
             id_token="id-token-2",
             refresh_token="refresh-token-2",
-            expires_in=HOUR,
-            now=LATER,
+            expires_in=self.expires_in,
+            now=self.now,
         )
 
 
@@ -576,6 +587,72 @@ async def test_a_failed_refresh_on_one_replica_does_not_hold_up_the_other(harnes
         outcomes = await asyncio.gather(first, second, return_exceptions=True)
     assert isinstance(outcomes[0], RuntimeError)
     assert not isinstance(outcomes[1], StillWaiting)
+
+
+def released(refresher: Refresher) -> Refresher:
+    refresher.release.set()
+    return refresher
+
+
+@pytest.mark.parametrize(
+    ("refreshed_at", "expires_in", "asked_at"),
+    [
+        # the outcome's own IdP tokens are due for a refresh two seconds after it was made
+        pytest.param(LATER, REFRESH_MARGIN + 2, LATER + 2, id="its-tokens-due-again"),
+        pytest.param(LATER, HOUR, LATER + int(REFRESHED_TTL), id="past-the-sharing-window"),
+        pytest.param(NOW + LIFETIME - 2, HOUR, NOW + LIFETIME, id="past-the-lifetime"),
+    ],
+)
+async def test_a_shared_outcome_no_longer_usable_is_not_served_to_an_old_cookie(
+    harness: Harness, refreshed_at: int, expires_in: int, asked_at: int
+) -> None:
+    """A request with the previous generation's cookie takes the stored outcome of a refresh
+    only while that outcome is itself valid; after that it refreshes its own session, which
+    fails when the IdP has revoked the grant."""
+    sessions = harness.sessions()
+    replica = harness.sessions(store=harness.connect())
+    session = await stale_session(harness)
+    first = released(Refresher(now=refreshed_at, expires_in=expires_in))
+    fresh = await sessions.refresh_once(session, first, now=refreshed_at)
+
+    unused = released(Refresher())
+    for on in (sessions, replica):  # a second earlier it is shared, on either replica
+        assert await on.refresh_once(session, unused, now=asked_at - 1) == fresh
+    assert unused.calls == 0
+
+    revoked = released(Refresher(error=RuntimeError("invalid_grant")))
+    for on in (sessions, replica):
+        with pytest.raises(RuntimeError, match="invalid_grant"):
+            await on.refresh_once(session, revoked, now=asked_at)
+    assert revoked.calls == 2  # each replica asked the IdP; neither served the outcome
+
+    honoured = released(Refresher(now=asked_at))  # an IdP that still takes the old grant
+    again = await replica.refresh_once(session, honoured, now=asked_at)
+    assert honoured.calls == 1
+    assert (again.seen, again.generation) == (asked_at, session.generation + 1)
+
+
+async def test_the_store_forgets_a_shared_outcome_after_refreshed_ttl(harness: Harness) -> None:
+    assert REFRESHED_TTL <= REFRESH_LOCK_TTL  # only as long as overlapping requests need it
+    sessions = harness.sessions()
+    session = await stale_session(harness)
+    start = harness.clock.now if harness.clock is not None else 0.0
+    await sessions.refresh_once(session, released(Refresher()), now=LATER)
+    name = f"refreshed:{session.id}"
+    assert await harness.store.get(name) is not None
+    if harness.clock is not None:
+        harness.clock.now = start + REFRESHED_TTL - 1
+        assert await harness.store.get(name) is not None
+        harness.clock.now = start + REFRESHED_TTL
+        assert await harness.store.get(name) is None
+        return
+    assert harness.redis_url is not None  # a real redis-server keeps its own clock: its TTL
+    client = redis.asyncio.Redis.from_url(harness.redis_url)
+    try:
+        [key] = [key async for key in client.scan_iter(match=f"*{name}")]
+        assert 0 < await client.pttl(key) <= REFRESHED_TTL * 1000
+    finally:
+        await client.aclose()
 
 
 # --- what the store holds -------------------------------------------------------------------
