@@ -48,6 +48,7 @@ from joserfc.jwk import ECKey
 from multidict import CIMultiDict
 from yarl import URL
 
+from iap.domain import claims as read
 from iap.domain import tokens
 
 REFRESH_AFTER: Final = 3600.0
@@ -286,41 +287,21 @@ def _p256_keys(document: Any) -> dict[str, ECKey]:
 
 
 def _identity(claims: dict[str, Any], audience: str) -> MeshIdentity:
-    act = claims.get("act")
-    if act is not None and not (isinstance(act, dict) and _is_text(act.get("sub"))):
-        raise InvalidToken("malformed")
-    roles = claims.get("roles", [])
-    if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
-        raise InvalidToken("malformed")
-    return MeshIdentity(
-        subject=_text(claims, "sub"),
-        tid=_text(claims, "tid"),
-        oid=_optional_text(claims, "oid"),
-        name=_optional_text(claims, "name"),
-        email=_optional_text(claims, "email"),
-        roles=tuple(roles),
-        audience=audience,
-        actor=None if act is None else act["sub"],
-        claims=MappingProxyType(claims),
-    )
-
-
-def _is_text(value: Any) -> bool:
-    return isinstance(value, str) and bool(value)
-
-
-def _text(claims: Mapping[str, Any], name: str) -> str:
-    value = claims.get(name)
-    if not isinstance(value, str) or not value:
-        raise InvalidToken("malformed")
-    return value
-
-
-def _optional_text(claims: Mapping[str, Any], name: str) -> str | None:
-    value = claims.get(name)
-    if value is not None and not isinstance(value, str):
-        raise InvalidToken("malformed")
-    return value
+    try:
+        act = read.actor(claims)
+        return MeshIdentity(
+            subject=read.text(claims, "sub"),
+            tid=read.text(claims, "tid"),
+            oid=read.optional_text(claims, "oid"),
+            name=read.optional_text(claims, "name"),
+            email=read.optional_text(claims, "email"),
+            roles=read.texts(claims, "roles"),
+            audience=audience,
+            actor=None if act is None else act["sub"],
+            claims=MappingProxyType(claims),
+        )
+    except read.InvalidClaim:
+        raise InvalidToken("malformed") from None
 
 
 # --- aiohttp server side ----------------------------------------------------------------

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from iap.domain import claims as read
 from iap.domain import idtoken
 from iap.model import Identity
 
@@ -54,37 +55,64 @@ def entra_identity(
     application that obtained it (``azp``, v1 ``appid``)."""
     try:
         key, claims = idtoken.verified_claims(token, jwks)
-        tid = _text(claims, "tid")
-        _check_issuer(claims, key, authority, tid)
-        idtoken.check_times(claims, now, skew)
     except idtoken.InvalidIdToken as exc:
         raise InvalidBearer(exc.reason) from None
-    if claims.get("aud") not in audiences:
+    try:
+        return _caller(claims, key, authority, audiences, allowed_tenants, roles_map, now, skew)
+    except read.InvalidClaim as exc:
+        raise InvalidBearer(exc.reason("claims")) from None
+
+
+def _caller(
+    claims: Mapping[str, Any],
+    key: Mapping[str, Any],
+    authority: str,
+    audiences: Collection[str],
+    allowed_tenants: Collection[str],
+    roles_map: Mapping[str, str],
+    now: int,
+    skew: int,
+) -> tuple[Identity, int, str | None]:
+    tid = _id(claims, "tid")
+    _check_issuer(claims, key, authority, tid)
+    exp = read.check_times(claims, now=now, skew=skew)
+    if not set(read.audiences(claims)).intersection(audiences):
         raise InvalidBearer("aud")
     if tid not in allowed_tenants:
         raise InvalidBearer("tenant")
-    granted = [*_texts(claims, "roles"), *_texts(claims, "groups")]
+    granted = [*read.texts(claims, "roles"), *read.texts(claims, "groups")]
     roles = tuple(sorted({roles_map[value] for value in granted if value in roles_map}))
-    oid = _text(claims, "oid")
-    app = claims.get("azp") or claims.get("appid")  # v2 names it azp, v1 appid
-    if app is not None and (not isinstance(app, str) or ":" in app):
+    oid = _id(claims, "oid")
+    # v2 names the client application azp, v1 appid; both must agree when both are there
+    azp, appid = read.optional_text(claims, "azp"), read.optional_text(claims, "appid")
+    if azp is not None and appid is not None and azp != appid:
         raise InvalidBearer("claims")
-    if "scp" in claims:  # delegated: a user, through the client application ``app``
-        identity = _identity(claims, f"{tid}:{oid}", tid, oid, roles, azp=None)
-        return identity, claims["exp"], app or None
-    if not app:
+    app = azp or appid
+    if app is not None and ":" in app:
         raise InvalidBearer("claims")
-    return _identity(claims, f"{tid}:{app}", tid, oid, roles, azp=app), claims["exp"], app
+    delegated = read.scopes(claims) is not None  # a user, through the client application
+    idtyp = read.optional_text(claims, "idtyp")  # Entra's optional token-type claim
+    if (idtyp == "app" and delegated) or (idtyp == "user" and not delegated):
+        raise InvalidBearer("claims")
+    read.optional_text(claims, "ver")
+    if delegated:
+        return _identity(claims, f"{tid}:{oid}", tid, oid, roles, azp=None), exp, app
+    if app is None:
+        raise InvalidBearer("claims")
+    return _identity(claims, f"{tid}:{app}", tid, oid, roles, azp=app), exp, app
 
 
 def _check_issuer(
     claims: Mapping[str, Any], key: Mapping[str, Any], authority: str, tid: str
 ) -> None:
-    iss = claims.get("iss")
+    iss = read.text(claims, "iss")
     if iss not in (f"{authority.rstrip('/')}/{tid}/v2.0", V1_ISSUER.format(tid=tid)):
-        raise idtoken.InvalidIdToken("iss")
+        raise InvalidBearer("iss")
     if iss.endswith("/v2.0"):  # Entra's per-key issuer names the v2 form
-        idtoken.check_key_issuer(key, iss, tid)
+        try:
+            idtoken.check_key_issuer(key, iss, tid)
+        except idtoken.InvalidIdToken as exc:
+            raise InvalidBearer(exc.reason) from None
 
 
 def _identity(
@@ -100,29 +128,20 @@ def _identity(
         subject=subject,
         tid=tid,
         oid=oid,
-        name=_optional(claims, "name") or _optional(claims, "app_displayname"),
-        email=_optional(claims, "email"),
-        preferred_username=_optional(claims, "preferred_username") or _optional(claims, "upn"),
+        name=read.optional_text(claims, "name") or read.optional_text(claims, "app_displayname"),
+        email=read.optional_text(claims, "email"),
+        preferred_username=(
+            read.optional_text(claims, "preferred_username") or read.optional_text(claims, "upn")
+        ),
         roles=roles,
         groups=(),
         azp=azp,
     )
 
 
-def _text(claims: Mapping[str, Any], name: str) -> str:
-    value = claims.get(name)
-    if not isinstance(value, str) or not value or ":" in value:
-        raise InvalidBearer("claims")
-    return value
-
-
-def _optional(claims: Mapping[str, Any], name: str) -> str | None:
-    value = claims.get(name)
-    return value if isinstance(value, str) and value else None
-
-
-def _texts(claims: Mapping[str, Any], name: str) -> list[str]:
-    value = claims.get(name, [])
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+def _id(claims: Mapping[str, Any], name: str) -> str:
+    """``tid`` or ``oid``: text without ``:``, which would make ``<tid>:<oid>`` ambiguous."""
+    value = read.text(claims, name)
+    if ":" in value:
         raise InvalidBearer("claims")
     return value

@@ -31,6 +31,7 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey
 
+from iap.domain import claims as read
 from iap.domain import compact
 
 TENANT_TEMPLATE = "{tenantid}"
@@ -87,17 +88,20 @@ def validate(
     """
     header, payload = _verified(token, jwks)
     claims = _json_object(payload)
-    tid = _string(claims, "tid")
-    _check_issuer(claims, issuer, header, tid)
-    _check_audience(claims, client_id)
-    _check_times(claims, now, skew)
-    if nonce is not None and not (
-        nonce and hmac.compare_digest(_string(claims, "nonce", "nonce"), nonce)
-    ):
-        raise InvalidIdToken("nonce")
-    if tid not in allowed_tenants:
-        raise InvalidIdToken("tenant")
-    return _identity(claims, tid)
+    try:
+        tid = read.text(claims, "tid")
+        _check_issuer(claims, issuer, header, tid)
+        _check_audience(claims, client_id)
+        read.check_times(claims, now=now, skew=skew)
+        if nonce is not None and not (
+            nonce and hmac.compare_digest(read.text(claims, "nonce").encode(), nonce.encode())
+        ):
+            raise InvalidIdToken("nonce")
+        if tid not in allowed_tenants:
+            raise InvalidIdToken("tenant")
+        return _identity(claims, tid)
+    except read.InvalidClaim as exc:
+        raise InvalidIdToken(exc.reason("malformed")) from None
 
 
 # signature --------------------------------------------------------------------------
@@ -121,11 +125,6 @@ def check_key_issuer(key: Mapping[str, Any], iss: str, tid: str) -> None:
         not isinstance(key_issuer, str) or iss != key_issuer.replace(TENANT_TEMPLATE, tid)
     ):
         raise InvalidIdToken("iss")
-
-
-def check_times(claims: Mapping[str, Any], now: int, skew: int) -> None:
-    """``exp`` (required), ``nbf`` and ``iat`` (required) as integers within ``skew``."""
-    _check_times(claims, now, skew)
 
 
 @dataclass(frozen=True)
@@ -190,32 +189,9 @@ def _json_object(raw: bytes, *, reason: str = "malformed") -> dict[str, Any]:
 # claims -----------------------------------------------------------------------------
 
 
-def _string(claims: Mapping[str, Any], name: str, reason: str = "malformed") -> str:
-    value = claims.get(name)
-    if not isinstance(value, str) or not value:
-        raise InvalidIdToken(reason)
-    return value
-
-
-def _optional_string(claims: Mapping[str, Any], name: str) -> str | None:
-    value = claims.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidIdToken("malformed")
-    return value
-
-
-def _strings(claims: Mapping[str, Any], name: str) -> tuple[str, ...]:
-    value = claims.get(name, [])
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise InvalidIdToken("malformed")
-    return tuple(value)
-
-
 def _check_issuer(claims: Mapping[str, Any], issuer: str, header: _Header, tid: str) -> None:
     """Entra multi-tenant issuers are templates; each key may name its own issuer."""
-    iss = _string(claims, "iss", "iss")
+    iss = read.text(claims, "iss")
     if iss != issuer.replace(TENANT_TEMPLATE, tid):
         raise InvalidIdToken("iss")
     check_key_issuer(header.key, iss, tid)
@@ -223,50 +199,22 @@ def _check_issuer(claims: Mapping[str, Any], issuer: str, header: _Header, tid: 
 
 def _check_audience(claims: Mapping[str, Any], client_id: str) -> None:
     """OIDC Core §3.1.3.7 steps 3-5: ``aud`` contains us; several audiences need ``azp``."""
-    aud = claims.get("aud")
-    azp = claims.get("azp")
-    if isinstance(aud, str):
-        ok = aud == client_id
-    elif isinstance(aud, list) and all(isinstance(item, str) for item in aud):
-        ok = client_id in aud and (len(aud) == 1 or azp == client_id)
-    else:
-        ok = False
-    if not ok or (azp is not None and azp != client_id):
+    aud = read.audiences(claims)
+    azp = read.optional_text(claims, "azp")
+    if client_id not in aud or (len(aud) > 1 and azp is None) or azp not in (None, client_id):
         raise InvalidIdToken("aud")
-
-
-def _time(claims: Mapping[str, Any], name: str, *, required: bool) -> int | None:
-    value = claims.get(name)
-    if value is None and not required:
-        return None
-    # RFC 7519 §2 NumericDate; integers only (bool is an int in Python)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidIdToken(name)
-    return value
-
-
-def _check_times(claims: Mapping[str, Any], now: int, skew: int) -> None:
-    exp = _time(claims, "exp", required=True)
-    if exp is None or exp <= now - skew:
-        raise InvalidIdToken("exp")
-    nbf = _time(claims, "nbf", required=False)
-    if nbf is not None and nbf > now + skew:
-        raise InvalidIdToken("nbf")
-    iat = _time(claims, "iat", required=True)
-    if iat is None or iat > now + skew:
-        raise InvalidIdToken("iat")
 
 
 def _identity(claims: dict[str, Any], tid: str) -> Claims:
     return Claims(
         tid=tid,
-        oid=_string(claims, "oid"),
-        sub=_string(claims, "sub"),
-        name=_optional_string(claims, "name"),
-        email=_optional_string(claims, "email"),
-        preferred_username=_optional_string(claims, "preferred_username"),
-        groups=_strings(claims, "groups"),
-        roles=_strings(claims, "roles"),
-        sid=_optional_string(claims, "sid"),
+        oid=read.text(claims, "oid"),
+        sub=read.text(claims, "sub"),
+        name=read.optional_text(claims, "name"),
+        email=read.optional_text(claims, "email"),
+        preferred_username=read.optional_text(claims, "preferred_username"),
+        groups=read.texts(claims, "groups"),
+        roles=read.texts(claims, "roles"),
+        sid=read.optional_text(claims, "sid"),
         raw=MappingProxyType(claims),
     )

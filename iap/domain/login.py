@@ -33,6 +33,7 @@ from typing import Any
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
+from iap.domain import claims as read
 from iap.model import Identity
 
 LOGIN_STATE_PURPOSE = b"login-state"
@@ -195,45 +196,28 @@ def identity_from_claims(claims: Mapping[str, Any], *, roles_map: Mapping[str, s
 
     Entra app roles (``roles``) and group ids (``groups``) found in ``roles_map``
     (``tokens.roles``) become internal roles; unmapped ones grant nothing.
-    Raises :class:`LoginRefused` (``claims``) without ``tid`` or ``oid``.
+    Raises :class:`LoginRefused` (``claims``) without ``tid`` or ``oid``, or for a claim of
+    the wrong type.
     """
-    tid = _required(claims, "tid")
-    oid = _required(claims, "oid")
+    try:
+        tid = read.text(claims, "tid")
+        oid = read.text(claims, "oid")
+        app_roles = read.texts(claims, "roles")
+        groups = read.texts(claims, "groups")
+        profile = {
+            name: read.optional_text(claims, name)
+            for name in ("name", "email", "preferred_username")
+        }
+    except read.InvalidClaim:
+        raise LoginRefused("claims") from None
     if ":" in tid:  # would make "<tid>:<oid>" ambiguous
         raise LoginRefused("claims")
-    app_roles = _strings(claims, "roles")
-    groups = _strings(claims, "groups")
     roles = {roles_map[value] for value in (*app_roles, *groups) if value in roles_map}
     return Identity(
         subject=f"{tid}:{oid}",
         tid=tid,
         oid=oid,
-        name=_optional(claims, "name"),
-        email=_optional(claims, "email"),
-        preferred_username=_optional(claims, "preferred_username"),
         roles=tuple(sorted(roles)),
         groups=groups,
+        **profile,
     )
-
-
-def _required(claims: Mapping[str, Any], name: str) -> str:
-    value = claims.get(name)
-    if not isinstance(value, str) or not value:
-        raise LoginRefused("claims")
-    return value
-
-
-def _optional(claims: Mapping[str, Any], name: str) -> str | None:
-    value = claims.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise LoginRefused("claims")
-    return value
-
-
-def _strings(claims: Mapping[str, Any], name: str) -> tuple[str, ...]:
-    value = claims.get(name, ())
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-        raise LoginRefused("claims")
-    return tuple(value)

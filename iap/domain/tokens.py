@@ -33,6 +33,7 @@ from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
 
+from iap.domain import claims as read
 from iap.domain import compact
 from iap.model import Identity
 
@@ -363,35 +364,14 @@ def check_claims(
 ) -> None:
     """``iss``; ``aud`` when an ``audience`` is given (a string, or a list holding it);
     integer ``exp`` and ``iat`` (required) and ``nbf`` within ``skew`` of ``now``."""
-    if claims.get("iss") != issuer:
-        raise InvalidToken("iss")
-    if audience is not None:
-        aud = claims.get("aud")
-        if isinstance(aud, list):
-            ok = all(isinstance(item, str) for item in aud) and audience in aud
-        else:
-            ok = isinstance(aud, str) and aud == audience
-        if not ok:
+    try:
+        if read.text(claims, "iss") != issuer:
+            raise InvalidToken("iss")
+        if audience is not None and audience not in read.audiences(claims):
             raise InvalidToken("aud")
-    exp = _time(claims, "exp", required=True)
-    if exp is None or exp + skew <= now:
-        raise InvalidToken("exp")
-    nbf = _time(claims, "nbf", required=False)
-    if nbf is not None and nbf > now + skew:
-        raise InvalidToken("nbf")
-    iat = _time(claims, "iat", required=True)
-    if iat is None or iat > now + skew:
-        raise InvalidToken("iat")
-
-
-def _time(claims: Mapping[str, Any], name: str, *, required: bool) -> int | None:
-    value = claims.get(name)
-    if value is None and not required:
-        return None
-    # RFC 7519 §2 NumericDate; integers only (bool is an int in Python)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidToken(name)
-    return value
+        read.check_times(claims, now=now, skew=skew)
+    except read.InvalidClaim as exc:
+        raise InvalidToken(exc.reason("claims")) from None
 
 
 def verify(
@@ -414,24 +394,20 @@ def verify(
 
 
 def identity_of(claims: Mapping[str, Any]) -> Identity:
-    """The caller a verified iap token names (its roles are iap's already)."""
-
-    def text(name: str) -> str | None:
-        value = claims.get(name)
-        return value if isinstance(value, str) and value else None
-
-    subject, tid, oid = text("sub"), text("tid"), text("oid")
-    roles = claims.get("roles", [])
-    if subject is None or tid is None or oid is None or not isinstance(roles, list):
-        raise InvalidToken("claims")
-    return Identity(
-        subject=subject,
-        tid=tid,
-        oid=oid,
-        name=text("name"),
-        email=text("email"),
-        preferred_username=text("preferred_username"),
-        roles=tuple(str(role) for role in roles),
-        groups=(),
-        azp=text("azp"),
-    )
+    """The caller a verified iap token names (its roles are iap's already); its ``act``
+    chain, if any, is checked too, for whoever reads it next."""
+    try:
+        read.actor(claims)
+        return Identity(
+            subject=read.text(claims, "sub"),
+            tid=read.text(claims, "tid"),
+            oid=read.text(claims, "oid"),
+            name=read.optional_text(claims, "name"),
+            email=read.optional_text(claims, "email"),
+            preferred_username=read.optional_text(claims, "preferred_username"),
+            roles=read.texts(claims, "roles"),
+            groups=(),
+            azp=read.optional_text(claims, "azp"),
+        )
+    except read.InvalidClaim as exc:
+        raise InvalidToken(exc.reason("claims")) from None

@@ -32,14 +32,13 @@ from aiohttp import web
 from iap.adapters.idp import IdpUnavailable
 from iap.config import Config
 from iap.domain import bearer, compact, tokens
+from iap.domain import claims as read
 from iap.errors import RequestError, ServiceUnavailable, Unauthenticated
 from iap.model import Identity
 from iap.web.minting import Minter
 from iap.web.signin import SignIn
 
 CACHE_SIZE = 8192
-MAX_ACT_DEPTH = 4
-"""Exchanges of exchanged tokens stop here, so a token cannot grow without bound."""
 # RFC 8693 §2.1, §3 identifiers and RFC 6750 §3.1 challenge: names, not secrets.
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105
@@ -131,14 +130,16 @@ class BearerAuth:
     def _iap(self, claims: Mapping[str, Any]) -> Verified:
         try:
             identity = tokens.identity_of(claims)
+            audience = read.audiences(claims)
         except tokens.InvalidToken as exc:
             raise Refused(f"bearer_{exc.reason}") from None
-        audience = claims.get("aud")
+        except read.InvalidClaim as exc:
+            raise Refused(f"bearer_{exc.reason('claims')}") from None
         return Verified(
             identity,
             claims["exp"],
             "iap",
-            audience if isinstance(audience, str) else None,
+            audience[0] if len(audience) == 1 else None,  # iap mints one audience per token
             claims,
         )
 
@@ -201,11 +202,11 @@ class BearerAuth:
         except Refused as exc:
             raise InvalidGrant(reason=f"exchange_{exc.reason}") from None
         act: dict[str, Any] = {"sub": actor}
-        earlier = verified.claims.get("act")
-        if isinstance(earlier, Mapping):
-            if _depth(earlier) >= MAX_ACT_DEPTH:  # each exchange nests one more level
+        earlier = read.actor(verified.claims)  # type-checked when the token was verified
+        if earlier is not None:
+            if read.actor_depth(earlier) >= read.MAX_ACT_DEPTH:  # each exchange nests one more
                 raise InvalidGrant(reason="exchange_act_too_deep")
-            act["act"] = dict(earlier)
+            act["act"] = earlier
         token = self._minter.exchanged(verified.identity, audience=audience, act=act)
         body = {
             "access_token": token,
@@ -231,14 +232,6 @@ class BearerAuth:
 
 
 _FORM = ("grant_type", "subject_token", "subject_token_type", "audience", "actor_token")
-
-
-def _depth(act: Mapping[str, Any]) -> int:
-    """How many actors an ``act`` claim chains (RFC 8693 §4.1 nests earlier ones)."""
-    depth = 1
-    while isinstance(act.get("act"), Mapping):
-        act, depth = act["act"], depth + 1
-    return depth
 
 
 def _claimed_issuer(token: str) -> object:
