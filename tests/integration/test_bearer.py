@@ -130,7 +130,7 @@ async def test_an_iap_token_is_bound_to_its_audience_until_exchanged(
     stack: SignInStack, http: aiohttp.ClientSession
 ) -> None:
     visitor = stack.visitor(http)
-    assert await call(visitor, "/orders/1", await entra_token(http, stack, "orders-service"))
+    assert await call(visitor, "/orders/1", await entra_token(http, stack, "orders-service")) == 200
     for_orders = forwarded_token(stack)
 
     assert await call(visitor, "/orders/2", for_orders) == 200  # its own audience: as is
@@ -234,7 +234,7 @@ async def test_exchanges_chain_act_and_stop_at_a_bounded_depth(
     stack: SignInStack, http: aiohttp.ClientSession
 ) -> None:
     visitor = stack.visitor(http)
-    assert await call(visitor, "/orders/1", await entra_token(http, stack, "orders-service"))
+    assert await call(visitor, "/orders/1", await entra_token(http, stack, "orders-service")) == 200
     token = forwarded_token(stack)
     depths = []
     for audience in ["billing", "orders", "billing", "orders", "billing"]:
