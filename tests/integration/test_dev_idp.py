@@ -17,6 +17,7 @@ from typing import Any
 from unittest import mock
 
 import aiohttp
+import jwt as pyjwt
 import pytest
 import trustme
 from aiohttp import web
@@ -24,6 +25,8 @@ from aiohttp.test_utils import make_mocked_request
 from joserfc import jwt
 from joserfc.errors import BadSignatureError, InvalidKeyIdError
 from joserfc.jwk import KeySet, KeySetSerialization
+from jwt.algorithms import RSAAlgorithm
+from jwt.types import Options
 from yarl import URL
 
 from iap.dev.idp import (
@@ -153,6 +156,30 @@ async def redeem(
     return await token_request(client, idp, **form)
 
 
+def independently_verified(idp: RunningDevIdP, token: str) -> dict[str, Any]:
+    """The claims of ``token``, its signature checked by PyJWT with the public key that
+    cryptography derives from the private key its ``kid`` names: neither the IdP's JWKS nor
+    joserfc, which signed it, take part. Times and audience are the callers' to check."""
+    kid = pyjwt.get_unverified_header(token)["kid"]
+    [key] = [key for key in idp.idp.keys if key.kid == kid]
+    public = key.private_key.public_key()
+    skip: Options = {
+        "verify_aud": False,
+        "verify_exp": False,
+        "verify_nbf": False,
+        "verify_iat": False,
+    }
+    return dict(pyjwt.decode(token, public, algorithms=["RS256"], options=skip))
+
+
+def assert_published_as_signed(idp: RunningDevIdP, jwk: Mapping[str, Any]) -> None:
+    """The JWKS entry ``jwk`` holds the public half of the private key of its ``kid``."""
+    [key] = [key for key in idp.idp.keys if key.kid == jwk["kid"]]
+    derived = RSAAlgorithm.to_jwk(key.private_key.public_key(), as_dict=True)
+    members = ("kty", "n", "e")
+    assert {name: jwk[name] for name in members} == {name: derived[name] for name in members}
+
+
 async def verify_id_token(
     client: aiohttp.ClientSession, idp: RunningDevIdP, id_token: str, tenant: str, nonce: str | None
 ) -> dict[str, Any]:
@@ -163,7 +190,9 @@ async def verify_id_token(
         jwks = await resp.json()
     token = jwt.decode(id_token, KeySet.import_key_set(jwks), algorithms=["RS256"])
     claims = token.claims
+    assert independently_verified(idp, id_token) == claims
     [key] = [k for k in jwks["keys"] if k["kid"] == token.header["kid"]]
+    assert_published_as_signed(idp, key)
     issuer = metadata["issuer"].replace("{tenantid}", claims["tid"])
     assert key["issuer"].replace("{tenantid}", claims["tid"]) == issuer
     expected: dict[str, Any] = {
@@ -825,10 +854,12 @@ async def test_id_token_hook_forges_tokens(
     idp.idp.id_token_hook = lambda header, claims: idp.idp.sign(header, {**claims, "aud": "x"})
     auth = await sign_in(client, idp, "alice")
     _, body = await redeem(client, idp, auth)
-    assert idp.idp.verify(body["id_token"])["aud"] == "x"
+    assert independently_verified(idp, body["id_token"])["aud"] == "x"
     tampered = body["id_token"][:-4] + ("AAAA" if not body["id_token"].endswith("AAAA") else "BBBB")
     with pytest.raises(BadSignatureError):
         idp.idp.verify(tampered)
+    with pytest.raises(pyjwt.InvalidSignatureError):
+        independently_verified(idp, tampered)
 
 
 async def test_logout_redirects_only_to_registered_uris(
@@ -836,7 +867,7 @@ async def test_logout_redirects_only_to_registered_uris(
 ) -> None:
     auth = await sign_in(client, idp, "alice")
     _, body = await redeem(client, idp, auth)
-    claims = idp.idp.verify(body["id_token"])
+    claims = independently_verified(idp, body["id_token"])
     url = f"{idp.url}/{TENANT_A}/oauth2/v2.0/logout"
     params = {
         "id_token_hint": body["id_token"],
@@ -955,7 +986,9 @@ async def verify_access_token(
         jwks = await resp.json()
     token = jwt.decode(access_token, KeySet.import_key_set(jwks), algorithms=["RS256"])
     assert (token.header["alg"], token.header["kid"]) == ("RS256", idp.idp.signing_kid)
+    assert independently_verified(idp, access_token) == token.claims
     [key] = [k for k in jwks["keys"] if k["kid"] == token.header["kid"]]
+    assert_published_as_signed(idp, key)
     jwt.JWTClaimsRegistry(
         leeway=60,
         aud={"essential": True, "value": API},
@@ -1065,7 +1098,7 @@ async def test_client_secret_basic_for_a_service(
         client, idp, billing, basic=True, scope="https://orders.contoso.example/.default"
     )
     assert status == 200, body
-    claims = idp.idp.verify(body["access_token"])
+    claims = independently_verified(idp, body["access_token"])
     assert (claims["aud"], claims["azp"]) == ("https://orders.contoso.example", billing.client_id)
     status, body = await service_token(
         client, idp, billing, basic=True, client_id=billing.client_id, client_secret="x"
@@ -1082,7 +1115,7 @@ async def test_an_application_id_is_a_resource_too(
         client, idp, SERVICES["orders-service"], scope=f"{api_app_id}/.default"
     )
     assert status == 200, body
-    assert idp.idp.verify(body["access_token"])["aud"] == api_app_id
+    assert independently_verified(idp, body["access_token"])["aud"] == api_app_id
 
 
 async def test_relying_party_client_credentials_have_no_roles(

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import given
 from hypothesis import strategies as st
+from jwt.algorithms import ECAlgorithm
 from jwt.types import Options
 
 from iap.domain.tokens import (
@@ -78,11 +79,30 @@ def claims(now: int = int(T0), **overrides: Any) -> dict[str, Any]:
     return user_claims(ALICE, **(arguments | overrides))
 
 
+def independent_jwk(index: int) -> dict[str, Any]:
+    """The public JWK of ``PEMS[index]``, built by PyJWT and cryptography from the private key:
+    no iap code, so a wrong JWKS or a wrong signing key cannot agree with it."""
+    private = serialization.load_pem_private_key(PEMS[index], password=None)
+    assert isinstance(private, ec.EllipticCurvePrivateKey)
+    return ECAlgorithm.to_jwk(private.public_key(), as_dict=True)
+
+
+def public_members(jwk: dict[str, Any]) -> dict[str, Any]:
+    return {name: jwk[name] for name in ("kty", "crv", "x", "y")}
+
+
 def decode_at(token: str, jwks: dict[str, Any], now: float) -> dict[str, Any]:
+    """Verified with the key of ``jwks`` that the token's ``kid`` names (see :func:`verify_at`)."""
+    return verify_at(
+        token, jwt.PyJWKSet.from_dict(jwks)[jwt.get_unverified_header(token)["kid"]], now
+    )
+
+
+def verify_at(token: str, public: jwt.PyJWK, now: float) -> dict[str, Any]:
     """PyJWT reads the wall clock; judge expiry against ``now`` by hand, the signature by PyJWT."""
     payload = jwt.decode(
         token,
-        jwt.PyJWKSet.from_dict(jwks)[jwt.get_unverified_header(token)["kid"]],
+        public,
         algorithms=["ES256"],
         audience=AUDIENCE,
         issuer=ISSUER,
@@ -225,21 +245,24 @@ def test_a_minted_token_verifies_with_pyjwt_against_the_jwks() -> None:
     keys = KeySet([key(0)], publish_before_use=PBU, ttl=TTL)
     now = int(T0 + PBU)
     token = mint(keys.signing_key(now), claims(now))
+    assert verify_at(token, jwt.PyJWK(independent_jwk(0)), now) == claims(now)
+    [published] = keys.jwks(now)["keys"]
+    assert public_members(published) == independent_jwk(0)  # the JWKS names the same key
     assert decode_at(token, keys.jwks(now), now) == claims(now)
     assert jwt.get_unverified_header(token)["kid"] == key(0).kid
 
 
 def test_pyjwt_refuses_a_wrong_audience_issuer_or_key() -> None:
-    keys = KeySet([key(0)], publish_before_use=PBU, ttl=TTL)
     token = mint(key(0), claims())
-    public = jwt.PyJWK(keys.jwks(T0)["keys"][0])
+    public = jwt.PyJWK(independent_jwk(0))
+    assert verify_at(token, public, T0)["aud"] == AUDIENCE  # the key is right: only aud is not
     with pytest.raises(jwt.InvalidAudienceError):
         jwt.decode(token, public, algorithms=["ES256"], audience="other", options=NO_CLOCK)
     with pytest.raises(jwt.InvalidIssuerError):
         jwt.decode(
             token, public, algorithms=["ES256"], audience=AUDIENCE, issuer="x", options=NO_CLOCK
         )
-    other = jwt.PyJWK(public_jwk(key(1)))
+    other = jwt.PyJWK(independent_jwk(1))
     with pytest.raises(jwt.InvalidSignatureError):
         jwt.decode(token, other, algorithms=["ES256"], audience=AUDIENCE, options=NO_CLOCK)
 
@@ -358,6 +381,8 @@ def test_rotation_publish_before_use_then_retention() -> None:
         assert after.signing_key(now) == k2
         assert after.version(now) == after.version(t2)
     assert decode_at(late, after.jwks(t2 + TTL - 1), t2 + TTL - 1)["jti"] == "jti-1"
+    [retained] = [jwk for jwk in after.jwks(t2 + TTL - 1)["keys"] if jwk["kid"] == k1.kid]
+    assert public_members(retained) == independent_jwk(0)  # K1's own public key, kept
     versions.append(after.version(t2))
 
     # ... and gone after that.
