@@ -34,6 +34,7 @@ from pydantic import (
     model_validator,
 )
 
+from iap import addresses
 from iap.errors import ConfigError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -288,6 +289,20 @@ class Allow(_Model):
     tenants: list[str] = []
     claims: dict[str, list[str]] = {}
     authenticated: bool = False
+
+    @field_validator("emails")
+    @classmethod
+    def _strict_emails(cls, value: list[str]) -> list[str]:
+        if not all(addresses.email(entry) for entry in value):
+            raise ValueError("expected addresses such as alice@contoso.com (one @, DNS labels)")
+        return value
+
+    @field_validator("domains")
+    @classmethod
+    def _strict_domains(cls, value: list[str]) -> list[str]:
+        if not all(addresses.domain(entry.removeprefix("@")) for entry in value):
+            raise ValueError("expected domain names such as contoso.com")
+        return value
 
 
 class Policy(_Model):

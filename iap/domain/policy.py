@@ -9,16 +9,19 @@ Invariants:
 - ``public: true`` is the only way an anonymous caller passes; every ``allow`` condition,
   ``authenticated: true`` included, needs a signed-in identity.
 - Roles are iap's internal roles (after ``tokens.roles`` mapping), groups are Entra group
-  object ids, tenants are ``tid``; all compared exactly. Emails and domains compare
-  ASCII-case-insensitively on the whole address or the whole domain after the last ``@``,
-  never as a suffix. Entra's ``email`` claim is not proof of ownership: prefer roles, groups and
-  tenants, which the IdP asserts (and ``allowed_tenants`` bounds whose emails are seen).
+  object ids, tenants are ``tid``; all compared exactly. Emails and domains are read with the
+  strict parser of ``iap.addresses`` (exactly one ``@``, a dot-atom local part, DNS labels) and
+  compare ASCII-case-insensitively on the whole address or the whole domain, never as a
+  suffix; an ``email`` claim that does not parse matches neither (``email_malformed``).
+  Entra's ``email`` claim is not proof of ownership: prefer roles, groups and tenants, which
+  the IdP asserts (and ``allowed_tenants`` bounds whose emails are seen).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from iap import addresses
 from iap.config import Allow, Policy
 from iap.model import Identity
 
@@ -34,6 +37,8 @@ class Decision:
 PUBLIC = Decision(True, "public")
 UNAUTHENTICATED = Decision(False, "unauthenticated")
 NO_RULE = Decision(False, "no_rule_matched")
+EMAIL_MALFORMED = Decision(False, "email_malformed")
+"""An ``emails`` or ``domains`` rule met an ``email`` claim that is not a strict address."""
 
 
 def decide(policy: Policy, identity: Identity | None) -> Decision:
@@ -56,16 +61,13 @@ def _allowed_by(allow: Allow, identity: Identity) -> Decision:
         return Decision(True, "group")
     if identity.tid in allow.tenants:
         return Decision(True, "tenant")
-    email = _ascii_lower(identity.email or "")
-    if email and email in {_ascii_lower(entry) for entry in allow.emails}:
+    if not (allow.emails or allow.domains):
+        return NO_RULE
+    address = addresses.email(identity.email or "")
+    if address is None:  # no address, or one a strict parser refuses: no email or domain rule
+        return EMAIL_MALFORMED if identity.email else NO_RULE
+    if str(address).lower() in {entry.lower() for entry in allow.emails}:
         return Decision(True, "email")
-    domain = email.rpartition("@")[2] if "@" in email else ""
-    if domain and domain in {_ascii_lower(entry).lstrip("@") for entry in allow.domains}:
+    if address.domain in {entry.lower().removeprefix("@") for entry in allow.domains}:
         return Decision(True, "domain")
     return NO_RULE
-
-
-def _ascii_lower(text: str) -> str:
-    """Lower-case ASCII letters only: Unicode folding would merge distinct addresses
-    (``straße.de`` folds to ``strasse.de``), so non-ASCII text compares exactly."""
-    return text.lower() if text.isascii() else text

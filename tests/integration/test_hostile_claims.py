@@ -54,6 +54,14 @@ EXAMPLES = settings(
 NEVER = range(500, 600)
 
 
+CONTOSO = {
+    "name": "contoso",
+    "upstream": "http://127.0.0.1:9",  # never reached in these tests
+    "match": {"path_prefix": "/contoso/"},
+    "policy": {"allow": {"domains": ["contoso.example"]}},
+}
+
+
 @pytest.fixture
 async def stack(
     upstream: Upstream, start_edge: StartEdge, tmp_path: Path
@@ -64,7 +72,7 @@ async def stack(
         tmp_path,
         trusted_proxies=["127.0.0.0/8"],
         bearer={"entra_audiences": [EDGE_API]},
-        extra_routes=service_routes(upstream.url),
+        extra_routes=[*service_routes(upstream.url), CONTOSO],
         roles={"Orders.Read": "orders-reader"},
     )
     try:
@@ -224,3 +232,27 @@ async def test_id_tokens_with_any_claims_at_the_callback(
     assert app.status in (200, 401), (changes, app.status)
     if answer.status == 403:  # refused sign-in: no session, nothing forwarded
         assert (app.status, len(stack.upstream.seen.requests)) == (401, before)
+
+
+@pytest.mark.parametrize(
+    "email", ["attacker@evil.test@contoso.example", '"x@evil.test"@contoso.example']
+)
+async def test_a_crafted_email_does_not_pass_a_domain_rule(
+    stack: SignInStack, http: aiohttp.ClientSession, email: str
+) -> None:
+    """The finding: the domain was taken after the last ``@``, so this address passed
+    ``domains: [contoso.example]`` (the class of oauth2-proxy CVE-2026-40574)."""
+    idp = stack.idp.idp
+    idp.id_token_hook = lambda header, claims: idp.sign(header, {**claims, "email": email})
+    visitor = Visitor(http, stack.edge.url)
+    try:
+        assert (await visitor.sign_in("bob")).status == 302
+    finally:
+        idp.id_token_hook = None
+    answer = await visitor.get("/contoso/x")
+    assert answer.status == 403
+    assert stack.edge.audit_lines()[-1]["reason"] == "email_malformed"
+    honest = Visitor(http, stack.edge.url)
+    await honest.sign_in("alice")  # alice@contoso.example: in the domain, and let through
+    answer = await honest.get("/contoso/x")
+    assert (answer.status, stack.edge.audit_lines()[-1]["reason"]) == (502, "upstream_unreachable")
