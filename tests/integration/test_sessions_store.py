@@ -508,6 +508,51 @@ async def test_refresh_once_runs_one_refresh_for_concurrent_callers(harness: Har
     assert all(result == results[0] for result in results)
 
 
+class GrantedLock:
+    async def release(self) -> bool:
+        return True
+
+
+class NoCoordination(MemoryStore):
+    """A store that gives every caller the refresh lock and keeps no refresh outcome: only
+    the in-process single flight can stop concurrent callers from each refreshing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.locks_granted = 0
+
+    async def acquire_lock(self, name: str, *, ttl: float) -> Lock | None:
+        self.locks_granted += 1
+        return GrantedLock()
+
+    async def put(self, handle: str, value: bytes, *, ttl: float) -> None:
+        if not handle.startswith("refreshed:"):
+            await super().put(handle, value, ttl=ttl)
+
+
+@pytest.mark.parametrize("kind", [CookieSessions, StoredSessions], ids=["cookie", "stored"])
+async def test_concurrent_callers_in_one_process_share_one_refresh_without_the_store(
+    kind: type[CookieSessions] | type[StoredSessions],
+) -> None:
+    store = NoCoordination()
+    sessions = kind(RING, store, lifetime=LIFETIME)
+    cookie = await sessions.save(make_session(), now=NOW)
+    session = await sessions.load(cookie, now=LATER)
+    refresh = Refresher()
+    async with hang_guard():
+        callers = [
+            asyncio.create_task(sessions.refresh_once(session, refresh, now=LATER))
+            for _ in range(5)
+        ]
+        await refresh.started.wait()  # every caller ran up to its wait before this refresh
+        refresh.release.set()
+        results = await asyncio.gather(*callers)
+    assert refresh.calls == 1
+    assert store.locks_granted == 1
+    assert all(result == results[0] for result in results)
+    assert results[0].generation == session.generation + 1
+
+
 async def test_refresh_once_after_a_refresh(harness: Harness) -> None:
     sessions = harness.sessions()
     session = await stale_session(harness)
