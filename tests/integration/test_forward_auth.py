@@ -15,9 +15,13 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from iap.dev.idp import USERS
+from iap.domain.paths import normalise
+from iap.errors import BadRequest
 from tests.conftest import StartEdge, Upstream
 from tests.support.http import raw_request, request_head
 from tests.support.signin import SignInStack, Visitor, http, start_signin_stack
@@ -242,3 +246,116 @@ async def test_envoy_prefix_mode_takes_the_path_from_the_request_line(
     assert answer.status == 200
     assert answer.header("X-IAP-Subject") == f"{USERS['alice'].tid}:{USERS['alice'].oid}"
     assert stack.edge.audit_lines()[-1]["method"] == "DELETE"
+
+
+# --- property: a 2xx only for a well-formed request the policy lets pass ------------------
+
+FAMILY = ["X-Original-URI", "X-Forwarded-Uri", "X-Original-URL", "X-Envoy-Original-Path",
+          "X-Original-Method", "X-Forwarded-Method", "X-Forwarded-Host", "X-Original-Host",
+          "x_original_uri", "X-Other"]  # fmt: skip
+PRINTABLE = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
+VALUES = st.sampled_from(
+    ["", "/", "/public/x", "/app/secret", "/admin/", "/public/../app/x", "/app/%2e%2e/public",
+     "/app/..%2fpublic", "public", "GET", "POST", "127.0.0.1", "evil.test", " /public/x"]
+) | st.text(alphabet=PRINTABLE, max_size=12)  # fmt: skip
+
+
+def mostly(value: str, *others: str) -> st.SearchStrategy[str]:
+    return st.sampled_from([value] * 4 + list(others))
+
+
+def present(name: str, *others: str) -> st.SearchStrategy[str | None]:
+    return st.sampled_from([name] * 4 + [*others, None])  # type: ignore[list-item]
+
+
+NGINX_SET = st.tuples(
+    present("X-Original-URI", "x_original_uri"),
+    VALUES,
+    present("X-Original-Method"),
+    mostly("GET", "POST", "get", "G ET", ""),
+    present("X-Forwarded-Host"),
+    mostly("127.0.0.1", "evil.test", "", "a/b"),
+).map(lambda t: [(name, value) for name, value in zip(t[::2], t[1::2], strict=True) if name])
+NGINX_METHOD_HOST = [("X-Original-Method", "GET"), ("X-Forwarded-Host", "127.0.0.1")]
+# What nginx sets, each part perhaps missing, and whatever else the client added around it
+HEADERS = st.tuples(NGINX_SET, st.lists(st.tuples(st.sampled_from(FAMILY), VALUES), max_size=4))
+
+
+def passes(headers: list[tuple[str, str]]) -> bool:
+    """What may pass, read independently of iap's header code: the three nginx headers once
+    each, not empty, nothing else of their kind saying otherwise, and a URI that the
+    gateway's path rules place outside the protected routes."""
+    folded = [(name.lower().replace("_", "-"), value.strip()) for name, value in headers]
+    kinds = {
+        "x-original-uri": ("x-forwarded-uri", "x-original-url", "x-envoy-original-path"),
+        "x-original-method": ("x-forwarded-method",),
+        "x-forwarded-host": ("x-original-host",),
+    }
+    chosen = {}
+    for name, others in kinds.items():
+        values = [value for key, value in folded if key == name]
+        if len(values) != 1 or not values[0]:
+            return False
+        if any(value and value != values[0] for key, value in folded if key in others):
+            return False
+        chosen[name] = values[0]
+    try:
+        path = normalise(chosen["x-original-uri"]).path
+    except BadRequest:
+        return False
+    return not path.startswith(("/app/", "/admin/"))
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # one stack, many examples
+)
+@example(parts=(NGINX_METHOD_HOST, [("X-Forwarded-Uri", "/public/x")]))  # the bypass
+@example(parts=([("X-Original-URI", "/app/s"), *NGINX_METHOD_HOST], [("X-Forwarded-Uri", "/")]))
+@example(parts=(NGINX_METHOD_HOST, []))  # missing: once judged as "/"
+@example(parts=([("X-Original-URI", ""), *NGINX_METHOD_HOST], []))
+@given(parts=HEADERS)
+async def test_random_forward_auth_headers_never_pass_what_they_should_not(
+    stack: SignInStack,
+    http: aiohttp.ClientSession,
+    parts: tuple[list[tuple[str, str]], list[tuple[str, str]]],
+) -> None:
+    """An anonymous caller: only the public route can answer 2xx, and only when the request
+    was stated once and consistently. Never a 5xx."""
+    headers = [*parts[0], *parts[1]]
+    sent: CIMultiDict[str] = CIMultiDict(headers)
+    answer = await stack.visitor(http).get("/.iap/auth", headers=sent)
+    assert answer.status in (200, 400, 401, 403), (headers, answer.status)
+    if answer.status == 200:
+        assert passes(headers), headers
+
+
+async def test_an_unexpected_error_while_authenticating_is_refused_and_counted(
+    stack: SignInStack, visitor: Visitor, http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Fault injection: the session check itself fails. The caller is treated as one
+    without credentials (302 or 401; 401 with a bearer token), never 500, never forwarded,
+    and ``iap_authn_internal_errors_total`` counts it."""
+    await visitor.sign_in("alice")
+    signin = stack.edge.edge.signin
+    assert signin is not None
+
+    async def broken(request: object) -> None:
+        raise RuntimeError("a bug in the session check")
+
+    monkeypatch.setattr(signin, "authenticate", broken)
+    registry = stack.edge.edge.metrics.registry
+    browser = await visitor.get("/app/x", headers={"Accept": "text/html"})
+    assert browser.status == 302
+    assert browser.location.startswith("/.iap/login?rd=")
+    api = await visitor.get("/app/x")
+    assert (api.status, stack.edge.audit_lines()[-1]["reason"]) == (401, "authn_internal_error")
+    bearer = await visitor.get("/app/x", headers={"Authorization": "Bearer x.y.z"})
+    assert bearer.status == 401
+    assert 'error="invalid_token"' in (bearer.header("WWW-Authenticate") or "")
+    status, _ = await auth(visitor, "/app/x")
+    assert status == 401
+    assert not stack.upstream.seen.requests
+    assert registry.get_sample_value("iap_authn_internal_errors_total") == 4
