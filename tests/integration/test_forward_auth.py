@@ -19,12 +19,19 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
+from iap import config
 from iap.dev.idp import USERS
 from iap.domain.paths import normalise
 from iap.errors import BadRequest
 from tests.conftest import StartEdge, Upstream
 from tests.support.http import raw_request, request_head
-from tests.support.signin import SignInStack, Visitor, http, start_signin_stack
+from tests.support.signin import (
+    SignInStack,
+    Visitor,
+    http,
+    signin_config,
+    start_signin_stack,
+)
 
 __all__ = ["http"]
 
@@ -359,3 +366,28 @@ async def test_an_unexpected_error_while_authenticating_is_refused_and_counted(
     assert status == 401
     assert not stack.upstream.seen.requests
     assert registry.get_sample_value("iap_authn_internal_errors_total") == 4
+
+
+async def test_a_reload_applies_new_forward_auth_headers(
+    stack: SignInStack, http: aiohttp.ClientSession, upstream: Upstream, tmp_path: Path
+) -> None:
+    """SIGHUP builds a new gateway: the new headers are read at once, the old ones no more."""
+    document = signin_config(
+        upstream.url, stack.idp, stack.edge.port, tmp_path, trusted_proxies=["127.0.0.0/8"]
+    )
+    document["forward_auth"] = {
+        "uri_header": "X-Forwarded-Uri",
+        "method_header": "X-Forwarded-Method",
+        "host_header": "X-Forwarded-Host",
+    }
+    old = stack.edge.edge.reload(config.parse(document))
+    await old.close()
+    anonymous = stack.visitor(http)
+    assert (await auth(anonymous, "/public/x"))[0] == 400  # X-Original-URI is no longer read
+    assert last_reason(stack) == "forward_auth_uri_missing"
+    sent = {"X-Forwarded-Uri": "/public/x", "X-Forwarded-Method": "GET"}
+    nginx = {**NGINX, "X-Original-Method": "POST"}
+    assert (await anonymous.get("/.iap/auth", headers={**nginx, **sent})).status == 400
+    assert last_reason(stack) == "forward_auth_method_conflict"  # nginx's name, another value
+    sent["X-Forwarded-Host"] = "127.0.0.1"
+    assert (await anonymous.get("/.iap/auth", headers=sent)).status == 200
