@@ -5,7 +5,7 @@
 set -euo pipefail
 
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(redis-server chromium)
+[ ${#want[@]} -gt 0 ] || want=(redis-server chromium nginx)
 
 missing=()
 for pkg in "${want[@]}"; do
@@ -13,6 +13,8 @@ for pkg in "${want[@]}"; do
     redis-server) command -v redis-server >/dev/null || missing+=(redis-server) ;;
     wrk) command -v wrk >/dev/null || missing+=(wrk) ;;
     chromium) command -v chromium >/dev/null || missing+=(chromium) ;;
+    # /usr/sbin is not on every user's PATH
+    nginx) command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx) ;;
     *) echo "sysdeps: unknown package $pkg" >&2; exit 2 ;;
   esac
 done
