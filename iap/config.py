@@ -27,8 +27,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     FilePath,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -239,9 +241,16 @@ class Bearer(_Model):
     entra_audiences: list[str] = []
 
 
+def _absolute_prefix(value: str) -> str:
+    """A path prefix as the normalised paths it is compared with (``iap.domain.paths``)."""
+    if not value.startswith("/") or "\\" in value or "/../" in value + "/" or "%" in value:
+        raise ValueError("expected a normalised absolute path such as /orders/")
+    return value
+
+
 class Match(_Model):
     host: str | None = None
-    path_prefix: str = "/"
+    path_prefix: Annotated[str, AfterValidator(_absolute_prefix)] = "/"
     methods: frozenset[str] | None = None
 
     @field_validator("host")
@@ -251,13 +260,6 @@ class Match(_Model):
         if value is not None and not re.fullmatch(r"[A-Za-z0-9.-]+", value):
             raise ValueError("expected a host name without port, such as api.contoso.com")
         return value.lower().rstrip(".") if value else value
-
-    @field_validator("path_prefix")
-    @classmethod
-    def _absolute_prefix(cls, value: str) -> str:
-        if not value.startswith("/") or "\\" in value or "/../" in value + "/" or "%" in value:
-            raise ValueError("expected a normalised absolute path such as /orders/")
-        return value
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -281,39 +283,125 @@ class UpstreamTLS(_Model):
         return self
 
 
+def _strict_emails(value: list[str]) -> list[str]:
+    if not all(addresses.email(entry) for entry in value):
+        raise ValueError("expected addresses such as alice@contoso.com (one @, DNS labels)")
+    return value
+
+
+def _strict_domains(value: list[str]) -> list[str]:
+    if not all(addresses.domain(entry.removeprefix("@")) for entry in value):
+        raise ValueError("expected domain names such as contoso.com")
+    return value
+
+
+def _path_prefixes(value: list[str]) -> list[str]:
+    for prefix in value:
+        _absolute_prefix(prefix)
+    return value
+
+
+def _upper(value: object) -> object:
+    return [str(item).upper() for item in value] if isinstance(value, list) else value
+
+
+Emails = Annotated[list[str], AfterValidator(_strict_emails)]
+Domains = Annotated[list[str], AfterValidator(_strict_domains)]
+Values = Annotated[list[str], Field(min_length=1)]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 class Allow(_Model):
+    """The single-mapping form ``allow: {roles: [...], ...}``: its conditions are ORed."""
+
     roles: list[str] = []
     groups: list[str] = []
-    emails: list[str] = []
-    domains: list[str] = []
+    emails: Emails = []
+    domains: Domains = []
     tenants: list[str] = []
     claims: dict[str, list[str]] = {}
     authenticated: bool = False
 
-    @field_validator("emails")
-    @classmethod
-    def _strict_emails(cls, value: list[str]) -> list[str]:
-        if not all(addresses.email(entry) for entry in value):
-            raise ValueError("expected addresses such as alice@contoso.com (one @, DNS labels)")
-        return value
 
-    @field_validator("domains")
+class Rule(_Model):
+    """One rule of ``allow: [...]`` or ``deny: [...]``: every condition given must hold (AND).
+
+    Unset conditions do not constrain; a given list must not be empty (SPEC §5.1).
+    """
+
+    authenticated: Literal[True] | None = None
+    roles: Values | None = None
+    groups: Values | None = None
+    tenants: Values | None = None
+    emails: Annotated[Emails, Field(min_length=1)] | None = None
+    domains: Annotated[Domains, Field(min_length=1)] | None = None
+    claims: Annotated[dict[str, Values], Field(min_length=1)] | None = None
+    methods: Annotated[Values, BeforeValidator(_upper)] | None = None
+    paths: Annotated[Values, AfterValidator(_path_prefixes)] | None = None
+    auth: Annotated[list[Literal["session", "bearer"]], Field(min_length=1)] | None = None
+    source: Annotated[list[Network], Field(min_length=1)] | None = None
+
+    @field_validator("source", mode="before")
     @classmethod
-    def _strict_domains(cls, value: list[str]) -> list[str]:
-        if not all(addresses.domain(entry.removeprefix("@")) for entry in value):
-            raise ValueError("expected domain names such as contoso.com")
-        return value
+    def _networks(cls, value: object) -> object:
+        return _cidrs(value)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Rule:
+        if not self.model_fields_set:
+            raise ValueError("a rule needs at least one condition")
+        return self
+
+
+def _kind(value: object) -> str | None:
+    if isinstance(value, list):
+        return "rules"
+    if isinstance(value, Mapping | Allow):
+        return "mapping"
+    return None
 
 
 class Policy(_Model):
+    """``public: true``, or ``allow`` (a list of rules, or the single-mapping form) and ``deny``
+    (a list of rules that refuse before ``allow`` is read)."""
+
     public: bool = False
-    allow: Allow | None = None
+    allow: (
+        Annotated[
+            Annotated[list[Rule], Tag("rules")] | Annotated[Allow, Tag("mapping")],
+            Discriminator(_kind),
+        ]
+        | None
+    ) = None
+    deny: list[Rule] = []
 
     @model_validator(mode="after")
     def _public_or_allow(self) -> Policy:
-        if self.public and self.allow is not None:
-            raise ValueError("a policy is either public: true or an allow rule, not both")
+        if self.public and (self.allow is not None or self.deny):
+            raise ValueError("a policy is either public: true or allow and deny rules, not both")
         return self
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        """The allow rules of the list form; empty for the single-mapping form."""
+        return tuple(self.allow) if isinstance(self.allow, list) else ()
+
+    @property
+    def reads_claims(self) -> bool:
+        """Whether deciding needs the caller's token claims (a ``claims`` condition)."""
+        mapping = self.allow if isinstance(self.allow, Allow) else None
+        return bool(mapping and mapping.claims) or any(
+            rule.claims for rule in (*self.rules, *self.deny)
+        )
+
+    @property
+    def groups(self) -> frozenset[str]:
+        """Every group id a rule names (a session keeps these when it must drop groups)."""
+        mapping = self.allow if isinstance(self.allow, Allow) else None
+        named = [*(mapping.groups if mapping else ())]
+        for rule in (*self.rules, *self.deny):
+            named += rule.groups or ()
+        return frozenset(named)
 
 
 class RateLimit(_Model):
@@ -439,24 +527,31 @@ class Config(_Model):
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _networks(cls, value: object) -> object:
-        if not isinstance(value, list):
-            return value
-        networks: list[object] = []
-        for item in value:
-            try:
-                networks.append(ipaddress.ip_network(str(item), strict=True))
-            except ValueError:
-                raise ValueError("expected CIDRs such as 10.0.0.0/8 (host bits unset)") from None
-        return networks
+        return _cidrs(value)
+
+
+def _cidrs(value: object) -> object:
+    if not isinstance(value, list):
+        return value
+    networks: list[object] = []
+    for item in value:
+        try:
+            networks.append(ipaddress.ip_network(str(item), strict=True))
+        except ValueError:
+            raise ValueError("expected CIDRs such as 10.0.0.0/8 (host bits unset)") from None
+    return networks
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
-    text = ""
+    text, previous = "", None
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
+        elif previous == "allow" and part in ("rules", "mapping"):
+            pass  # the two forms of ``policy.allow``: a tag, not a key
         elif not part.startswith(("function-", "json-or-python", "lax-", "tagged-union")):
             text += f".{part}" if text else part
+        previous = part
     return text or "(top level)"
 
 
@@ -515,9 +610,6 @@ def _policy_problems(key: str, policy: object, document: Mapping[str, object]) -
         return []
     if document.get("oidc") is None:
         return [f"{key}: a route that is not `public: true` needs sign-in; configure oidc"]
-    allow = policy.get("allow")
-    if isinstance(allow, Mapping) and allow.get("claims"):
-        return [f"{key}.allow.claims: not supported by this build yet; use roles or groups"]
     return []
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from iap.config import Address, Allow, Config, Route
+from iap.config import Address, Allow, Config, Route, Rule
 from iap.errors import ConfigError
 
 API_VERSION = "security.istio.io/v1"
@@ -128,12 +128,17 @@ def _config_problems(config: Config) -> list[str]:
             )
         if any("*" in method for method in route.match.methods or ()):
             problems.append(f"routes[{index}].match.methods: `*` is a wildcard in Istio")
-        allow = route.policy.allow or Allow()
-        for key in ("roles", "tenants", "emails", "domains"):
-            if any("*" in value for value in getattr(allow, key)):
-                problems.append(
-                    f"routes[{index}].policy.allow.{key}: `*` is a wildcard in Istio conditions"
-                )
+        policy = route.policy
+        named: list[tuple[str, Allow | Rule]] = (
+            [("allow", policy.allow)] if isinstance(policy.allow, Allow) else []
+        )
+        named += [(f"allow[{i}]", rule) for i, rule in enumerate(policy.rules)]
+        for where, rule in named:
+            for key in ("roles", "tenants", "emails", "domains", "methods", "paths"):
+                if any("*" in value for value in getattr(rule, key, None) or ()):
+                    problems.append(
+                        f"routes[{index}].policy.{where}.{key}: `*` is a wildcard in Istio"
+                    )
     return problems
 
 
@@ -189,16 +194,90 @@ def _rules(
     to = [{"operation": operation} for operation in operations]
     if route.policy.public:
         return [{"to": to}], []
+    if isinstance(route.policy.allow, list):
+        return _rule_list(route, issuer, operations)
     conditions, notes = _conditions(route.policy.allow)
-    token = {
-        "from": [{"source": {"requestPrincipals": [f"{issuer}/*"]}}],
-        "to": to,
-        "when": [_when("iss", [issuer]), _when("aud", [route.audience or route.name])],
-    }
+    notes += _deny_notes(route)
+    token = _token(route, issuer, to)
     rules = [{**token, "when": token["when"] + condition} for condition in conditions]
     if notes and not rules:
         notes.append(("", "nothing else to check in the mesh: it refuses every request"))
     return rules, notes
+
+
+def _token(route: Route, issuer: str, to: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "from": [{"source": {"requestPrincipals": [f"{issuer}/*"]}}],
+        "to": to,
+        "when": [_when("iss", [issuer]), _when("aud", [route.audience or route.name])],
+    }
+
+
+_MESH_UNCHECKABLE = {
+    **_UNCHECKABLE,
+    "auth": "the mesh does not know how the caller signed in at the edge",
+    "source": "the mesh sees iap's address, not the client's",
+}
+
+
+def _rule_list(
+    route: Route, issuer: str, operations: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """The list form: each rule is an AND, so a rule with a condition the mesh cannot check
+    is left out whole (the mesh then refuses more than iap, never less)."""
+    rules: list[dict[str, Any]] = []
+    notes: list[tuple[str, str]] = []
+    for index, rule in enumerate(route.policy.rules):
+        unchecked = [key for key in _MESH_UNCHECKABLE if getattr(rule, key) is not None]
+        if unchecked:
+            why = "; ".join(_MESH_UNCHECKABLE[key] for key in unchecked)
+            notes.append((f".policy.allow[{index}]", f"not enforced in the mesh: {why}"))
+            continue
+        to = [{"operation": op} for op in _narrowed(operations, rule.methods, rule.paths)]
+        if not to:
+            notes.append((f".policy.allow[{index}]", "matches no request of this route"))
+            continue
+        when = []
+        for key, claim in _CLAIMS:
+            if getattr(rule, key):
+                when.append(_when(claim, sorted(getattr(rule, key))))
+        if rule.domains:
+            when.append(_when("email", sorted(f"*@{d.removeprefix('@')}" for d in rule.domains)))
+        token = _token(route, issuer, to)
+        rules.append({**token, "when": token["when"] + when})
+    return rules, notes + _deny_notes(route)
+
+
+def _narrowed(
+    operations: list[dict[str, Any]], methods: list[str] | None, paths: list[str] | None
+) -> list[dict[str, Any]]:
+    """The route's operations restricted to a rule's methods and path prefixes."""
+    narrowed = []
+    for operation in operations:
+        op = {key: list(value) for key, value in operation.items()}
+        if methods is not None:
+            kept = [m for m in op.get("methods", methods) if m in methods]
+            if not kept:
+                continue
+            op["methods"] = sorted(kept)
+        if paths is not None:
+            prefixes = [p.removesuffix("*") for p in op.get("paths", ["*"])]
+            inside = sorted(
+                {f"{p}*" for p in paths for prefix in prefixes if p.startswith(prefix)}
+                | {f"{prefix}*" for p in paths for prefix in prefixes if prefix.startswith(p)}
+            )
+            if not inside:
+                continue
+            op["paths"] = inside
+        narrowed.append(op)
+    return narrowed
+
+
+def _deny_notes(route: Route) -> list[tuple[str, str]]:
+    return [
+        (f".policy.deny[{index}]", "not rendered for the mesh yet: iap enforces it at the edge")
+        for index in range(len(route.policy.deny))
+    ]
 
 
 def _conditions(allow: Allow | None) -> tuple[list[list[dict[str, Any]]], list[tuple[str, str]]]:

@@ -50,15 +50,16 @@ def entra_identity(
     roles_map: Mapping[str, str],
     now: int,
     skew: int = 120,
-) -> tuple[Identity, int, str | None]:
-    """The caller an Entra access token names, the token's ``exp``, and the client
-    application that obtained it (``azp``, v1 ``appid``)."""
+) -> tuple[Identity, int, str | None, Mapping[str, Any]]:
+    """The caller an Entra access token names, the token's ``exp``, the client application
+    that obtained it (``azp``, v1 ``appid``), and the token's claims."""
     try:
         key, claims = idtoken.verified_claims(token, jwks)
     except idtoken.InvalidIdToken as exc:
         raise InvalidBearer(exc.reason) from None
     try:
-        return _caller(claims, key, authority, audiences, allowed_tenants, roles_map, now, skew)
+        found = _caller(claims, key, authority, audiences, allowed_tenants, roles_map, now, skew)
+        return (*found, claims)
     except read.InvalidClaim as exc:
         raise InvalidBearer(exc.reason("claims")) from None
 
@@ -95,6 +96,7 @@ def _caller(
     if (idtyp == "app" and delegated) or (idtyp == "user" and not delegated):
         raise InvalidBearer("claims")
     read.optional_text(claims, "ver")
+    read.actor(claims)  # an exchange nests it: checked like an iap token's
     if delegated:
         return _identity(claims, f"{tid}:{oid}", tid, oid, roles, azp=None), exp, app
     if app is None:

@@ -31,6 +31,7 @@ from iap.errors import BadRequest
 
 PATH = "/.iap/auth"
 """Header mode answers here; prefix mode below ``PATH + "/"``."""
+RESERVED = "/.iap/"
 
 URI_HEADERS = ("x-original-uri", "x-forwarded-uri", "x-original-url", "x-envoy-original-path")
 METHOD_HEADERS = ("x-original-method", "x-forwarded-method")
@@ -125,4 +126,6 @@ def _original(method: str, host: str, uri: str) -> Original:
         target = normalise(uri)
     except BadRequest as exc:
         raise BadRequest(f"forward-auth: {exc.detail}", reason="forward_auth_uri_invalid") from None
+    if target.path.startswith(RESERVED):  # the gateway never routes these; nor is it asked
+        raise BadRequest("forward-auth: a reserved path", reason="forward_auth_uri_reserved")
     return Original(method.upper(), host, target)

@@ -56,6 +56,7 @@ class Verified:
     method: str  # "entra" or "iap"
     audience: str | None  # an iap token's ``aud``; None for Entra tokens
     claims: Mapping[str, Any]
+    client: str | None = None  # the application that obtained an Entra token (azp, appid)
 
 
 class Refused(Exception):
@@ -168,7 +169,7 @@ class BearerAuth:
     def _entra_with(self, token: str, keys: Mapping[str, Any], now: int) -> Verified:
         assert self._signin is not None
         self._entra_version = ",".join(sorted(str(k.get("kid")) for k in keys.get("keys", ())))
-        identity, exp, client = bearer.entra_identity(
+        identity, exp, client, claims = bearer.entra_identity(
             token,
             jwks=keys,
             authority=self._signin.authority,
@@ -177,7 +178,7 @@ class BearerAuth:
             roles_map=self._roles_map,
             now=now,
         )
-        return Verified(identity, exp, "entra", None, {"azp": client} if client else {})
+        return Verified(identity, exp, "entra", None, claims, client)
 
     # --- RFC 8693 token exchange ---------------------------------------------------------
 
@@ -225,10 +226,9 @@ class BearerAuth:
             return (await self.verify(actor_token)).identity.subject
         if subject.method == "iap" and subject.audience is not None:
             return f"{self._issuer}#{subject.audience}"  # the service the token was minted for
-        client = subject.claims.get("azp")
-        if not isinstance(client, str):
+        if subject.client is None:
             raise Refused("bearer_no_client")
-        return f"{subject.identity.tid}:{client}"  # the application that obtained the token
+        return f"{subject.identity.tid}:{subject.client}"  # the application that obtained the token
 
 
 _FORM = ("grant_type", "subject_token", "subject_token_type", "audience", "actor_token")

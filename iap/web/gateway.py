@@ -15,6 +15,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import aiohttp
 from aiohttp import web
@@ -36,8 +37,8 @@ from iap.config import Config, Route
 from iap.domain import correlation, forward_auth
 from iap.domain.headers import HeaderFilter, TrustedProxies, forwarded, identity_headers
 from iap.domain.negotiation import prefers_html
-from iap.domain.paths import normalise
-from iap.domain.policy import decide
+from iap.domain.paths import Target, normalise
+from iap.domain.policy import Facts, decide
 from iap.domain.routing import RouteTable
 from iap.errors import (
     BadRequest,
@@ -58,7 +59,7 @@ from iap.web.signin import Caller, SignIn, challenge
 
 log = logging.getLogger("iap")
 
-RESERVED_PREFIX = "/.iap/"
+RESERVED_PREFIX = forward_auth.RESERVED
 _PUBLIC_DECISION = {
     "iap.authn.method": "none",
     "iap.authz.decision": "allow",
@@ -245,7 +246,9 @@ class Gateway:
             if span.recording:
                 span.decision("iap.authz", _PUBLIC_DECISION)
         else:
-            caller, presented = await self._admit(request, exchange, route, span, str(target))
+            caller, presented = await self._admit(
+                request, exchange, route, span, request.method, target
+            )
             identity, cookies = caller.identity, caller.cookies
             sid = caller.session.sid if caller.session else None
         incoming = list(request.headers.items())
@@ -304,7 +307,7 @@ class Gateway:
         is judged by the same steps as a proxied request, but an anonymous browser gets 401,
         not a redirect: front proxies treat any answer but 2xx, 401 and 403 as an error.
         """
-        exchange.path = original.target.path
+        exchange.method, exchange.path = original.method, original.target.path  # as judged
         route = self._routes.match(original.host, original.target.path, original.method)
         if route is None:
             raise Forbidden(
@@ -317,7 +320,7 @@ class Gateway:
             exchange.decision, exchange.reason = "allow", "public"
             return answer
         caller, presented = await self._admit(
-            request, exchange, route, span, str(original.target), redirect=False
+            request, exchange, route, span, original.method, original.target, redirect=False
         )
         assert caller.identity is not None  # _admit raised otherwise
         for name, value in identity_headers(caller.identity):
@@ -337,7 +340,8 @@ class Gateway:
         exchange: Exchange,
         route: _Route,
         span: RequestSpan,
-        target: str,
+        method: str,
+        target: Target,
         *,
         redirect: bool = True,
     ) -> tuple[Caller, str | None]:
@@ -351,7 +355,8 @@ class Gateway:
             caller, presented = await self._authenticate(
                 request, exchange, route.config.audience or route.name
             )
-            self._authorize(request, route, exchange, span, caller, target, redirect=redirect)
+            facts = self._facts(route, exchange, caller, method, target.path)
+            self._authorize(request, route, exchange, span, caller, facts, str(target), redirect)
         except RequestError:
             raise
         except Exception:
@@ -364,7 +369,7 @@ class Gateway:
                 Caller(),
                 html=redirect and prefers_html(request.headers.get("Accept")),
                 method=request.method,
-                target=target,
+                target=str(target),
                 reason="authn_internal_error",
             ) from None
         return caller, presented
@@ -411,7 +416,7 @@ class Gateway:
         if token is not None:
             assert self._bearer is not None
             verified = await self._verify_bearer(token, audience, exchange)
-            caller = Caller(verified.identity, None, caller.cookies, "bearer")
+            caller = Caller(verified.identity, None, caller.cookies, "bearer", verified.claims)
             presented = token if verified.method == "iap" else None
             exchange.authn_method = "bearer"
         elif caller.identity is not None:
@@ -445,15 +450,16 @@ class Gateway:
         exchange: Exchange,
         span: RequestSpan,
         caller: Caller,
+        facts: Facts,
         target: str,
-        *,
         redirect: bool,
     ) -> None:
         """SPEC §2 step 7: the route's policy, deny by default; raises when denied.
 
-        An anonymous caller is challenged: a browser with ``redirect`` is sent to sign-in.
+        An anonymous caller whom signing in could let through is challenged: a browser with
+        ``redirect`` is sent to sign-in. A deny rule refuses anonymous callers with 403.
         """
-        decision = decide(route.config.policy, caller.identity)
+        decision = decide(route.config.policy, facts)
         exchange.decision = "allow" if decision.allow else "deny"
         exchange.reason = decision.reason
         if caller.identity is None and caller.reason != "no_session":
@@ -472,12 +478,28 @@ class Gateway:
             )
         if decision.allow:
             return
-        if caller.identity is None:
+        if decision.outcome == "sign_in":
             html = redirect and prefers_html(request.headers.get("Accept"))
             raise challenge(
                 caller, html=html, method=request.method, target=target, reason=exchange.reason
             )
         raise Forbidden(reason=decision.reason, headers=[("Set-Cookie", c) for c in caller.cookies])
+
+    @staticmethod
+    def _facts(route: _Route, exchange: Exchange, caller: Caller, method: str, path: str) -> Facts:
+        """What the route's policy decides on; the token claims only when a rule reads them."""
+        claims = caller.claims() if route.config.policy.reads_claims else {}
+        auth: Literal["session", "bearer"] = (
+            "bearer" if exchange.authn_method == "bearer" else "session"
+        )
+        return Facts(
+            method=method,
+            path=path,
+            identity=caller.identity,
+            auth=auth if caller.identity is not None else None,
+            client=exchange.client_ip,
+            claims=claims,
+        )
 
     def _check_bounds(self, request: web.BaseRequest) -> None:
         """SPEC §2 step 1: bound the request before any other work."""

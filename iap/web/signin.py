@@ -43,7 +43,7 @@ from iap.adapters.oauth import OAuthClient, TokenRefused, TokenResponse, load_cr
 from iap.adapters.sessions import CookieSessions, SessionRejected, Sessions, StoredSessions
 from iap.adapters.store import MemoryStore, RedisStore, SessionStore, StoreUnavailable
 from iap.config import Config
-from iap.domain import idtoken
+from iap.domain import compact, idtoken
 from iap.domain import session as sessions
 from iap.domain.login import (
     MAX_AGE,
@@ -87,6 +87,22 @@ class Caller:
     session: Session | None = None
     cookies: list[str] = field(default_factory=list)
     reason: str = "no_session"
+    token_claims: Mapping[str, Any] | None = None
+    """A bearer caller's verified claims; a session's come from its ID token on demand."""
+
+    def claims(self) -> Mapping[str, Any]:
+        """The claims ``claims`` policy conditions read: the bearer token's, or those of the
+        session's ID token (validated when it was received; only read here)."""
+        if self.token_claims is not None:
+            return self.token_claims
+        if self.session is None or not self.session.id_token:
+            return {}
+        try:
+            return compact.json_object(
+                compact.b64decode(compact.segments(self.session.id_token)[1])
+            )
+        except compact.Malformed:
+            return {}
 
 
 @dataclass(frozen=True)
@@ -134,7 +150,7 @@ class SignIn:
         )
         self._roles_map = dict(config.tokens.roles) if config.tokens else {}
         self._relevant_groups = frozenset(self._roles_map).union(
-            *(route.policy.allow.groups for route in config.routes if route.policy.allow)
+            *(route.policy.groups for route in config.routes)
         )
         self._authority = _Authority.parse(oidc.issuer)
         self._public_url = config.public_url.rstrip("/")

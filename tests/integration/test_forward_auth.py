@@ -146,6 +146,8 @@ async def test_the_original_uri_is_read_from_the_configured_header_only(
         ("/app/..%2fpublic", (), "forward_auth_uri_invalid"),
         ("/public/\\x", (), "forward_auth_uri_invalid"),
         ("/public/x", (("X-Forwarded-Method", "POST"),), "forward_auth_method_conflict"),
+        ("/.iap/auth", (), "forward_auth_uri_reserved"),  # never routed: not judged either
+        ("/.iap/%61uth", (), "forward_auth_uri_reserved"),
         ("/public/x", (("X-Original-Method", "GET"),), "forward_auth_method_repeated"),
         ("/public/x", (("X-Original-Host", "evil.test"),), "forward_auth_host_conflict"),
     ],
@@ -253,6 +255,9 @@ async def test_envoy_prefix_mode_takes_the_path_from_the_request_line(
     assert answer.status == 200
     assert answer.header("X-IAP-Subject") == f"{USERS['alice'].tid}:{USERS['alice'].oid}"
     assert stack.edge.audit_lines()[-1]["method"] == "DELETE"
+    # header mode audits the method it judged too, not the subrequest's GET
+    assert (await auth(visitor, "/app/x", **{"X-Original-Method": "PUT"}))[0] == 200
+    assert stack.edge.audit_lines()[-1]["method"] == "PUT"
 
 
 # --- property: a 2xx only for a well-formed request the policy lets pass ------------------

@@ -47,7 +47,7 @@ def refused(reason: str, token: str, **kwargs: Any) -> None:
 
 
 def test_an_app_only_token_names_the_application() -> None:
-    identity, exp, client = check(IDP.sign({}, app_claims()))
+    identity, exp, client, _ = check(IDP.sign({}, app_claims()))
     assert identity.subject == f"{TENANT_A}:{ORDERS.client_id}"
     assert identity.azp == client == ORDERS.client_id
     assert identity.roles == ("orders-reader",)
@@ -56,7 +56,7 @@ def test_an_app_only_token_names_the_application() -> None:
 
 def test_a_delegated_token_names_the_user_and_its_client() -> None:
     token = IDP.sign({}, app_claims(scp="user_impersonation", oid="user-oid", idtyp=None))
-    identity, _, client = check(token)
+    identity, _, client, _ = check(token)
     assert identity.subject == f"{TENANT_A}:user-oid"
     assert identity.azp is None
     assert client == ORDERS.client_id
@@ -65,7 +65,7 @@ def test_a_delegated_token_names_the_user_and_its_client() -> None:
 def test_a_v1_token_uses_appid_and_the_sts_issuer() -> None:
     claims = app_claims(iss=f"https://sts.windows.net/{TENANT_A}/", azp=None)
     claims["appid"] = ORDERS.client_id
-    identity, _, _ = check(IDP.sign({}, claims))
+    identity, _, _, _ = check(IDP.sign({}, claims))
     assert identity.subject == f"{TENANT_A}:{ORDERS.client_id}"
 
 

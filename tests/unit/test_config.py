@@ -265,11 +265,46 @@ def test_protected_routes_parse_with_oidc(tmp_path: Path) -> None:
     assert parsed.oidc.response_mode == "query"
 
 
-def test_claims_rules_are_refused_until_supported(tmp_path: Path) -> None:
-    document = _with_oidc(tmp_path, route={"policy": {"allow": {"claims": {"x": ["y"]}}}})
-    assert problems_of(document) == [
-        "routes[0].policy.allow.claims: not supported by this build yet; use roles or groups"
+def test_policy_rules_load_and_each_bad_one_is_named(tmp_path: Path) -> None:
+    good = {
+        "allow": [
+            {"roles": ["admin"]},
+            {"roles": ["staff"], "methods": ["get", "HEAD"], "paths": ["/reports/"]},
+            {"auth": ["bearer"], "claims": {"azp": ["svc"], "org.unit": ["x"]}},
+        ],
+        "deny": [{"tenants": ["t"], "paths": ["/admin/"]}, {"source": ["10.0.0.0/8"]}],
+    }
+    route = config.parse(_with_oidc(tmp_path, route={"policy": good})).routes[0]
+    assert route.policy.rules[1].methods == ["GET", "HEAD"]
+    assert route.policy.reads_claims
+    bad = {
+        "allow": [
+            {"roles": []},
+            {},
+            {"auth": ["browser"]},
+            {"paths": ["reports/"]},
+            {"claims": {"azp": []}},
+            {"colour": ["red"]},
+        ],
+        "deny": [{"source": ["10.0.0.1/8"]}],
+    }
+    problems = problems_of(_with_oidc(tmp_path, route={"policy": bad}))
+    assert [problem.partition(":")[0] for problem in problems] == [
+        "routes[0].policy.allow[0].roles",
+        "routes[0].policy.allow[1]",
+        "routes[0].policy.allow[2].auth[0]",
+        "routes[0].policy.allow[3].paths",
+        "routes[0].policy.allow[4].claims.azp",
+        "routes[0].policy.allow[5].colour",
+        "routes[0].policy.deny[0].source",
     ]
+
+
+def test_the_single_mapping_form_keeps_its_meaning(tmp_path: Path) -> None:
+    mapping = {"allow": {"roles": ["admin"], "claims": {"dept": ["x"]}}}
+    policy = config.parse(_with_oidc(tmp_path, route={"policy": mapping})).routes[0].policy
+    assert isinstance(policy.allow, config.Allow)
+    assert policy.rules == ()
 
 
 def test_oidc_needs_session_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from iap.config import Allow, Policy
-from iap.domain.policy import Decision, decide
+from iap.domain import policy as evaluator
+from iap.domain.policy import Decision, Facts
 from iap.model import Identity
 
 ALICE = Identity(
@@ -34,9 +35,14 @@ NOBODY = Identity(
     groups=(),
 )
 
+def decide(policy: Policy, identity: Identity | None) -> Decision:
+    """The decision for ``identity`` on a GET of ``/`` (these tests are about who)."""
+    return evaluator.decide(policy, Facts(method="GET", path="/", identity=identity))
+
+
 DENY_NO_RULE = Decision(False, "no_rule_matched")
 DENY_MALFORMED = Decision(False, "email_malformed")
-DENY_ANONYMOUS = Decision(False, "unauthenticated")
+DENY_ANONYMOUS = Decision(False, "unauthenticated", "sign_in")
 
 
 def allow(**rule: Any) -> Policy:
@@ -52,7 +58,7 @@ def with_email(email: str | None) -> Identity:
 
 @pytest.mark.parametrize("identity", [None, ALICE, NOBODY])
 def test_public_passes_anyone(identity: Identity | None) -> None:
-    assert decide(Policy(public=True), identity) == Decision(True, "public")
+    assert decide(Policy(public=True), identity) == Decision(True, "public", "allow")
 
 
 @pytest.mark.parametrize(
@@ -100,8 +106,8 @@ def test_authenticated_false_grants_nothing() -> None:
 
 
 def test_authenticated_allows_any_signed_in_identity() -> None:
-    assert decide(allow(authenticated=True), NOBODY) == Decision(True, "authenticated")
-    assert decide(allow(authenticated=True), ALICE) == Decision(True, "authenticated")
+    assert decide(allow(authenticated=True), NOBODY) == Decision(True, "authenticated", "allow")
+    assert decide(allow(authenticated=True), ALICE) == Decision(True, "authenticated", "allow")
 
 
 @pytest.mark.parametrize(
@@ -120,7 +126,7 @@ def test_roles_match_exactly(
     roles: list[str], identity_roles: tuple[str, ...], allowed: bool
 ) -> None:
     identity = replace(NOBODY, roles=identity_roles)
-    expected = Decision(True, "role") if allowed else DENY_NO_RULE
+    expected = Decision(True, "role", "allow") if allowed else DENY_NO_RULE
     assert decide(allow(roles=roles), identity) == expected
 
 
@@ -137,7 +143,7 @@ def test_groups_match_exactly(
     groups: list[str], identity_groups: tuple[str, ...], allowed: bool
 ) -> None:
     identity = replace(NOBODY, groups=identity_groups)
-    expected = Decision(True, "group") if allowed else DENY_NO_RULE
+    expected = Decision(True, "group", "allow") if allowed else DENY_NO_RULE
     assert decide(allow(groups=groups), identity) == expected
 
 
@@ -160,7 +166,7 @@ def test_roles_rule_ignores_groups_and_groups_rule_ignores_roles() -> None:
 )
 def test_tenants_match_exactly(tenants: list[str], tid: str, allowed: bool) -> None:
     identity = replace(NOBODY, tid=tid)
-    expected = Decision(True, "tenant") if allowed else DENY_NO_RULE
+    expected = Decision(True, "tenant", "allow") if allowed else DENY_NO_RULE
     assert decide(allow(tenants=tenants), identity) == expected
 
 
@@ -182,7 +188,7 @@ def test_tenants_match_exactly(tenants: list[str], tid: str, allowed: bool) -> N
 def test_emails_match_whole_address_case_insensitively(
     emails: list[str], email: str | None, allowed: bool
 ) -> None:
-    expected = Decision(True, "email") if allowed else DENY_NO_RULE
+    expected = Decision(True, "email", "allow") if allowed else DENY_NO_RULE
     assert decide(allow(emails=emails), with_email(email)) == expected
 
 
@@ -202,7 +208,7 @@ def test_emails_match_whole_address_case_insensitively(
 def test_domains_match_the_whole_domain(
     domains: list[str], email: str | None, allowed: bool
 ) -> None:
-    expected = Decision(True, "domain") if allowed else DENY_NO_RULE
+    expected = Decision(True, "domain", "allow") if allowed else DENY_NO_RULE
     assert decide(allow(domains=domains), with_email(email)) == expected
 
 
@@ -274,13 +280,13 @@ def test_email_and_domain_rules_read_email_not_preferred_username() -> None:
 
 def test_one_matching_condition_is_enough() -> None:
     policy = allow(roles=["admin"], groups=["nope"], tenants=["tid-other"], domains=["contoso.com"])
-    assert decide(policy, ALICE) == Decision(True, "domain")
+    assert decide(policy, ALICE) == Decision(True, "domain", "allow")
     assert decide(policy, replace(ALICE, email="alice@fabrikam.com")) == DENY_NO_RULE
 
 
 def test_model_validate_builds_the_same_policy() -> None:
     policy = Policy.model_validate({"allow": {"roles": ["reader"], "domains": ["contoso.com"]}})
-    assert decide(policy, ALICE) == Decision(True, "role")
+    assert decide(policy, ALICE) == Decision(True, "role", "allow")
     assert decide(policy, NOBODY) == DENY_NO_RULE
 
 
@@ -374,7 +380,7 @@ def test_a_rule_disjoint_from_the_identity_denies(
 @given(identities)
 def test_a_rule_naming_one_of_the_identitys_values_allows(identity: Identity) -> None:
     for value in identity.roles:
-        assert decide(allow(roles=[value]), identity) == Decision(True, "role")
+        assert decide(allow(roles=[value]), identity) == Decision(True, "role", "allow")
     for value in identity.groups:
-        assert decide(allow(groups=[value]), identity) == Decision(True, "group")
-    assert decide(allow(tenants=[identity.tid]), identity) == Decision(True, "tenant")
+        assert decide(allow(groups=[value]), identity) == Decision(True, "group", "allow")
+    assert decide(allow(tenants=[identity.tid]), identity) == Decision(True, "tenant", "allow")
