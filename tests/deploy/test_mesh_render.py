@@ -604,3 +604,36 @@ def test_cli_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[
         cli.main(argv)
     assert info.value.code == 2
     assert "usage:" in capsys.readouterr().err
+
+
+def test_list_rules_compile_to_one_istio_rule_each_narrowed_by_methods_and_paths(
+    tmp_path: Path, crd_schemas: dict[tuple[str, str], Doc]
+) -> None:
+    """A rule is an AND: its roles and its methods and paths meet in one Istio rule. A rule
+    with a condition the mesh cannot check is left out whole, and deny rules are warned."""
+    ops = {
+        "name": "ops",
+        "match": {"path_prefix": "/ops/"},
+        "policy": {
+            "allow": [
+                {"roles": ["admin"]},
+                {"roles": ["staff"], "methods": ["GET"], "paths": ["/ops/reports/"]},
+                {"roles": ["staff"], "source": ["10.0.0.0/8"]},
+            ],
+            "deny": [{"paths": ["/ops/secret/"]}],
+        },
+    }
+    documents, warnings = rendered(tmp_path, [ops])
+    spec = policy(documents, "ops")
+    assert [rule["to"] for rule in spec["rules"]] == [
+        [{"operation": {"paths": ["/ops/*"]}}],
+        [{"operation": {"methods": ["GET"], "paths": ["/ops/reports/*"]}}],
+    ]
+    assert [rule["when"][2:] for rule in spec["rules"]] == [
+        [{"key": "request.auth.claims[roles]", "values": ["admin"]}],
+        [{"key": "request.auth.claims[roles]", "values": ["staff"]}],
+    ]
+    assert any("policy.allow[2]" in w and "not enforced in the mesh" in w for w in warnings)
+    assert any("policy.deny[0]" in w for w in warnings)
+    for document in documents:
+        assert schema_errors(crd_schemas, document) == [], document["kind"]
