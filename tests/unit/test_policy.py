@@ -35,6 +35,7 @@ NOBODY = Identity(
     groups=(),
 )
 
+
 def decide(policy: Policy, identity: Identity | None) -> Decision:
     """The decision for ``identity`` on a GET of ``/`` (these tests are about who)."""
     return evaluator.decide(policy, Facts(method="GET", path="/", identity=identity))
