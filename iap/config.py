@@ -430,6 +430,13 @@ def _origin(value: object) -> str:
     return text
 
 
+class Exchange(_Model):
+    """Who may obtain a token for the route's audience at ``POST /.iap/token`` (SPEC §5.1):
+    the audiences (of iap tokens) and client application ids (of Entra tokens) named here."""
+
+    from_: list[str] = Field(alias="from", min_length=1)
+
+
 class Route(_Model):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
     match: Match = Match()
@@ -438,6 +445,7 @@ class Route(_Model):
     audience: str | None = None
     policy: Policy
     rate_limit: RateLimit | None = None
+    exchange: Exchange | None = None
     timeouts: Timeouts = Timeouts()
     circuit: Circuit = Circuit()
     max_body: Size = 10 * 2**20

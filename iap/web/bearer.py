@@ -94,10 +94,24 @@ class BearerAuth:
         self._audiences = frozenset(config.bearer.entra_audiences)
         self._allowed_tenants = frozenset(config.oidc.allowed_tenants) if config.oidc else ()
         self._roles_map = dict(config.tokens.roles)
-        self._route_audiences = frozenset(r.audience or r.name for r in config.routes)
         self._clock = clock
         self._entra_version = ""
         self._cache: OrderedDict[tuple[bytes, str], Verified] = OrderedDict()
+        self.apply(config)
+
+    def apply(self, config: Config) -> None:
+        """The settings a SIGHUP reload changes: accepted Entra audiences, the audiences
+        routes declare and who may exchange for each. Verified tokens are forgotten: an Entra
+        token was believed for audiences that may no longer be accepted."""
+        self._cache.clear()
+        self._audiences = frozenset(config.bearer.entra_audiences)
+        self._route_audiences = frozenset(r.audience or r.name for r in config.routes)
+        self._exchange_from: dict[str, frozenset[str]] = {}
+        for route in config.routes:
+            if route.exchange is not None:
+                audience = route.audience or route.name
+                allowed = self._exchange_from.get(audience, frozenset())
+                self._exchange_from[audience] = allowed | frozenset(route.exchange.from_)
 
     async def verify(self, token: str) -> Verified:
         """The caller ``token`` names; :class:`Refused` when it is not believed."""
@@ -197,23 +211,35 @@ class BearerAuth:
             raise OAuthRequestError("unsupported subject_token_type")
         if audience not in self._route_audiences:
             raise InvalidTarget("no route declares this audience")
+        allowed = self._exchange_from.get(audience)
+        if allowed is None:
+            raise InvalidTarget(
+                "no route allows exchanges for this audience", reason="exchange_not_allowed"
+            )
         try:
             verified = await self.verify(subject)
-            actor = await self._actor(values["actor_token"], verified)
+            actor, party = await self._actor(values["actor_token"], verified)
         except Refused as exc:
             raise InvalidGrant(reason=f"exchange_{exc.reason}") from None
+        if party not in allowed:  # RFC 8693 §2.2.2, RFC 6749 §4.1.2.1 access_denied
+            raise AccessDenied(reason="exchange_party_not_allowed")
         act: dict[str, Any] = {"sub": actor}
         earlier = read.actor(verified.claims)  # type-checked when the token was verified
         if earlier is not None:
             if read.actor_depth(earlier) >= read.MAX_ACT_DEPTH:  # each exchange nests one more
                 raise InvalidGrant(reason="exchange_act_too_deep")
             act["act"] = earlier
-        token = self._minter.exchanged(verified.identity, audience=audience, act=act)
+        try:
+            token, ttl = self._minter.exchanged(
+                verified.identity, audience=audience, act=act, until=verified.exp
+            )
+        except ValueError:
+            raise InvalidGrant(reason="exchange_subject_expired") from None
         body = {
             "access_token": token,
             "issued_token_type": JWT_TYPE,
             "token_type": "Bearer",
-            "expires_in": self._minter.ttl,
+            "expires_in": ttl,
         }
         return web.Response(
             text=json.dumps(body),
@@ -221,14 +247,23 @@ class BearerAuth:
             headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
         )
 
-    async def _actor(self, actor_token: object, subject: Verified) -> str:
+    async def _actor(self, actor_token: object, subject: Verified) -> tuple[str, str | None]:
+        """Who asks (``act.sub``), and the party that ``exchange.from`` is checked against:
+        the actor token's when one is given, else the subject token's."""
         if isinstance(actor_token, str) and actor_token:
-            return (await self.verify(actor_token)).identity.subject
+            actor = await self.verify(actor_token)
+            return actor.identity.subject, _party(actor)
+        party = _party(subject)
         if subject.method == "iap" and subject.audience is not None:
-            return f"{self._issuer}#{subject.audience}"  # the service the token was minted for
+            return f"{self._issuer}#{subject.audience}", party  # the service it was minted for
         if subject.client is None:
             raise Refused("bearer_no_client")
-        return f"{subject.identity.tid}:{subject.client}"  # the application that obtained the token
+        return f"{subject.identity.tid}:{subject.client}", party  # the app that obtained it
+
+
+def _party(verified: Verified) -> str | None:
+    """An iap token's audience (the service holding it), an Entra token's client app."""
+    return verified.audience if verified.method == "iap" else verified.client
 
 
 _FORM = ("grant_type", "subject_token", "subject_token_type", "audience", "actor_token")
@@ -257,6 +292,12 @@ class UnsupportedGrantType(OAuthRequestError):
 class InvalidTarget(OAuthRequestError):
     public = "No route declares this audience."
     reason = "invalid_target"  # RFC 8693 §2.2.2
+
+
+class AccessDenied(OAuthRequestError):
+    status = 403
+    public = "This caller may not obtain a token for this audience."
+    reason = "access_denied"
 
 
 class InvalidGrant(OAuthRequestError):

@@ -76,14 +76,17 @@ class Minter:
             self._cache.popitem(last=False)
         return token
 
-    @property
-    def ttl(self) -> int:
-        """Seconds a minted token lives."""
-        return self._ttl
-
-    def exchanged(self, identity: Identity, *, audience: str, act: Mapping[str, Any]) -> str:
-        """A token for a token exchange (RFC 8693): names its actor, never cached."""
-        return self._mint(identity, audience=audience, sid=None, act=act, now=int(self._clock()))[0]
+    def exchanged(
+        self, identity: Identity, *, audience: str, act: Mapping[str, Any], until: int
+    ) -> tuple[str, int]:
+        """A token for a token exchange (RFC 8693) and its lifetime in seconds: names its
+        actor, is never cached, and expires by ``until`` (the subject token's ``exp``), so an
+        exchange never lengthens a caller's access. ValueError when ``until`` has passed."""
+        now = int(self._clock())
+        ttl = min(self._ttl, until - now)
+        if ttl <= 0:
+            raise ValueError("the subject token has no time left")
+        return self._mint(identity, audience=audience, sid=None, act=act, now=now, ttl=ttl)[0], ttl
 
     def _mint(
         self,
@@ -93,15 +96,16 @@ class Minter:
         sid: str | None,
         act: Mapping[str, Any] | None,
         now: int,
+        ttl: int | None = None,
     ) -> tuple[str, int]:
-        """A fresh token and its ``exp``."""
+        """A fresh token and its ``exp`` (``ttl``: ``tokens.ttl`` unless shorter)."""
         claims = tokens.user_claims(
             identity,
             issuer=self._issuer,
             audience=audience,
             sid=sid,
             now=now,
-            ttl=self._ttl,
+            ttl=self._ttl if ttl is None else ttl,
             jti=secrets.token_urlsafe(16),
             act=act,
         )

@@ -281,6 +281,8 @@ class Edge:
         if changed:
             raise ConfigError([f"{key}: changes need a restart, not a reload" for key in changed])
         fresh = self._gateway(config)  # raises ConfigError; the running gateway stays
+        if self.bearer is not None:
+            self.bearer.apply(config)  # bearer audiences and exchange rules
         old, self.gateway = self.gateway, fresh
         return old
 

@@ -37,6 +37,7 @@ def service_routes(upstream_url: str) -> list[dict[str, Any]]:
             "audience": "orders",
             "match": {"path_prefix": "/orders/"},
             "policy": {"allow": {"roles": ["orders-reader"]}},
+            "exchange": {"from": ["billing"]},
         },
         {
             "name": "billing",
@@ -44,6 +45,8 @@ def service_routes(upstream_url: str) -> list[dict[str, Any]]:
             "audience": "billing",
             "match": {"path_prefix": "/billing/"},
             "policy": {"allow": {"authenticated": True}},
+            # the orders service, holding tokens for orders or its own Entra token
+            "exchange": {"from": ["orders", SERVICES["orders-service"].client_id]},
         },
     ]
 
@@ -249,3 +252,76 @@ async def test_exchanges_chain_act_and_stop_at_a_bounded_depth(
             act, depth = act["act"], depth + 1
         depths.append(depth)
     assert depths == [1, 2, 3, 4]  # the fifth exchange is refused
+
+
+# --- who may exchange for which audience (routes[].exchange) ---------------------------
+
+
+async def test_only_the_parties_a_route_names_may_exchange_for_its_audience(
+    stack: SignInStack, http: aiohttp.ClientSession
+) -> None:
+    """billing names the orders service; orders names only billing; public names nobody."""
+    orders_service = await entra_token(http, stack, "orders-service")
+    billing_service = await entra_token(http, stack, "billing-service")
+    answer = await exchange(http, stack, orders_service, "billing")
+    assert answer.status == 200
+    answer = await exchange(http, stack, billing_service, "billing")  # not named: refused
+    assert (answer.status, (await answer.json())["error"]) == (403, "access_denied")
+    assert stack.edge.audit_lines()[-1]["reason"] == "exchange_party_not_allowed"
+    answer = await exchange(http, stack, orders_service, "orders")  # orders names billing only
+    assert (answer.status, (await answer.json())["error"]) == (403, "access_denied")
+    answer = await exchange(http, stack, orders_service, "public")  # declared, no exchange
+    assert (answer.status, (await answer.json())["error"]) == (400, "invalid_target")
+    assert stack.edge.audit_lines()[-1]["reason"] == "exchange_not_allowed"
+
+
+async def test_an_exchanged_token_lives_no_longer_than_its_subject_token(
+    stack: SignInStack, http: aiohttp.ClientSession
+) -> None:
+    stack.idp.idp.access_token_ttl = 100  # shorter than tokens.ttl (300 s)
+    subject = await entra_token(http, stack, "orders-service")
+    answer = await exchange(http, stack, subject, "billing")
+    body = await answer.json()
+    issued = jwt.decode(body["access_token"], options={"verify_signature": False})
+    subject_exp = jwt.decode(subject, options={"verify_signature": False})["exp"]
+    assert issued["exp"] <= subject_exp
+    assert 0 < body["expires_in"] <= 100
+    assert issued["aud"] == "billing"
+
+
+async def test_a_reload_applies_exchange_rules_and_bearer_audiences(
+    stack: SignInStack, http: aiohttp.ClientSession, upstream: Upstream, tmp_path: Path
+) -> None:
+    """SIGHUP: a new route's audience can be exchanged for at once, and a dropped Entra
+    audience is no longer believed (issue 11: no value kept silently)."""
+    from iap import config
+    from tests.support.signin import signin_config
+
+    token = await entra_token(http, stack, "orders-service")
+    assert (await exchange(http, stack, token, "billing")).status == 200  # verified, cached
+    routes = service_routes(upstream.url)
+    routes.append(
+        {
+            "name": "audit",
+            "upstream": upstream.url,
+            "match": {"path_prefix": "/audit/"},
+            "policy": {"allow": {"authenticated": True}},
+            "exchange": {"from": [SERVICES["orders-service"].client_id]},
+        }
+    )
+    document = signin_config(
+        upstream.url,
+        stack.idp,
+        stack.edge.port,
+        tmp_path,
+        bearer={"entra_audiences": ["api://another"]},
+        extra_routes=routes,
+        roles={"Orders.Read": "orders-reader"},
+    )
+    old = stack.edge.edge.reload(config.parse(document))
+    await old.close()
+    assert (await exchange(http, stack, token, "audit")).status == 400  # api://edge dropped
+    assert stack.edge.audit_lines()[-1]["reason"] == "exchange_bearer_aud"
+    document["bearer"] = {"entra_audiences": [EDGE_API]}
+    await stack.edge.edge.reload(config.parse(document)).close()
+    assert (await exchange(http, stack, token, "audit")).status == 200
