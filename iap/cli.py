@@ -79,6 +79,19 @@ def _parser() -> argparse.ArgumentParser:
         help="where istiod fetches iap's keys"
         " (default http://iap-admin.iap.svc.cluster.local:<admin port>/jwks.json)",
     )
+    policy = commands.add_parser("policy", help="route policies")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
+    explain = policy_commands.add_parser(
+        "explain", help="print the decision for one request and the rule; exit 0 allow, 1 deny"
+    )
+    explain.add_argument("-c", "--config", required=True, help="path to iap.yaml")
+    explain.add_argument("--method", default="GET", help="the request method (GET)")
+    explain.add_argument("--url", required=True, help="the request URL, e.g. https://h/p?q")
+    caller = explain.add_mutually_exclusive_group()
+    caller.add_argument("--claims", metavar="FILE", help="the caller's ID-token claims (JSON)")
+    caller.add_argument("--user", metavar="NAME", help="a dev IdP demo user (alice, bob, ...)")
+    explain.add_argument("--auth", choices=["session", "bearer"], default="session")
+    explain.add_argument("--client", default="", help="the client address, for `source` rules")
     return parser
 
 
@@ -110,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _keys_new(args.dir)
         if args.command == "mesh":
             return _mesh_render(args.config, args.namespace, args.selector, args.jwks_uri)
+        if args.command == "policy":
+            return _policy_explain(args)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"config error: {problem}", file=sys.stderr)
@@ -181,6 +196,19 @@ def _mesh_render(
         print(f"iap mesh render: warning: {warning}", file=sys.stderr)
     sys.stdout.write(yaml.safe_dump_all(documents, explicit_start=True, width=1000))
     return EXIT_OK
+
+
+def _policy_explain(args: argparse.Namespace) -> int:
+    """Exit 0 when the request would be allowed, 1 when not; 2 for a config error."""
+    from iap.explain import claims_of, explain
+
+    cfg = config.load(args.config)
+    claims = claims_of(file=args.claims, user=args.user)
+    allowed, lines = explain(
+        cfg, method=args.method, url=args.url, claims=claims, auth=args.auth, client=args.client
+    )
+    print("\n".join(lines))
+    return EXIT_OK if allowed else EXIT_FAILURE
 
 
 def _run(cfg: config.Config, path: str, *, workers: int) -> int:
