@@ -408,6 +408,7 @@ class RateLimit(_Model):
     requests: int = Field(gt=0)
     per: Duration
     burst: int = Field(0, ge=0)
+    key: Literal["subject", "client", "route"] | None = None
     on_store_error: Literal["allow", "deny"] = "allow"
 
 

@@ -12,6 +12,7 @@
         ├── MethodNotAllowed     405 an /.iap/ endpoint called with the wrong method
         ├── PayloadTooLarge      413 body over the route's limit
         ├── UriTooLong           414 request target over the limit
+        ├── TooManyRequests      429 over the route's rate limit
         ├── HeadersTooLarge      431 too many or too large headers
         ├── ServiceUnavailable   503 the session store or the IdP cannot be reached
         └── UpstreamError        the upstream could not answer
@@ -118,6 +119,12 @@ class UriTooLong(RequestError):
     status = 414
     public = "Request URI too long."
     reason = "uri_too_long"
+
+
+class TooManyRequests(RequestError):
+    status = 429
+    public = "Too many requests. Please try again later."
+    reason = "rate_limited"
 
 
 class HeadersTooLarge(RequestError):

@@ -80,6 +80,17 @@ class Metrics:
             "(401, or 302 to sign-in), never forwarded. Should stay at 0: alert on any.",
             registry=self.registry,
         )
+        self.rate_limited = Counter(
+            "iap_rate_limited_total",
+            "Requests refused with 429 by their route's rate limit.",
+            ["route"],
+            registry=self.registry,
+        )
+        self.rate_limit_store_errors = Counter(
+            "iap_rate_limit_store_errors_total",
+            "Rate-limit checks the store could not answer; on_store_error decided them.",
+            registry=self.registry,
+        )
         self.idp_requests = Counter(
             "iap_idp_requests_total",
             "Calls to the IdP and Graph, by endpoint and result (ok, refused, error).",

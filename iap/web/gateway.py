@@ -22,6 +22,7 @@ from aiohttp import web
 
 from iap.adapters.audit import AuditLog
 from iap.adapters.metrics import Metrics
+from iap.adapters.ratelimit import RateLimiter
 from iap.adapters.store import StoreUnavailable
 from iap.adapters.telemetry import CURRENT, RequestSpan, Tracing
 from iap.adapters.tls import Material
@@ -34,7 +35,7 @@ from iap.adapters.upstream import (
     forward_websocket,
 )
 from iap.config import Config, Route
-from iap.domain import correlation, forward_auth
+from iap.domain import correlation, forward_auth, ratelimit
 from iap.domain.headers import HeaderFilter, TrustedProxies, forwarded, identity_headers
 from iap.domain.negotiation import prefers_html
 from iap.domain.paths import Target, normalise
@@ -49,6 +50,7 @@ from iap.errors import (
     NotFound,
     RequestError,
     ServiceUnavailable,
+    TooManyRequests,
     UriTooLong,
 )
 from iap.model import Exchange, Identity
@@ -91,8 +93,10 @@ class Gateway:
         signin: SignIn | None = None,
         minter: Minter | None = None,
         bearer: BearerAuth | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._signin = signin
+        self._limiter = limiter
         self._minter = minter
         self._bearer = bearer
         self._documents: dict[str, Callable[[], Awaitable[web.Response]]] = (
@@ -251,6 +255,7 @@ class Gateway:
             )
             identity, cookies = caller.identity, caller.cookies
             sid = caller.session.sid if caller.session else None
+        limited = await self._rate_limit(route, exchange, identity)  # SPEC §2 step 8
         incoming = list(request.headers.items())
         upstream_headers = self._filter.request(incoming, trusted=trusted)
         if identity is not None:
@@ -278,6 +283,7 @@ class Gateway:
         reply_headers = (
             ("X-Correlation-ID", exchange.correlation_id),
             *(("Set-Cookie", cookie) for cookie in cookies),
+            *limited,
         )
         upgrade = request.method == "GET" and headers_say_websocket(request)
         response = await (forward_websocket if upgrade else forward)(
@@ -292,6 +298,47 @@ class Gateway:
         )
         span.end_upstream(response.status)
         return response
+
+    async def _rate_limit(
+        self, route: _Route, exchange: Exchange, identity: Identity | None
+    ) -> list[tuple[str, str]]:
+        """The route's limit, after the decision and before a token is minted or the
+        upstream contacted: 429 over it; otherwise the RateLimit headers for the reply."""
+        limit = route.config.rate_limit
+        if limit is None or self._limiter is None:
+            return []
+        key = ratelimit.key_for(
+            limit.key,
+            route=route.name,
+            subject=identity.subject if identity else None,
+            client=exchange.client_ip,
+        )
+        verdict = await self._limiter.hit(
+            key,
+            requests=limit.requests,
+            per=limit.per,
+            burst=limit.burst,
+            on_store_error=limit.on_store_error,
+        )
+        quota = ratelimit.Quota(limit.requests, limit.per, limit.burst)
+        if verdict.store_error and verdict.allowed:
+            return []  # nothing known to tell the client
+        if verdict.allowed:
+            return ratelimit.headers(
+                limit=quota, remaining=verdict.remaining, reset_after=verdict.reset_after
+            )
+        self._metrics.rate_limited.labels(route.name).inc()
+        exchange.decision = "deny"
+        reason = "rate_limit_store_error" if verdict.store_error else "rate_limited"
+        raise TooManyRequests(
+            reason=reason,
+            headers=ratelimit.headers(
+                limit=quota,
+                remaining=0,
+                reset_after=verdict.reset_after,
+                refused=True,
+            ),
+        )
 
     async def _forward_auth(
         self,

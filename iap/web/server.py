@@ -27,6 +27,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from iap.adapters.audit import AuditLog
 from iap.adapters.metrics import Metrics
+from iap.adapters.ratelimit import RateLimiter
 from iap.adapters.telemetry import CURRENT, Tracing
 from iap.adapters.tls import Material, expiry_in, listener_material
 from iap.config import Address, Config
@@ -181,6 +182,10 @@ class Edge:
                 self.bearer = BearerAuth(config, signin=self.signin, minter=self.minter)
         except ConfigError as exc:
             problems += exc.problems
+        self.limiter = RateLimiter(
+            config.redis.url if config.redis is not None else None,
+            on_store_error_count=self.metrics.rate_limit_store_errors.inc,
+        )
         try:
             self.gateway = self._gateway(config)
         except ConfigError as exc:
@@ -245,6 +250,7 @@ class Edge:
             signin=self.signin,
             minter=self.minter,
             bearer=self.bearer,
+            limiter=self.limiter,
         )
 
     def _observe_idp(self, endpoint: str, method: str, result: str, start: int, end: int) -> None:
@@ -316,6 +322,7 @@ class Edge:
         for runner in self._runners:
             await runner.cleanup()
         await self.gateway.close()
+        await self.limiter.close()
         if self.signin is not None:
             await self.signin.close()
         await asyncio.get_running_loop().run_in_executor(None, self.tracing.shutdown)
