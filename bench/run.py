@@ -295,16 +295,20 @@ def sign_in(public_url: str) -> str:
     return cookie
 
 
-def signed_in_target(credential: Literal["cookie", "bearer"]) -> Start:
+def signed_in_target(
+    credential: Literal["cookie", "bearer"], *, redis: bool | None = None
+) -> Start:
     """A route for any authenticated caller, behind iap signing in with the dev IdP.
 
     ``cookie``: requests carry alice's sealed session cookie (a browser). ``bearer``: they
     carry a client-credentials access token of the dev IdP's ``orders-service`` (a service).
+    ``redis``: the route has a rate limit that the run never exceeds, counted in process
+    memory (False) or in a redis-server of its own (True).
     """
 
     @contextlib.contextmanager
     def start(env: Env) -> Iterator[str]:
-        with _signed_in(env) as (url, public, idp_url):
+        with _signed_in(env, limit=redis) as (url, public, idp_url):
             if credential == "cookie":
                 env.headers["Cookie"] = sign_in(public)
             else:
@@ -331,7 +335,23 @@ def service_token(idp_url: str) -> str:
 
 
 @contextlib.contextmanager
-def _signed_in(env: Env) -> Iterator[tuple[str, str, str]]:
+def _redis(env: Env, wanted: bool) -> Iterator[str | None]:
+    """A redis-server on a free port for the run, when ``wanted``."""
+    if not wanted:
+        yield None
+        return
+    port = free_port()
+    argv = ["redis-server", "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+    with spawn(argv, env.workdir / f"redis-{port}.log"):
+        for _ in range(200):
+            with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
+                break
+            time.sleep(0.05)
+        yield f"redis://{HOST}:{port}/0"
+
+
+@contextlib.contextmanager
+def _signed_in(env: Env, *, limit: bool | None = None) -> Iterator[tuple[str, str, str]]:
     port, idp_port = free_port(), free_port()
     public = f"http://{HOST}:{port}"
     log = env.workdir / f"dev-idp-{idp_port}.log"
@@ -343,13 +363,13 @@ def _signed_in(env: Env) -> Iterator[tuple[str, str, str]]:
     secret.write_text(dev_idp.CLIENT_SECRET)
     signing = env.workdir / f"signing-keys-{port}"
     write_new_key(signing)
-    with spawn(argv, log) as idp:
+    with spawn(argv, log) as idp, _redis(env, bool(limit)) as redis_url:
         idp_url = f"http://{HOST}:{idp_port}"
         wait_ready(f"{idp_url}/organizations/v2.0/.well-known/openid-configuration", idp, log)
 
         def config(upstream: str) -> dict[str, Any]:
             route = {"name": "bench", "upstream": upstream}
-            return {
+            settings: dict[str, Any] = {
                 "oidc": {
                     "issuer": f"{idp_url}/organizations/v2.0",
                     "allowed_tenants": [TENANT_A],
@@ -361,6 +381,11 @@ def _signed_in(env: Env) -> Iterator[tuple[str, str, str]]:
                 "bearer": {"entra_audiences": [BENCH_API]},
                 "routes": [{**route, "policy": {"allow": {"authenticated": True}}}],
             }
+            if limit is not None:  # far above what one run sends: counted, never exceeded
+                settings["routes"][0]["rate_limit"] = {"requests": 10**6, "per": "1s"}
+            if redis_url is not None:
+                settings["redis"] = {"url": redis_url}
+            return settings
 
         with iap_target(config, port=port)(env) as url:
             yield url, public, idp_url
@@ -418,6 +443,21 @@ SCENARIOS: list[Scenario] = [
     Scenario("iap public route", iap_target(public_route)),
     Scenario("iap cookie session", signed_in_target("cookie")),
     Scenario("iap bearer token", signed_in_target("bearer")),
+    Scenario(
+        "iap cookie session, rate limited (memory)",
+        signed_in_target("cookie", redis=False),
+        baseline="iap cookie session",
+        target=0.95,
+        label="limit (memory)",
+        baseline_label="no limit",
+    ),
+    Scenario(
+        "iap cookie session, rate limited (redis)",
+        signed_in_target("cookie", redis=True),
+        baseline="iap cookie session",
+        label="limit (redis)",
+        baseline_label="no limit",
+    ),
     tracing(0.1, target=0.90),
     tracing(1.0, target=0.65),
 ]

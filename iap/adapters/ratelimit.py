@@ -1,13 +1,14 @@
 """Counting requests against a route's quota, in process memory or in Redis (SPEC §2
 step 8, §5.1 ``rate_limit``, §9), on the ``limits`` library's async API.
 
-Strategy: ``limits``' moving window. A quota of ``requests + burst`` then holds in
-*every* ``per``-second span, which is what an operator reads in ``100 per 1m, burst
-20``. A fixed window would let a caller spend the quota at the end of one window and
-again at the start of the next, twice the configured rate within one ``per``, which
-makes the burst allowance meaningless. The cost is one stored timestamp per counted
-request (a Redis list capped at the quota), fine for edge quotas in the hundreds or
-thousands; and two round trips per request (take a slot, then read the window).
+Strategy: ``limits``' sliding window counter. It keeps two counters per key (this window and
+the previous one) and weighs the previous count by the part of it still inside the last
+``per`` seconds, so a caller cannot spend the quota at the end of one window and again at the
+start of the next (a fixed window's flaw, which would make ``burst`` meaningless). It is an
+approximation of a moving window that costs O(1) per key: the moving window stores one
+timestamp per counted request, and its memory store moves each key's expiry to a thread on
+every hit, which halved the throughput of a limited route in ``make bench``
+(docs/PERFORMANCE.md). Two round trips per request on Redis (take a slot, read the window).
 
 Invariants:
 - A store failure never raises: ``hit`` returns a :class:`Verdict` with
@@ -45,7 +46,7 @@ import redis.asyncio
 import redis.exceptions
 from limits import RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -103,7 +104,7 @@ class RateLimiter:
                 key_prefix=key_prefix,
                 **options,
             )
-        self._limiter = MovingWindowRateLimiter(self._storage)
+        self._limiter = SlidingWindowCounterRateLimiter(self._storage)
         self._failing = False
         self._warned_at = -math.inf
         self._unreported = 0
