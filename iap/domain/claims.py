@@ -57,6 +57,14 @@ def optional_text(claims: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
+PROFILE = ("name", "email", "preferred_username")
+
+
+def profile(claims: Mapping[str, Any]) -> dict[str, str | None]:
+    """The optional profile claims (OIDC Core §5.1) that an identity carries, by name."""
+    return {name: optional_text(claims, name) for name in PROFILE}
+
+
 def texts(claims: Mapping[str, Any], name: str) -> tuple[str, ...]:
     """A list of strings; absent reads as empty."""
     value = claims.get(name, [])

@@ -204,10 +204,7 @@ def identity_from_claims(claims: Mapping[str, Any], *, roles_map: Mapping[str, s
         oid = read.text(claims, "oid")
         app_roles = read.texts(claims, "roles")
         groups = read.texts(claims, "groups")
-        profile = {
-            name: read.optional_text(claims, name)
-            for name in ("name", "email", "preferred_username")
-        }
+        profile = read.profile(claims)
     except read.InvalidClaim:
         raise LoginRefused("claims") from None
     if ":" in tid:  # would make "<tid>:<oid>" ambiguous
