@@ -273,7 +273,12 @@ def _say(line: str) -> None:
 
 async def _reload(edge: Any, path: str) -> None:
     try:
-        old = edge.reload(config.load(path))
+        try:
+            fresh = config.load(path)
+        except ConfigError:
+            edge.metrics.reload_refusals.inc()  # Edge.reload counts its own refusals
+            raise
+        old = edge.reload(fresh)
     except ConfigError as exc:
         for problem in exc.problems:
             _say(f"iap: reload refused: config error: {problem}")

@@ -80,6 +80,12 @@ class Metrics:
             "(401, or 302 to sign-in), never forwarded. Should stay at 0: alert on any.",
             registry=self.registry,
         )
+        self.reload_refusals = Counter(
+            "iap_reload_refusals_total",
+            "SIGHUP reloads refused (a key that needs a restart changed, or a bad file); "
+            "the running configuration kept serving.",
+            registry=self.registry,
+        )
         self.rate_limited = Counter(
             "iap_rate_limited_total",
             "Requests refused with 429 by their route's rate limit.",

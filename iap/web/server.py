@@ -150,8 +150,22 @@ def bind(address: Address, *, reuse_port: bool = False) -> socket.socket:
     )
 
 
-_RESTART_KEYS = ("oidc", "session", "redis", "allowed_redirect_hosts", "tokens")
-"""Sign-in is built once per process (keys, IdP client, store): a reload cannot change it."""
+_RESTART_KEYS = (
+    "public_url",
+    "listen",
+    "admin",
+    "limits",
+    "drain_timeout",
+    "tls_watch_interval",
+    "oidc",
+    "session",
+    "redis",
+    "allowed_redirect_hosts",
+    "tokens",
+    "telemetry",
+)
+"""Built once per process (listeners and their parser bounds, sign-in's keys, IdP client and
+store, the minter, tracing): a reload that changes one is refused by name, never half applied."""
 
 
 class Edge:
@@ -278,15 +292,20 @@ class Edge:
         """SIGHUP: new routes and policies for new requests; returns the old gateway, which
         the caller closes once requests in flight on it had ``drain_timeout`` to finish.
 
-        Listen addresses, the listener's TLS files, telemetry and sign-in (``oidc``,
-        ``session``, ``redis``, ``allowed_redirect_hosts``) need a restart.
+        The keys of :data:`_RESTART_KEYS` need a restart: a reload that changes one is
+        refused as a whole, naming each, and counted in ``iap_reload_refusals_total``.
         """
         changed = [
             key for key in _RESTART_KEYS if getattr(config, key) != getattr(self.config, key)
         ]
         if changed:
+            self.metrics.reload_refusals.inc()
             raise ConfigError([f"{key}: changes need a restart, not a reload" for key in changed])
-        fresh = self._gateway(config)  # raises ConfigError; the running gateway stays
+        try:
+            fresh = self._gateway(config)  # the running gateway stays
+        except ConfigError:
+            self.metrics.reload_refusals.inc()
+            raise
         if self.bearer is not None:
             self.bearer.apply(config)  # bearer audiences and exchange rules
         old, self.gateway = self.gateway, fresh
