@@ -477,6 +477,14 @@ class ForwardAuth(_Model):
         return self
 
 
+class AuthFailures(_Model):
+    """Failed sign-ins and refused bearer tokens allowed per client address (edge-wide);
+    past them, callbacks and bearer requests from that address get 429 unexamined."""
+
+    requests: int = Field(30, gt=0)
+    per: Duration = 60.0
+
+
 class Telemetry(_Model):
     service_name: str = "iap"
     otlp_endpoint: HttpUrl | None = None
@@ -530,6 +538,7 @@ class Config(_Model):
     tokens: Tokens | None = None
     bearer: Bearer = Bearer()
     forward_auth: ForwardAuth = ForwardAuth()
+    auth_failures: AuthFailures | None = AuthFailures()
     routes: list[Route] = Field(min_length=1)
     telemetry: Telemetry = Telemetry()
 

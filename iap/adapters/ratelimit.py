@@ -127,6 +127,16 @@ class RateLimiter:
         reset_after = max(0.0, stats.reset_time - time.time())
         return Verdict(allowed, max(0, stats.remaining), reset_after)
 
+    async def exhausted(self, key: str, *, requests: int, per: float) -> bool:
+        """Whether ``key`` has used up ``requests`` per ``per`` seconds, without counting.
+        A store failure answers False: this check only slows callers down."""
+        quota = Quota(requests, per)
+        try:
+            return not await self._limiter.test(_item(quota.capacity, quota.window), key)
+        except _FAILURES as exc:
+            self._failed(exc, "allow")
+            return False
+
     def _failed(self, exc: BaseException, on_store_error: str) -> Verdict:
         if self._count is not None:
             self._count()

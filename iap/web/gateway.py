@@ -11,6 +11,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -68,6 +69,9 @@ _PUBLIC_DECISION = {
     "iap.authz.reason": "public",
 }
 _FORWARD_AUTH_PREFIX = forward_auth.PATH + "/"
+_CREDENTIAL_PATHS = ("/.iap/callback", "/.iap/token")
+_FAILED = re.compile(r"(?:exchange_)?bearer_|login_refused:")
+"""Audit reasons of a credential that failed: a refused bearer token or sign-in."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +101,7 @@ class Gateway:
     ) -> None:
         self._signin = signin
         self._limiter = limiter
+        self._failures = config.auth_failures
         self._minter = minter
         self._bearer = bearer
         self._documents: dict[str, Callable[[], Awaitable[web.Response]]] = (
@@ -177,7 +182,9 @@ class Gateway:
         exchange.trace_id, exchange.span_id = span.ids
         CURRENT.set(span)  # each request runs in its own task: IdP calls find their parent
         transfer = Transfer()
+        guarded = False
         try:
+            guarded = await self._slow_down(request, exchange)
             response = await self._serve(
                 request, exchange, transfer, span, peer=peer, trusted=trusted
             )
@@ -187,6 +194,8 @@ class Gateway:
         except Exception:
             log.exception("unexpected error, correlation_id=%s", exchange.correlation_id)
             response = self._refuse(request, exchange, RequestError("unexpected error"))
+        if guarded and _FAILED.match(exchange.reason or ""):
+            await self._count_failure(exchange)
         if not response.prepared and "X-Correlation-ID" not in response.headers:
             # iap's own answers (sign-in endpoints, redirects): same headers as its errors
             response.headers["X-Correlation-ID"] = exchange.correlation_id
@@ -196,6 +205,37 @@ class Gateway:
             span.set("url.path", exchange.path)
         span.end(response.status, exchange.reason)
         return response
+
+    async def _slow_down(self, request: web.BaseRequest, exchange: Exchange) -> bool:
+        """The edge-wide limit on failed credentials (``auth_failures``): a client address
+        that failed too often gets 429 before its bearer token or sign-in callback is even
+        examined (credential stuffing, bursts of random ``kid``s). Whether this request
+        presents credentials that count."""
+        failures = self._failures
+        presents = (
+            request.raw_path.startswith(_CREDENTIAL_PATHS)
+            or request.headers.get("Authorization", "")[:7].lower() == "bearer "
+        )
+        if failures is None or self._limiter is None or not presents:
+            return False
+        key = _failure_key(exchange)
+        if await self._limiter.exhausted(key, requests=failures.requests, per=failures.per):
+            exchange.decision = "deny"
+            raise TooManyRequests(
+                reason="auth_failures_limited", headers=[("Retry-After", str(int(failures.per)))]
+            )
+        return True
+
+    async def _count_failure(self, exchange: Exchange) -> None:
+        assert self._failures is not None
+        assert self._limiter is not None
+        await self._limiter.hit(
+            _failure_key(exchange),
+            requests=self._failures.requests,
+            per=self._failures.per,
+            burst=0,
+            on_store_error="allow",
+        )
 
     async def _serve(
         self,
@@ -602,6 +642,13 @@ class Gateway:
     def readiness(self) -> dict[str, bool]:
         """Checks for ``/readyz``; every value must be true to receive traffic."""
         return {"accepting": not self.draining, "routes": True}
+
+
+def _failure_key(exchange: Exchange) -> str:
+    """The counter of failed credentials of the request's client address."""
+    return ratelimit.key_for(
+        "client", route="_auth_failures", subject=None, client=exchange.client_ip
+    )
 
 
 def _require_trusted(trusted: bool) -> None:

@@ -325,3 +325,45 @@ async def test_a_reload_applies_exchange_rules_and_bearer_audiences(
     document["bearer"] = {"entra_audiences": [EDGE_API]}
     await stack.edge.edge.reload(config.parse(document)).close()
     assert (await exchange(http, stack, token, "audit")).status == 200
+
+
+async def test_failed_credentials_from_one_address_are_slowed_down_edge_wide(
+    upstream: Upstream, start_edge: StartEdge, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """``auth_failures``: past 3 refused tokens a minute from one client address, its bearer
+    requests and token exchanges get 429 unexamined, a valid token included; others are not
+    affected (their address has its own count)."""
+    idp, edge = await start_signin_stack(
+        upstream,
+        start_edge,
+        tmp_path,
+        bearer={"entra_audiences": [EDGE_API]},
+        extra_routes=service_routes(upstream.url),
+        roles={"Orders.Read": "orders-reader"},
+        auth_failures={"requests": 3, "per": "1m"},
+        trusted_proxies=["127.0.0.0/8"],
+    )
+    stack = SignInStack(idp, edge, upstream)
+    try:
+        good = await entra_token(http, stack, "orders-service")
+        visitor = stack.visitor(http)
+        attacker = {"X-Forwarded-For": "203.0.113.9"}
+        statuses = [
+            (
+                await visitor.get(
+                    "/orders/1", headers={**attacker, "Authorization": f"Bearer x{n}"}
+                )
+            ).status
+            for n in range(4)
+        ]
+        assert statuses == [401, 401, 401, 429]
+        assert edge.audit_lines()[-1]["reason"] == "auth_failures_limited"
+        answer = await visitor.get(
+            "/orders/1", headers={**attacker, "Authorization": f"Bearer {good}"}
+        )
+        assert answer.status == 429  # not examined
+        assert int(answer.header("Retry-After") or 0) >= 1
+        answer = await visitor.get("/orders/1", headers={"Authorization": f"Bearer {good}"})
+        assert answer.status == 200  # another address
+    finally:
+        await idp.stop()
