@@ -71,10 +71,17 @@ def render(
     documents = [_document("RequestAuthentication", "iap", namespace, selector, authentication)]
     scopes = [_Scope.of(index, route) for index, route in enumerate(config.routes)]
     for scope, route in zip(scopes, config.routes, strict=True):
-        rules, notes = _rules(route, config.tokens.issuer, _operations(scope, scopes))
+        operations = _operations(scope, scopes)
+        rules, notes = _rules(route, config.tokens.issuer, operations)
         policy = {"action": "ALLOW", "rules": rules}
         name = policy_name(route.name)
         documents.append(_document("AuthorizationPolicy", name, namespace, selector, policy))
+        denials, deny_notes = _deny_rules(route, operations) if operations else ([], [])
+        notes += deny_notes
+        if denials:
+            deny = {"action": "DENY", "rules": denials}
+            name = policy_name(f"{route.name}-deny")
+            documents.append(_document("AuthorizationPolicy", name, namespace, selector, deny))
         warnings += [
             f"routes[{scope.index}]{key} (route {route.name}): {text}" for key, text in notes
         ]
@@ -197,7 +204,6 @@ def _rules(
     if isinstance(route.policy.allow, list):
         return _rule_list(route, issuer, operations)
     conditions, notes = _conditions(route.policy.allow)
-    notes += _deny_notes(route)
     token = _token(route, issuer, to)
     rules = [{**token, "when": token["when"] + condition} for condition in conditions]
     if notes and not rules:
@@ -228,24 +234,51 @@ def _rule_list(
     rules: list[dict[str, Any]] = []
     notes: list[tuple[str, str]] = []
     for index, rule in enumerate(route.policy.rules):
-        unchecked = [key for key in _MESH_UNCHECKABLE if getattr(rule, key) is not None]
-        if unchecked:
-            why = "; ".join(_MESH_UNCHECKABLE[key] for key in unchecked)
-            notes.append((f".policy.allow[{index}]", f"not enforced in the mesh: {why}"))
+        compiled, note = _compiled(rule, operations)
+        if compiled is None:
+            notes.append((f".policy.allow[{index}]", note))
             continue
-        to = [{"operation": op} for op in _narrowed(operations, rule.methods, rule.paths)]
-        if not to:
-            notes.append((f".policy.allow[{index}]", "matches no request of this route"))
-            continue
-        when = []
-        for key, claim in _CLAIMS:
-            if getattr(rule, key):
-                when.append(_when(claim, sorted(getattr(rule, key))))
-        if rule.domains:
-            when.append(_when("email", sorted(f"*@{d.removeprefix('@')}" for d in rule.domains)))
+        to, when = compiled
         token = _token(route, issuer, to)
         rules.append({**token, "when": token["when"] + when})
-    return rules, notes + _deny_notes(route)
+    return rules, notes
+
+
+def _deny_rules(
+    route: Route, operations: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Deny rules for a DENY policy, which Istio reads before any ALLOW policy. One with a
+    condition the mesh cannot check is left out (iap still enforces it): dropping only that
+    condition would deny more than iap, often the whole route."""
+    rules: list[dict[str, Any]] = []
+    notes: list[tuple[str, str]] = []
+    for index, rule in enumerate(route.policy.deny):
+        compiled, note = _compiled(rule, operations)
+        if compiled is None:
+            notes.append((f".policy.deny[{index}]", note.replace("enforced", "denied")))
+            continue
+        to, when = compiled
+        rules.append({"to": to, "when": when} if when else {"to": to})
+    return rules, notes
+
+
+def _compiled(
+    rule: Rule, operations: list[dict[str, Any]]
+) -> tuple[tuple[list[dict[str, Any]], list[dict[str, Any]]] | None, str]:
+    """A rule's operations (``to``) and claim conditions (``when``), or None and why not."""
+    unchecked = [key for key in _MESH_UNCHECKABLE if getattr(rule, key) is not None]
+    if unchecked:
+        why = "; ".join(_MESH_UNCHECKABLE[key] for key in unchecked)
+        return None, f"not enforced in the mesh: {why}"
+    to = [{"operation": op} for op in _narrowed(operations, rule.methods, rule.paths)]
+    if not to:
+        return None, "matches no request of this route"
+    when = [
+        _when(claim, sorted(getattr(rule, key))) for key, claim in _CLAIMS if getattr(rule, key)
+    ]
+    if rule.domains:
+        when.append(_when("email", sorted(f"*@{d.removeprefix('@')}" for d in rule.domains)))
+    return (to, when), ""
 
 
 def _narrowed(
@@ -271,13 +304,6 @@ def _narrowed(
             op["paths"] = inside
         narrowed.append(op)
     return narrowed
-
-
-def _deny_notes(route: Route) -> list[tuple[str, str]]:
-    return [
-        (f".policy.deny[{index}]", "not rendered for the mesh yet: iap enforces it at the edge")
-        for index in range(len(route.policy.deny))
-    ]
 
 
 def _conditions(allow: Allow | None) -> tuple[list[list[dict[str, Any]]], list[tuple[str, str]]]:

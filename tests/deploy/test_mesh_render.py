@@ -610,7 +610,8 @@ def test_list_rules_compile_to_one_istio_rule_each_narrowed_by_methods_and_paths
     tmp_path: Path, crd_schemas: dict[tuple[str, str], Doc]
 ) -> None:
     """A rule is an AND: its roles and its methods and paths meet in one Istio rule. A rule
-    with a condition the mesh cannot check is left out whole, and deny rules are warned."""
+    with a condition the mesh cannot check is left out whole; deny rules become a DENY
+    policy, but one the mesh cannot check is left out and warned."""
     ops = {
         "name": "ops",
         "match": {"path_prefix": "/ops/"},
@@ -620,7 +621,11 @@ def test_list_rules_compile_to_one_istio_rule_each_narrowed_by_methods_and_paths
                 {"roles": ["staff"], "methods": ["GET"], "paths": ["/ops/reports/"]},
                 {"roles": ["staff"], "source": ["10.0.0.0/8"]},
             ],
-            "deny": [{"paths": ["/ops/secret/"]}],
+            "deny": [
+                {"paths": ["/ops/secret/"]},
+                {"tenants": ["t-banned"], "methods": ["DELETE"]},
+                {"source": ["10.0.0.0/8"]},
+            ],
         },
     }
     documents, warnings = rendered(tmp_path, [ops])
@@ -634,6 +639,18 @@ def test_list_rules_compile_to_one_istio_rule_each_narrowed_by_methods_and_paths
         [{"key": "request.auth.claims[roles]", "values": ["staff"]}],
     ]
     assert any("policy.allow[2]" in w and "not enforced in the mesh" in w for w in warnings)
-    assert any("policy.deny[0]" in w for w in warnings)
+    [deny] = [
+        d["spec"]
+        for d in documents
+        if d["kind"] == "AuthorizationPolicy" and d["metadata"]["name"] == "iap-ops-deny"
+    ]
+    assert deny["action"] == "DENY"
+    assert [rule["to"] for rule in deny["rules"]] == [
+        [{"operation": {"paths": ["/ops/secret/*"]}}],
+        [{"operation": {"methods": ["DELETE"], "paths": ["/ops/*"]}}],
+    ]
+    assert deny["rules"][1]["when"] == [{"key": "request.auth.claims[tid]", "values": ["t-banned"]}]
+    assert "when" not in deny["rules"][0]  # anyone, token or not
+    assert any("policy.deny[2]" in w and "not denied in the mesh" in w for w in warnings)
     for document in documents:
         assert schema_errors(crd_schemas, document) == [], document["kind"]
