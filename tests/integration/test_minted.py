@@ -5,14 +5,22 @@ can add a second identity. Runs with both session stores (the ``stack`` fixture)
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import aiohttp
 import jwt
 import pytest
 
 from iap.dev.idp import USERS
+from tests.conftest import StartEdge, Upstream, free_port
 from tests.integration.test_signin import stack, visitor
-from tests.support.signin import SignInStack, Visitor, http
+from tests.support.signin import (
+    SignInStack,
+    Visitor,
+    http,
+    signin_config,
+    start_signin_stack,
+)
 
 __all__ = ["http", "stack", "visitor"]
 
@@ -120,3 +128,27 @@ async def test_tokens_are_reused_while_fresh(stack: SignInStack, visitor: Visito
     first = upstream_headers(stack, "Authorization")
     await visitor.get("/app/b")
     assert upstream_headers(stack, "Authorization") == first
+
+
+async def test_with_another_token_header_a_client_authorization_still_never_passes(
+    upstream: Upstream, start_edge: StartEdge, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """``tokens.header: X-Jwt-Assertion``: iap's token goes there, and the client's own
+    ``Authorization`` is dropped all the same; an upstream reading it would believe it."""
+    idp, edge = await start_signin_stack(upstream, start_edge, tmp_path)
+    try:
+        document = signin_config(upstream.url, idp, free_port(), tmp_path)  # same keys
+        document["tokens"]["header"] = "X-Jwt-Assertion"
+        other = await start_edge(document)
+        alice = Visitor(http, edge.url)
+        await alice.sign_in("alice")
+        twin = Visitor(http, other.url, dict(alice.cookies))
+        forged = {"Authorization": "Bearer forged.token.value"}
+        assert (await twin.get("/app/x", headers=forged)).status == 200
+        seen = upstream.seen.last.headers
+        assert seen.getall("Authorization", []) == []
+        [token] = seen.getall("X-Jwt-Assertion")
+        claims = jwt.decode(token, options={"verify_signature": False})
+        assert claims["sub"] == alice_subject()
+    finally:
+        await idp.stop()

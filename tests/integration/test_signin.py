@@ -167,6 +167,21 @@ async def test_policy_denies_with_403_and_never_forwards(
     assert (await visitor.get("/app/ok")).status == 200
 
 
+@pytest.mark.parametrize("method", ["OPTIONS", "HEAD", "POST", "DELETE"])
+async def test_no_method_is_forwarded_before_the_policy_decided(
+    visitor: Visitor, stack: SignInStack, method: str
+) -> None:
+    """A CORS preflight (OPTIONS) or a HEAD is judged like a GET: an anonymous caller gets
+    401 and a signed-in one without the role 403, and neither reaches the upstream."""
+    anonymous = await visitor.request(method, "/app/data", headers={"Accept": "application/json"})
+    assert anonymous.status == 401
+    await visitor.sign_in("bob")
+    assert (await visitor.request(method, "/admin/panel")).status == 403
+    assert not stack.upstream.seen.requests
+    assert (await visitor.request(method, "/app/data")).status == 200
+    assert [r.method for r in stack.upstream.seen.requests] == [method]
+
+
 async def test_logout_ends_the_session_here_and_at_the_idp(
     visitor: Visitor, stack: SignInStack
 ) -> None:

@@ -107,6 +107,8 @@ def test_the_worked_example(changes: dict[str, Any], expected: Decision) -> None
             {"claims": {"org": "billing"}},
         ),
         ({"claims": {"tags": ["b"]}}, {"claims": SERVICE_CLAIMS}, {"claims": {"tags": [["b"]]}}),
+        ({"claims": {"level": ["7"]}}, {"claims": {"level": "7"}}, {"claims": {"level": [7]}}),
+        ({"claims": {"level": ["7"]}}, {"claims": {"level": ["7"]}}, {"claims": {"level": 7}}),
         (
             {"claims": {"azp": ["svc-client"], "tags": ["z"]}},
             {"claims": {"azp": "svc-client", "tags": "z"}},
@@ -130,6 +132,13 @@ def test_every_condition_kind(
     assert decide(both, facts(**holds)) == Decision(False, "deny[0]")
     if fails.get("identity", STAFF) is not None:
         assert decide(both, facts(**{**holds, **fails})).allow
+
+
+def test_a_deny_rule_wins_over_the_single_mapping_form_too() -> None:
+    """``deny`` is read first whichever form ``allow`` takes."""
+    both = policy(allow={"roles": ["staff"]}, deny=[{"methods": ["DELETE"]}])
+    assert decide(both, facts(method="DELETE")) == Decision(False, "deny[0]")
+    assert decide(both, facts()) == Decision(True, "role", "allow")
 
 
 def test_explain_says_which_conditions_failed() -> None:
