@@ -19,6 +19,7 @@ from tests.support.signin import (
     SignInStack,
     Visitor,
     http,
+    running_stack,
     start_signin_stack,
 )
 
@@ -55,18 +56,15 @@ def service_routes(upstream_url: str) -> list[dict[str, Any]]:
 async def stack(
     upstream: Upstream, start_edge: StartEdge, tmp_path: Path
 ) -> AsyncIterator[SignInStack]:
-    idp, edge = await start_signin_stack(
+    async with running_stack(
         upstream,
         start_edge,
         tmp_path,
         bearer={"entra_audiences": [EDGE_API]},
         extra_routes=service_routes(upstream.url),
         roles={"Orders.Read": "orders-reader"},
-    )
-    try:
-        yield SignInStack(idp, edge, upstream)
-    finally:
-        await idp.stop()
+    ) as running:
+        yield running
 
 
 async def entra_token(

@@ -24,7 +24,7 @@ from iap.dev.idp import SERVICES, TENANT_A, USERS
 from iap.domain import tokens
 from tests.conftest import StartEdge, Upstream
 from tests.integration.test_bearer import ACCESS_TOKEN, EDGE_API, TOKEN_EXCHANGE, service_routes
-from tests.support.signin import SignInStack, Visitor, http, start_signin_stack
+from tests.support.signin import SignInStack, Visitor, http, running_stack
 
 __all__ = ["http"]
 
@@ -66,7 +66,7 @@ CONTOSO = {
 async def stack(
     upstream: Upstream, start_edge: StartEdge, tmp_path: Path
 ) -> AsyncIterator[SignInStack]:
-    idp, edge = await start_signin_stack(
+    async with running_stack(
         upstream,
         start_edge,
         tmp_path,
@@ -75,11 +75,8 @@ async def stack(
         bearer={"entra_audiences": [EDGE_API]},
         extra_routes=[*service_routes(upstream.url), CONTOSO],
         roles={"Orders.Read": "orders-reader"},
-    )
-    try:
-        yield SignInStack(idp, edge, upstream)
-    finally:
-        await idp.stop()
+    ) as running:
+        yield running
 
 
 def entra_claims(stack: SignInStack) -> dict[str, Any]:

@@ -8,6 +8,7 @@ negative cases, where each step must be observable.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -223,13 +224,24 @@ async def start_signin_stack(
     return idp, edge
 
 
+@contextlib.asynccontextmanager
+async def running_stack(
+    upstream: Upstream, start_edge: StartEdge, directory: Path, **config: Any
+) -> AsyncIterator[SignInStack]:
+    """:func:`start_signin_stack` as a context: the dev IdP stops on the way out."""
+    idp, edge = await start_signin_stack(upstream, start_edge, directory, **config)
+    try:
+        yield SignInStack(idp, edge, upstream)
+    finally:
+        await idp.stop()
+
+
 @pytest.fixture
 async def stack(
     upstream: Upstream, start_edge: StartEdge, tmp_path: Path
 ) -> AsyncIterator[SignInStack]:
-    idp, edge = await start_signin_stack(upstream, start_edge, tmp_path)
-    yield SignInStack(idp, edge, upstream)
-    await idp.stop()
+    async with running_stack(upstream, start_edge, tmp_path) as running:
+        yield running
 
 
 @pytest.fixture
