@@ -10,6 +10,13 @@ timestamp per counted request, and its memory store moves each key's expiry to a
 every hit, which halved the throughput of a limited route in ``make bench``
 (docs/PERFORMANCE.md). Two round trips per request on Redis (take a slot, read the window).
 
+Process memory uses ``limits``' synchronous API (``limits.storage.MemoryStorage``), called
+directly on the event loop: each call is a few dictionary operations under a lock that no
+other coroutine can hold across an ``await``, so it never blocks. Its async twin costs about
+four times as much per request: every storage call is a coroutine wrapped in another, and
+every hit schedules a task that walks all keys to expire them (O(keys) per request). The
+synchronous store expires keys from a timer thread at most every 10 ms instead.
+
 Invariants:
 - A store failure never raises: ``hit`` returns a :class:`Verdict` with
   ``store_error=True`` whose ``allowed`` is the route's ``on_store_error`` ("allow"
@@ -33,8 +40,6 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -44,10 +49,12 @@ from typing import Any
 
 import redis.asyncio
 import redis.exceptions
-from limits import RateLimitItemPerSecond
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits import RateLimitItemPerSecond, WindowStats
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter as AsyncSlidingWindow
 from limits.errors import StorageError
+from limits.storage import MemoryStorage
+from limits.strategies import SlidingWindowCounterRateLimiter
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -60,8 +67,8 @@ _FAILURES = (StorageError, redis.exceptions.RedisError, OSError)
 
 
 @lru_cache(maxsize=256)
-def _item(capacity: int, window: int) -> RateLimitItemPerSecond:
-    return RateLimitItemPerSecond(capacity, window)
+def _item(quota: Quota) -> RateLimitItemPerSecond:
+    return RateLimitItemPerSecond(quota.capacity, quota.window)
 
 
 def _cause(exc: BaseException) -> str:
@@ -89,36 +96,40 @@ class RateLimiter:
         self._count = on_store_error_count
         self._pool: redis.asyncio.ConnectionPool | None = None
         self._client: redis.asyncio.Redis | None = None
-        self._storage: Storage
+        self._memory: SlidingWindowCounterRateLimiter | None = None
+        self._shared: AsyncSlidingWindow | None = None
         if redis_url is None:
-            self._storage = MemoryStorage()
+            self._memory = SlidingWindowCounterRateLimiter(MemoryStorage())
         else:
             self._pool = _pool(redis_url, timeout)
             self._client = redis.asyncio.Redis(connection_pool=self._pool)
             # limits types its pass-through options as scalars; the pool goes to redis-py.
             options: dict[str, Any] = {"connection_pool": self._pool}
-            self._storage = RedisStorage(
+            storage = RedisStorage(
                 "async+redis://",
                 implementation="redispy",
                 wrap_exceptions=True,
                 key_prefix=key_prefix,
                 **options,
             )
-        self._limiter = SlidingWindowCounterRateLimiter(self._storage)
+            self._shared = AsyncSlidingWindow(storage)
         self._failing = False
         self._warned_at = -math.inf
         self._unreported = 0
 
-    async def hit(
-        self, key: str, *, requests: int, per: float, burst: int, on_store_error: str
-    ) -> Verdict:
-        """Count one request under ``key`` against ``requests + burst`` per ``per``
-        seconds. A store failure is decided by ``on_store_error`` ("allow" | "deny")."""
-        quota = Quota(requests, per, burst)
-        item = _item(quota.capacity, quota.window)
+    async def hit(self, key: str, quota: Quota, *, on_store_error: str) -> Verdict:
+        """Count one request under ``key`` against ``quota``. A store failure is decided
+        by ``on_store_error`` ("allow" | "deny")."""
+        item = _item(quota)
+        stats: WindowStats
         try:
-            allowed = await self._limiter.hit(item, key)
-            stats = await self._limiter.get_window_stats(item, key)
+            if self._memory is not None:
+                allowed = self._memory.hit(item, key)
+                stats = self._memory.get_window_stats(item, key)
+            else:
+                assert self._shared is not None
+                allowed = await self._shared.hit(item, key)
+                stats = await self._shared.get_window_stats(item, key)
         except _FAILURES as exc:
             return self._failed(exc, on_store_error)
         if self._failing:
@@ -127,12 +138,15 @@ class RateLimiter:
         reset_after = max(0.0, stats.reset_time - time.time())
         return Verdict(allowed, max(0, stats.remaining), reset_after)
 
-    async def exhausted(self, key: str, *, requests: int, per: float) -> bool:
-        """Whether ``key`` has used up ``requests`` per ``per`` seconds, without counting.
-        A store failure answers False: this check only slows callers down."""
-        quota = Quota(requests, per)
+    async def exhausted(self, key: str, quota: Quota) -> bool:
+        """Whether ``key`` has used up ``quota``, without counting. A store failure
+        answers False: this check only slows callers down."""
+        item = _item(quota)
         try:
-            return not await self._limiter.test(_item(quota.capacity, quota.window), key)
+            if self._memory is not None:
+                return not self._memory.test(item, key)
+            assert self._shared is not None
+            return not await self._shared.test(item, key)
         except _FAILURES as exc:
             self._failed(exc, "allow")
             return False
@@ -164,16 +178,14 @@ class RateLimiter:
             return False
 
     async def close(self) -> None:
-        """Release connections, or stop the memory store's expiry task."""
+        """Release connections, or stop the memory store's expiry timer."""
         if self._client is not None and self._pool is not None:
             await self._client.aclose()
             await self._pool.aclose()
-        elif isinstance(self._storage, MemoryStorage):
-            timer = self._storage.timer
-            if timer is not None and not timer.done():
-                timer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await timer
+        elif self._memory is not None:
+            storage = self._memory.storage
+            assert isinstance(storage, MemoryStorage)
+            storage.timer.cancel()
 
 
 def _pool(url: str, timeout: float) -> redis.asyncio.ConnectionPool:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 KeyKind = Literal["subject", "client", "route"]
@@ -56,6 +57,11 @@ class Quota:
     def window(self) -> int:
         """The window in whole seconds, rounded up and at least 1."""
         return max(1, math.ceil(self.per))
+
+    @cached_property
+    def policy(self) -> str:
+        """The ``RateLimit-Policy`` field value: the same for every response."""
+        return f'"{POLICY_NAME}";q={self.capacity};w={self.window}'
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,7 @@ def headers(
     left = min(max(0, remaining), limit.capacity)
     reset = _integer_seconds(reset_after)
     fields = [
-        ("RateLimit-Policy", f'"{POLICY_NAME}";q={limit.capacity};w={limit.window}'),
+        ("RateLimit-Policy", limit.policy),
         ("RateLimit", f'"{POLICY_NAME}";r={left};t={reset}'),
     ]
     if refused:

@@ -82,6 +82,7 @@ class _Route:
     config: Route
     upstream: Upstream
     timeouts: aiohttp.ClientTimeout
+    quota: ratelimit.Quota | None
 
 
 class Gateway:
@@ -101,7 +102,8 @@ class Gateway:
     ) -> None:
         self._signin = signin
         self._limiter = limiter
-        self._failures = config.auth_failures
+        failures = config.auth_failures
+        self._failures = ratelimit.Quota(failures.requests, failures.per) if failures else None
         self._minter = minter
         self._bearer = bearer
         self._documents: dict[str, Callable[[], Awaitable[web.Response]]] = (
@@ -143,7 +145,9 @@ class Gateway:
         timeouts = aiohttp.ClientTimeout(
             total=None, sock_connect=route.timeouts.connect, sock_read=route.timeouts.read
         )
-        return _Route(route.name, route, self._upstreams.for_route(route), timeouts)
+        limit = route.rate_limit
+        quota = ratelimit.Quota(limit.requests, limit.per, limit.burst) if limit else None
+        return _Route(route.name, route, self._upstreams.for_route(route), timeouts, quota)
 
     @property
     def tls_materials(self) -> list[Material]:
@@ -219,7 +223,7 @@ class Gateway:
         if failures is None or self._limiter is None or not presents:
             return False
         key = _failure_key(exchange)
-        if await self._limiter.exhausted(key, requests=failures.requests, per=failures.per):
+        if await self._limiter.exhausted(key, failures):
             exchange.decision = "deny"
             raise TooManyRequests(
                 reason="auth_failures_limited", headers=[("Retry-After", str(int(failures.per)))]
@@ -229,13 +233,7 @@ class Gateway:
     async def _count_failure(self, exchange: Exchange) -> None:
         assert self._failures is not None
         assert self._limiter is not None
-        await self._limiter.hit(
-            _failure_key(exchange),
-            requests=self._failures.requests,
-            per=self._failures.per,
-            burst=0,
-            on_store_error="allow",
-        )
+        await self._limiter.hit(_failure_key(exchange), self._failures, on_store_error="allow")
 
     async def _serve(
         self,
@@ -344,8 +342,8 @@ class Gateway:
     ) -> list[tuple[str, str]]:
         """The route's limit, after the decision and before a token is minted or the
         upstream contacted: 429 over it; otherwise the RateLimit headers for the reply."""
-        limit = route.config.rate_limit
-        if limit is None or self._limiter is None:
+        limit, quota = route.config.rate_limit, route.quota
+        if limit is None or quota is None or self._limiter is None:
             return []
         key = ratelimit.key_for(
             limit.key,
@@ -353,14 +351,7 @@ class Gateway:
             subject=identity.subject if identity else None,
             client=exchange.client_ip,
         )
-        verdict = await self._limiter.hit(
-            key,
-            requests=limit.requests,
-            per=limit.per,
-            burst=limit.burst,
-            on_store_error=limit.on_store_error,
-        )
-        quota = ratelimit.Quota(limit.requests, limit.per, limit.burst)
+        verdict = await self._limiter.hit(key, quota, on_store_error=limit.on_store_error)
         if verdict.store_error and verdict.allowed:
             return []  # nothing known to tell the client
         if verdict.allowed:

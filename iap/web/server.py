@@ -108,6 +108,7 @@ def admin_app(
     metrics: Metrics,
     materials: Callable[[], list[Material]],
     minter: Minter | None = None,
+    degraded: Callable[[], Awaitable[list[str]]] | None = None,
 ) -> web.Application:
     """``/healthz``, ``/readyz``, ``/metrics`` and, with minted tokens, ``/jwks.json`` (for
     istiod's ``jwksUri`` inside the cluster); never exposed publicly."""
@@ -120,10 +121,10 @@ def admin_app(
         for material in materials():
             checks[f"tls:{material.name}"] = material.usable()
         ready = all(checks.values())
-        return web.json_response(
-            {"status": "ready" if ready else "not ready", "checks": checks},
-            status=200 if ready else 503,
-        )
+        body: dict[str, object] = {"status": "ready" if ready else "not ready", "checks": checks}
+        if degraded is not None:
+            body["degraded"] = await degraded()
+        return web.json_response(body, status=200 if ready else 503)
 
     async def metrics_text(_: web.Request) -> web.Response:
         body, content_type = metrics.exposition()
@@ -239,7 +240,9 @@ class Edge:
             server, shutdown_timeout=self.config.drain_timeout, handle_signals=False
         )
         admin = web.AppRunner(
-            admin_app(self.readiness, self.metrics, self.tls_materials, self.minter),
+            admin_app(
+                self.readiness, self.metrics, self.tls_materials, self.minter, self.degraded
+            ),
             access_log=None,
             shutdown_timeout=1.0,
         )
@@ -283,6 +286,18 @@ class Edge:
         if self.minter is not None:
             checks["signing_key"] = self.minter.ready()
         return checks
+
+    async def degraded(self) -> list[str]:
+        """Dependencies that are down without making the pod unready (``/readyz``'s
+        ``degraded``): ``rate_limit_store`` when Redis counts rate limits and does not
+        answer. Every replica shares that Redis, so taking pods out of their Service would
+        turn a rate-limit outage into a full one; ``on_store_error`` decides instead."""
+        counts = self.config.auth_failures is not None or any(
+            route.rate_limit is not None for route in self.config.routes
+        )
+        if counts and not await self.limiter.ping():
+            return ["rate_limit_store"]
+        return []
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         # One indirection so SIGHUP can swap the gateway under open keep-alive connections.

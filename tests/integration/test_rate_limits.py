@@ -79,10 +79,20 @@ async def test_redis_down_follows_on_store_error_and_never_500(
     edge = await start_edge(document | {"redis": {"url": redis_server.url}})
     async with aiohttp.ClientSession() as http:
         assert (await get(http, edge)).status == 200
+        async with http.get(f"{edge.admin_url}/readyz") as ready:
+            assert (ready.status, (await ready.json())["degraded"]) == (200, [])
         await redis_server.stop()  # killed mid-test
         seen = len(upstream.seen.requests)
         answers = [await get(http, edge) for _ in range(3)]
+        async with http.get(f"{edge.admin_url}/readyz") as ready:
+            report = await ready.json()
     assert [a.status for a in answers] == [status] * 3
+    # Reported, but the pod stays in its Service: every replica shares that Redis.
+    assert (ready.status, report["status"], report["degraded"]) == (
+        200,
+        "ready",
+        ["rate_limit_store"],
+    )
     assert len(upstream.seen.requests) == seen + (3 if status == 200 else 0)
     registry = edge.edge.metrics.registry
     assert registry.get_sample_value("iap_rate_limit_store_errors_total") == 3

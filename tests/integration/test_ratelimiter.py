@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from iap.adapters.ratelimit import RateLimiter
-from iap.domain.ratelimit import Verdict
+from iap.domain.ratelimit import Quota, Verdict
 from tests.support.redis_server import RedisServer, redis_server_binary, start_redis_server
 
 
@@ -81,9 +81,7 @@ async def _hit(
     burst: int = 2,
     on_store_error: str = "allow",
 ) -> Verdict:
-    return await limiter.hit(
-        key, requests=requests, per=per, burst=burst, on_store_error=on_store_error
-    )
+    return await limiter.hit(key, Quota(requests, per, burst), on_store_error=on_store_error)
 
 
 # --- the shared suite ------------------------------------------------------------------
