@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from iap.dev.idp import SERVICES
+from iap.dev.idp import SERVICES, STAFF_GROUP_ID, TENANT_A, TENANT_B
 from tests.conftest import StartEdge, Upstream
 from tests.integration.test_bearer import EDGE_API, entra_token
 from tests.support.signin import SignInStack, Visitor, http, start_signin_stack
@@ -37,6 +37,25 @@ OPS = {
 }
 
 
+# one identity condition per prefix, each with a rule that holds for someone and one that
+# holds for nobody who can sign in here (Eve's tenant B is not allowed)
+PEOPLE = {
+    "name": "people",
+    "match": {"path_prefix": "/people/"},
+    "policy": {
+        "allow": [
+            {"groups": [STAFF_GROUP_ID], "paths": ["/people/staff/"]},
+            {"emails": ["alice@contoso.example"], "paths": ["/people/alice/"]},
+            {"domains": ["contoso.example"], "paths": ["/people/contoso/"]},
+            {"domains": ["fabrikam.example"], "paths": ["/people/fabrikam/"]},
+            {"tenants": [TENANT_A], "paths": ["/people/a/"]},
+            {"tenants": [TENANT_B], "paths": ["/people/b/"]},
+            {"authenticated": True, "paths": ["/people/anyone/"]},
+        ],
+    },
+}
+
+
 @pytest.fixture
 async def stack(
     upstream: Upstream, start_edge: StartEdge, tmp_path: Path
@@ -47,7 +66,7 @@ async def stack(
         tmp_path,
         trusted_proxies=["127.0.0.0/8"],
         bearer={"entra_audiences": [EDGE_API]},
-        extra_routes=[{**OPS, "upstream": upstream.url}],
+        extra_routes=[{**OPS, "upstream": upstream.url}, {**PEOPLE, "upstream": upstream.url}],
     )
     try:
         yield SignInStack(idp, edge, upstream)
@@ -112,3 +131,26 @@ async def test_a_service_may_post_jobs_and_nothing_else(
         403,
         403,
     )
+
+
+async def test_each_identity_condition_over_sockets(
+    stack: SignInStack, http: aiohttp.ClientSession
+) -> None:
+    alice, bob, anonymous = stack.visitor(http), stack.visitor(http), stack.visitor(http)
+    await alice.sign_in("alice")
+    await bob.sign_in("bob")
+    expected = {
+        # path: (alice, bob, anonymous), each the gateway's and forward-auth's status
+        "/people/staff/x": ((403, 403), (200, 200), (401, 401)),
+        "/people/alice/x": ((200, 200), (403, 403), (401, 401)),
+        "/people/contoso/x": ((200, 200), (200, 200), (401, 401)),
+        "/people/fabrikam/x": ((403, 403), (403, 403), (401, 401)),
+        "/people/a/x": ((200, 200), (200, 200), (401, 401)),
+        "/people/b/x": ((403, 403), (403, 403), (401, 401)),
+        "/people/anyone/x": ((200, 200), (200, 200), (401, 401)),
+    }
+    seen = {
+        path: tuple([await both(v, "GET", path) for v in (alice, bob, anonymous)])
+        for path in expected
+    }
+    assert seen == expected
