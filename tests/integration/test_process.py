@@ -15,6 +15,7 @@ from iap.config import Address
 from iap.web.server import bind
 from tests.conftest import Upstream, edge_config, free_port
 from tests.support.process import IapProcess, start_iap, write_config
+from tests.support.redis_server import start_redis_server
 
 MB = 10**6
 
@@ -208,3 +209,34 @@ def test_check_loads_tls_material_and_names_every_key(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "listen.tls" in result.stderr
     assert "routes[0].upstream_tls" in result.stderr
+
+
+async def test_workers_share_a_rate_limit_through_redis(tmp_path: Path, upstream: Upstream) -> None:
+    """``--workers 2`` on one redis-server: exactly ``requests`` pass in all, whichever
+    worker each new connection lands on (counting per worker would let about twice through)."""
+    redis = await start_redis_server()
+    document = edge_config(
+        upstream.url,
+        listen={"address": f"127.0.0.1:{free_port()}"},
+        admin={"address": f"127.0.0.1:{free_port()}"},
+        route={"rate_limit": {"requests": 10, "per": "60s", "key": "route"}},
+    )
+    iap = await start_iap(
+        "run",
+        "-c",
+        str(write_config(tmp_path, document | {"redis": {"url": redis.url}})),
+        "--workers",
+        "2",
+    )
+    try:
+        await iap.wait_for_stderr("iap listening: ", count=2)
+        statuses = []
+        async with aiohttp.ClientSession() as client:
+            for _ in range(40):  # a new connection each: SO_REUSEPORT spreads them
+                async with client.get(iap.public_url, headers={"Connection": "close"}) as resp:
+                    statuses.append(resp.status)
+        assert statuses == [200] * 10 + [429] * 30
+        assert len(upstream.seen.requests) == 10
+    finally:
+        assert await iap.stop() == 0, iap.stderr_lines
+        await redis.stop()
