@@ -240,9 +240,7 @@ class Edge:
             server, shutdown_timeout=self.config.drain_timeout, handle_signals=False
         )
         admin = web.AppRunner(
-            admin_app(
-                self.readiness, self.metrics, self.tls_materials, self.minter, self.degraded
-            ),
+            admin_app(self.readiness, self.metrics, self.tls_materials, self.minter, self.degraded),
             access_log=None,
             shutdown_timeout=1.0,
         )
