@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import jwt
@@ -29,8 +28,8 @@ from tests.support.signin import (
     SignInStack,
     Visitor,
     http,
+    running_stack,
     signin_config,
-    start_signin_stack,
 )
 
 __all__ = ["http"]
@@ -38,21 +37,13 @@ __all__ = ["http"]
 NGINX = {"X-Original-Method": "GET", "X-Forwarded-Host": "127.0.0.1"}
 
 
-async def start(
-    upstream: Upstream, start_edge: StartEdge, tmp_path: Path, **config: Any
-) -> AsyncIterator[SignInStack]:
-    idp, edge = await start_signin_stack(upstream, start_edge, tmp_path, **config)
-    try:
-        yield SignInStack(idp, edge, upstream)
-    finally:
-        await idp.stop()
-
-
 @pytest.fixture
 async def stack(
     upstream: Upstream, start_edge: StartEdge, tmp_path: Path
 ) -> AsyncIterator[SignInStack]:
-    async for running in start(upstream, start_edge, tmp_path, trusted_proxies=["127.0.0.0/8"]):
+    async with running_stack(
+        upstream, start_edge, tmp_path, trusted_proxies=["127.0.0.0/8"]
+    ) as running:
         yield running
 
 
@@ -110,7 +101,7 @@ async def test_an_untrusted_peer_is_refused_whatever_it_asks(
 ) -> None:
     """From a peer outside ``trusted_proxies`` even a signed-in user's allowed request, and
     a public one, get 403: only a trusted proxy may say what the original request was."""
-    async for stack in start(upstream, start_edge, tmp_path, trusted_proxies=[]):
+    async with running_stack(upstream, start_edge, tmp_path, trusted_proxies=[]) as stack:
         visitor = stack.visitor(http)
         await visitor.sign_in("alice")
         for uri in ("/app/orders", "/public/page"):
@@ -200,9 +191,9 @@ async def test_the_original_method_decides_method_bound_routes(
         "match": {"path_prefix": "/reports/", "methods": ["GET"]},
         "policy": {"public": True},
     }
-    async for stack in start(
+    async with running_stack(
         upstream, start_edge, tmp_path, trusted_proxies=["127.0.0.0/8"], extra_routes=[reports]
-    ):
+    ) as stack:
         anonymous = stack.visitor(http)
         assert (await auth(anonymous, "/reports/q"))[0] == 200
         # POST falls through to the catch-all public route, the same as the gateway routes it
@@ -219,9 +210,9 @@ async def test_traefik_headers_when_configured(
         "method_header": "X-Forwarded-Method",
         "host_header": "X-Forwarded-Host",
     }
-    async for stack in start(
+    async with running_stack(
         upstream, start_edge, tmp_path, trusted_proxies=["127.0.0.0/8"], forward_auth=traefik
-    ):
+    ) as stack:
         anonymous = stack.visitor(http)
         sent = {"X-Forwarded-Method": "GET", "X-Forwarded-Host": "127.0.0.1"}
         answer = await anonymous.get("/.iap/auth", headers={**sent, "X-Forwarded-Uri": "/app/x"})

@@ -12,7 +12,7 @@ import pytest
 from iap.dev.idp import SERVICES, STAFF_GROUP_ID, TENANT_A, TENANT_B
 from tests.conftest import StartEdge, Upstream
 from tests.integration.test_bearer import EDGE_API, entra_token
-from tests.support.signin import SignInStack, Visitor, http, start_signin_stack
+from tests.support.signin import SignInStack, Visitor, http, running_stack
 
 __all__ = ["http"]
 
@@ -60,18 +60,15 @@ PEOPLE = {
 async def stack(
     upstream: Upstream, start_edge: StartEdge, tmp_path: Path
 ) -> AsyncIterator[SignInStack]:
-    idp, edge = await start_signin_stack(
+    async with running_stack(
         upstream,
         start_edge,
         tmp_path,
         trusted_proxies=["127.0.0.0/8"],
         bearer={"entra_audiences": [EDGE_API]},
         extra_routes=[{**OPS, "upstream": upstream.url}, {**PEOPLE, "upstream": upstream.url}],
-    )
-    try:
-        yield SignInStack(idp, edge, upstream)
-    finally:
-        await idp.stop()
+    ) as running:
+        yield running
 
 
 async def both(visitor: Visitor, method: str, path: str, **headers: str) -> tuple[int, int]:
