@@ -11,8 +11,9 @@ every hit, which halved the throughput of a limited route in ``make bench``
 (docs/PERFORMANCE.md). Two round trips per request on Redis (take a slot, read the window).
 
 Process memory uses ``limits``' synchronous API (``limits.storage.MemoryStorage``), called
-directly on the event loop: each call is a few dictionary operations under a lock that no
-other coroutine can hold across an ``await``, so it never blocks. Its async twin costs about
+directly on the event loop: each call is a few dictionary operations, and the per-key thread
+locks around the counters are taken by the loop's thread only (the expiry thread drops
+expired counters without them), so a call never waits. Its async twin costs about
 four times as much per request: every storage call is a coroutine wrapped in another, and
 every hit schedules a task that walks all keys to expire them (O(keys) per request). The
 synchronous store expires keys from a timer thread at most every 10 ms instead.

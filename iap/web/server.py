@@ -321,7 +321,7 @@ class Edge:
             raise
         if self.bearer is not None:
             self.bearer.apply(config)  # bearer audiences and exchange rules
-        old, self.gateway = self.gateway, fresh
+        old, self.gateway, self.config = self.gateway, fresh, config
         return old
 
     def tls_materials(self) -> list[Material]:

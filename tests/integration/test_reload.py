@@ -9,6 +9,7 @@ import pytest
 from iap import config
 from iap.errors import ConfigError
 from tests.conftest import StartEdge, Upstream, edge_config
+from tests.support.redis_server import start_redis_server
 
 
 @pytest.mark.parametrize(
@@ -48,3 +49,22 @@ async def test_routes_and_rate_limits_change_on_reload(
                 statuses.append(answer.status)
     assert statuses == [200, 429]
     assert edge.edge.metrics.registry.get_sample_value("iap_reload_refusals_total") == 0
+
+
+async def test_readyz_degraded_follows_the_reloaded_routes(
+    upstream: Upstream, start_edge: StartEdge
+) -> None:
+    """Redis down reports ``rate_limit_store`` only once something counts in it: a route's
+    limit added by a reload, not the limits of the config the process started with."""
+    server = await start_redis_server()
+    redis = {"redis": {"url": server.url}, "auth_failures": None}
+    edge = await start_edge(edge_config(upstream.url) | redis)
+    await server.stop()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{edge.admin_url}/readyz") as ready:
+            before = (await ready.json())["degraded"]
+        limited = edge_config(upstream.url, route={"rate_limit": {"requests": 1, "per": "1m"}})
+        await edge.edge.reload(config.parse(limited | redis)).close()
+        async with http.get(f"{edge.admin_url}/readyz") as ready:
+            after = (ready.status, (await ready.json())["degraded"])
+    assert (before, after) == ([], (200, ["rate_limit_store"]))
