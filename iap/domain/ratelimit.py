@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal
+from typing import Literal, NamedTuple
 
 KeyKind = Literal["subject", "client", "route"]
 
@@ -48,25 +48,24 @@ class Quota:
         if self.requests <= 0 or self.burst < 0 or not self.per > 0:
             raise ValueError("a quota needs requests > 0, burst >= 0 and per > 0")
 
-    @property
+    @cached_property
     def capacity(self) -> int:
         """Requests allowed per window: the rate plus the burst allowance."""
         return self.requests + self.burst
 
-    @property
+    @cached_property
     def window(self) -> int:
         """The window in whole seconds, rounded up and at least 1."""
         return max(1, math.ceil(self.per))
 
     @cached_property
-    def policy(self) -> str:
-        """The ``RateLimit-Policy`` field value: the same for every response."""
-        return f'"{POLICY_NAME}";q={self.capacity};w={self.window}'
+    def policy_field(self) -> tuple[str, str]:
+        """The ``RateLimit-Policy`` field: the same for every response."""
+        return ("RateLimit-Policy", f'"{POLICY_NAME}";q={self.capacity};w={self.window}')
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """The outcome of counting one request.
+class Verdict(NamedTuple):
+    """The outcome of counting one request (a tuple: built on every limited request).
 
     ``remaining`` requests are left in the current window; ``reset_after`` seconds
     until a slot frees (for a refusal: when a retry can succeed). ``store_error``
@@ -96,21 +95,14 @@ def key_for(kind: KeyKind | None, *, route: str, subject: str | None, client: st
     return f"{len(route)}:{route}:{tag}:{value}"
 
 
-def _integer_seconds(seconds: float) -> int:
-    return max(0, math.ceil(seconds))
-
-
 def headers(
     *, limit: Quota, remaining: int, reset_after: float, refused: bool = False
 ) -> list[tuple[str, str]]:
     """``RateLimit-Policy`` and ``RateLimit`` for a response, plus ``Retry-After`` when
     the request was ``refused`` (429)."""
-    left = min(max(0, remaining), limit.capacity)
-    reset = _integer_seconds(reset_after)
-    fields = [
-        ("RateLimit-Policy", limit.policy),
-        ("RateLimit", f'"{POLICY_NAME}";r={left};t={reset}'),
-    ]
+    left = 0 if remaining < 0 else min(remaining, limit.capacity)
+    reset = math.ceil(reset_after) if reset_after > 0 else 0
+    fields = [limit.policy_field, ("RateLimit", f'"{POLICY_NAME}";r={left};t={reset}')]
     if refused:
         fields.append(("Retry-After", str(max(1, reset))))
     return fields
