@@ -13,13 +13,13 @@ every hit, which halved the throughput of a limited route in ``make bench``
 
 Process memory uses :class:`ProcessWindows`, the same sliding window counter kept in one
 dictionary on the event loop: one lookup and a few float operations per request. It is
-written here rather than taken from ``limits`` because ``limits``' memory store cost
-35 µs of CPU per request in ``make bench`` (every hit goes through the strategy, the key
-builder, an exception wrapper, per-key thread locks, several dictionary lookups and
-clock reads, and starts a new expiry thread every 10 ms under load), which took a limited route to 0.81x
-of the same route without a limit against the 0.95x the decisions issue asks for. Its
+written here rather than taken from ``limits`` because ``limits``' memory store cost 35 µs
+of CPU per request in ``make bench`` (every hit goes through the strategy, the key builder,
+an exception wrapper, per-key thread locks, several dictionary lookups and clock reads, and
+starts a new expiry thread every 10 ms under load), which held a limited route to 0.81x of
+the same route without a limit, against the 0.95x the decisions issue asks for. Its
 arithmetic is ``limits``' own, and a property test holds it to ``limits.MemoryStorage``
-decision for decision (tests/unit/test_process_windows.py). Redis stays on ``limits``.
+verdict for verdict (tests/unit/test_process_windows.py). Redis stays on ``limits``.
 
 Invariants:
 - A store failure never raises: ``hit`` returns a :class:`Verdict` with
