@@ -226,7 +226,7 @@ class Gateway:
         if await self._limiter.exhausted(key, failures):
             exchange.decision = "deny"
             raise TooManyRequests(
-                reason="auth_failures_limited", headers=[("Retry-After", str(int(failures.per)))]
+                reason="auth_failures_limited", headers=[("Retry-After", str(failures.window))]
             )
         return True
 
