@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
-import signal
+import os
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from iap import __version__, config
+from iap.app import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
+from iap.environment import Environment
 from iap.errors import ConfigError
-
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,27 +101,31 @@ def _positive(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    environment = Environment.from_mapping(os.environ)  # the one read of the environment
     try:
         if args.command == "check":
-            from iap.web.server import Edge
+            from iap.app.wiring import build_edge
 
-            Edge(config.load(args.config))  # also loads TLS material, binds nothing
+            # Also loads the secrets and the TLS material; binds nothing.
+            build_edge(config.load(args.config, environment), environment)
             print(f"{args.config}: ok")
             return EXIT_OK
         if args.command == "run":
-            return _run(config.load(args.config), args.config, workers=args.workers)
+            cfg = config.load(args.config, environment)
+            return _run(cfg, args.config, environment, workers=args.workers)
         if args.command == "dev":
+            from iap.app.serving import run_loop
             from iap.dev.run import run_dev
 
-            return _event_loop(run_dev(args.port))
+            return run_loop(run_dev(args.port, environment))
         if args.command == "certs":
             return _certs_dev(args.out, server_name=args.server_name, days=args.days)
         if args.command == "keys":
             return _keys_new(args.dir)
         if args.command == "mesh":
-            return _mesh_render(args.config, args.namespace, args.selector, args.jwks_uri)
+            return _mesh_render(args, environment)
         if args.command == "policy":
-            return _policy_explain(args)
+            return _policy_explain(args, environment)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"config error: {problem}", file=sys.stderr)
@@ -180,17 +181,18 @@ def _label(text: str) -> tuple[str, str]:
     return key, value
 
 
-def _mesh_render(
-    path: str, namespace: str, labels: list[tuple[str, str]] | None, jwks_uri: str | None
-) -> int:
+def _mesh_render(args: argparse.Namespace, environment: Environment) -> int:
     """Parse the config only (no key files, no ports): YAML on stdout, warnings on stderr."""
     import yaml
 
     from iap.mesh_render import DEFAULT_SELECTOR, render
 
-    selector = dict(labels) if labels else dict(DEFAULT_SELECTOR)
+    selector = dict(args.selector) if args.selector else dict(DEFAULT_SELECTOR)
     documents, warnings = render(
-        config.load(path), namespace=namespace, selector=selector, jwks_uri=jwks_uri
+        config.load(args.config, environment),
+        namespace=args.namespace,
+        selector=selector,
+        jwks_uri=args.jwks_uri,
     )
     for warning in warnings:
         print(f"iap mesh render: warning: {warning}", file=sys.stderr)
@@ -198,11 +200,11 @@ def _mesh_render(
     return EXIT_OK
 
 
-def _policy_explain(args: argparse.Namespace) -> int:
+def _policy_explain(args: argparse.Namespace, environment: Environment) -> int:
     """Exit 0 when the request would be allowed, 1 when not; 2 for a config error."""
     from iap.explain import claims_of, explain
 
-    cfg = config.load(args.config)
+    cfg = config.load(args.config, environment)
     claims = claims_of(file=args.claims, user=args.user)
     allowed, lines = explain(
         cfg, method=args.method, url=args.url, claims=claims, auth=args.auth, client=args.client
@@ -211,78 +213,13 @@ def _policy_explain(args: argparse.Namespace) -> int:
     return EXIT_OK if allowed else EXIT_FAILURE
 
 
-def _run(cfg: config.Config, path: str, *, workers: int) -> int:
+def _run(cfg: config.Config, path: str, environment: Environment, *, workers: int) -> int:
     if workers > 1:
         from iap.supervisor import supervise
 
-        return supervise(cfg, path, workers)
-    from iap.web.server import Edge
+        return supervise(cfg, path, workers, environment)
+    from iap.app.serving import run_loop, serve
+    from iap.app.wiring import build_edge
 
-    edge = Edge(cfg)
-    return _event_loop(serve(edge, reuse_port=False, config_path=path))
-
-
-def _event_loop(main: Coroutine[Any, Any, int]) -> int:
-    import uvloop
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main)
-
-
-async def serve(edge: Any, *, reuse_port: bool, config_path: str | None = None) -> int:
-    """Serve until SIGTERM or SIGINT, then drain; SIGHUP reloads routes from ``config_path``.
-
-    ``edge`` is an :class:`iap.web.server.Edge`.
-    """
-    from iap.web.server import wait_for_signals
-
-    try:
-        await edge.start(reuse_port=reuse_port)
-    except OSError as exc:
-        print(f"iap: cannot listen: {exc.strerror or exc}", file=sys.stderr)
-        await edge.stop()
-        return EXIT_FAILURE
-    # Everything allocated so far lives as long as the process: keep the collector from
-    # walking it again and again (gc.freeze, as pre-fork servers do).
-    gc.collect()
-    gc.freeze()
-    _say(f"iap listening: {edge.describe()}")
-    reloads: set[asyncio.Task[None]] = set()
-    if config_path is not None:
-
-        def on_hup() -> None:
-            task = asyncio.ensure_future(_reload(edge, config_path))
-            reloads.add(task)
-            task.add_done_callback(reloads.discard)
-
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)
-    await wait_for_signals(signal.SIGTERM, signal.SIGINT)
-    _say("iap: draining")
-    for task in reloads:
-        task.cancel()
-    await edge.stop()
-    return EXIT_OK
-
-
-def _say(line: str) -> None:
-    """One status line on stderr in a single write(2): workers share stderr, and a pipe
-    keeps writes under PIPE_BUF whole, so their lines never interleave."""
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
-
-
-async def _reload(edge: Any, path: str) -> None:
-    try:
-        try:
-            fresh = config.load(path)
-        except ConfigError:
-            edge.metrics.reload_refusals.inc()  # Edge.reload counts its own refusals
-            raise
-        old = edge.reload(fresh)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            _say(f"iap: reload refused: config error: {problem}")
-        return
-    _say("iap: reloaded routes and policies")
-    await asyncio.sleep(edge.config.drain_timeout)  # requests in flight on the old routes
-    await old.close()
+    edge = build_edge(cfg, environment)
+    return run_loop(serve(edge, reuse_port=False, config_path=path, environment=environment))

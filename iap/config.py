@@ -32,11 +32,13 @@ from pydantic import (
     FilePath,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from iap import addresses
+from iap.environment import SESSION_KEYS_VAR, Environment
 from iap.errors import ConfigError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -52,7 +54,7 @@ _SIZE_UNITS = {
     "MiB": 2**20,
     "GiB": 2**30,
 }
-SESSION_KEYS_ENV = "IAP_SESSION_KEYS"
+SESSION_KEYS_ENV = SESSION_KEYS_VAR
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
@@ -199,8 +201,9 @@ class OIDC(_Model):
         return value
 
     @model_validator(mode="after")
-    def _one_client_credential(self) -> OIDC:
-        has_env = bool(os.environ.get("IAP_OIDC_CLIENT_SECRET"))
+    def _one_client_credential(self, info: ValidationInfo) -> OIDC:
+        environment = info.context["environment"] if info.context else Environment()
+        has_env = environment.client_secret is not None
         given = [self.client_secret_file is not None, self.client_certificate is not None, has_env]
         if sum(given) != 1:
             raise ValueError(
@@ -602,7 +605,7 @@ def _route_problems(document: Mapping[str, object]) -> list[str]:
     return problems
 
 
-def _session_problems(document: Mapping[str, object]) -> list[str]:
+def _session_problems(document: Mapping[str, object], environment: Environment) -> list[str]:
     session = document.get("session")
     session = session if isinstance(session, Mapping) else {}
     problems = []
@@ -613,7 +616,7 @@ def _session_problems(document: Mapping[str, object]) -> list[str]:
             "tokens: required with oidc: signed-in requests go upstream with a minted token "
             "(tokens.issuer, tokens.keys_dir; see `iap keys new`)"
         )
-    has_keys = session.get("keys_file") is not None or os.environ.get(SESSION_KEYS_ENV)
+    has_keys = session.get("keys_file") is not None or environment.session_keys is not None
     if document.get("oidc") is not None and not has_keys:
         problems.append(
             f"session.keys_file: required with oidc (or the {SESSION_KEYS_ENV} variable), "
@@ -631,13 +634,16 @@ def _policy_problems(key: str, policy: object, document: Mapping[str, object]) -
     return []
 
 
-def parse(document: object) -> Config:
-    """Build a :class:`Config` from a parsed YAML document, or raise :class:`ConfigError`."""
+def parse(document: object, environment: Environment | None = None) -> Config:
+    """Build a :class:`Config` from a parsed YAML document, or raise :class:`ConfigError`.
+
+    ``environment`` says which secrets come from variables (none when omitted)."""
     if not isinstance(document, Mapping):
         raise ConfigError(["(top level): expected a mapping of keys"])
-    problems = _route_problems(document) + _session_problems(document)
+    environment = environment or Environment()
+    problems = _route_problems(document) + _session_problems(document, environment)
     try:
-        config = Config.model_validate(document)
+        config = Config.model_validate(document, context={"environment": environment})
     except ValidationError as exc:
         problems = _problems(exc) + problems
     if problems:
@@ -645,7 +651,7 @@ def parse(document: object) -> Config:
     return config
 
 
-def load(path: str | os.PathLike[str]) -> Config:
+def load(path: str | os.PathLike[str], environment: Environment | None = None) -> Config:
     """Read and validate ``path``; every problem is collected into one :class:`ConfigError`."""
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -657,4 +663,4 @@ def load(path: str | os.PathLike[str]) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError([f"{path}: not valid YAML{where}"]) from None
-    return parse(document)
+    return parse(document, environment)

@@ -12,21 +12,29 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
 import tempfile
 from types import FrameType
 
+from iap.app import EXIT_FAILURE
 from iap.config import Config
+from iap.environment import METRICS_DIR_VAR, Environment
 
 
-def supervise(config: Config, path: str, workers: int) -> int:
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="iap-metrics-"))
-    from iap.cli import EXIT_FAILURE, _event_loop, serve
-    from iap.web.server import Edge, bind
+def supervise(config: Config, path: str, workers: int, environment: Environment) -> int:
+    """Fork ``workers`` processes serving ``config``; the worst exit code of theirs."""
+    if environment.metrics_dir is None:  # prometheus-client reads it when first imported
+        metrics_dir = tempfile.mkdtemp(prefix="iap-metrics-")
+        os.environ[METRICS_DIR_VAR] = metrics_dir
+        environment = dataclasses.replace(environment, metrics_dir=metrics_dir)
+    from iap.app.serving import run_loop, serve
+    from iap.app.wiring import build_edge
+    from iap.web.server import bind
 
-    Edge(config)  # raises ConfigError before anything is bound or forked
+    build_edge(config, environment)  # raises ConfigError before anything is bound or forked
     try:
         for address in (config.listen.address, config.admin.address):
             bind(address, reuse_port=True).close()
@@ -39,7 +47,10 @@ def supervise(config: Config, path: str, workers: int) -> int:
         if pid == 0:  # pragma: no cover - runs in the child, measured by the subprocess tests
             code = EXIT_FAILURE
             try:
-                code = _event_loop(serve(Edge(config), reuse_port=True, config_path=path))
+                edge = build_edge(config, environment)
+                code = run_loop(
+                    serve(edge, reuse_port=True, config_path=path, environment=environment)
+                )
             finally:
                 os._exit(code)
         children.append(pid)

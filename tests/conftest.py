@@ -15,6 +15,8 @@ from aiohttp import web
 
 from iap import config
 from iap.adapters.audit import AuditLog
+from iap.app.wiring import build_edge
+from iap.environment import Environment
 from iap.web.server import Edge
 from tests.support.otlp import Receiver, receiver_app
 from tests.support.process import kill_leftovers
@@ -123,7 +125,7 @@ async def start_edge() -> AsyncIterator[StartEdge]:
 
     async def start(document: dict[str, Any]) -> RunningEdge:
         audit = AuditSink()
-        edge = Edge(config.parse(document), audit=AuditLog(audit))
+        edge = build_edge(config.parse(document), Environment(), audit=AuditLog(audit))
         await edge.start()
         started.append(edge)
         return RunningEdge(edge, audit)

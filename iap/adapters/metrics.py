@@ -1,12 +1,12 @@
 """Prometheus metrics (SPEC §8), served on the admin listener.
 
 With ``--workers N`` the parent sets ``PROMETHEUS_MULTIPROC_DIR`` before any worker
-imports prometheus-client; ``/metrics`` then aggregates every worker's samples.
+imports prometheus-client (the library reads it at import); the composition root passes the
+same directory as ``multiprocess_dir``, and ``/metrics`` then aggregates every worker's samples.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from prometheus_client import (
@@ -26,7 +26,8 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 class Metrics:
     """The request metrics; one instance per process."""
 
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
+        self._multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "iap_requests_total",
@@ -147,8 +148,8 @@ class Metrics:
 
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus text format, across all workers when there are several."""
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        if self._multiprocess_dir:
             registry = CollectorRegistry()
-            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            MultiProcessCollector(registry, path=self._multiprocess_dir)  # type: ignore[no-untyped-call]
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

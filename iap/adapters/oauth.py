@@ -14,7 +14,6 @@ Invariants:
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,6 @@ import aiohttp
 from authlib.oauth2.rfc6749.parameters import prepare_token_request
 
 from iap.adapters.idp import Fetcher, IdpUnavailable, require_https
-from iap.config import OIDC
 from iap.domain.client_auth import ClientCertificate, assertion_form
 from iap.errors import IapError
 
@@ -177,27 +175,3 @@ def _token_response(document: dict[str, Any]) -> TokenResponse:
         refresh_token=text("refresh_token"),
         expires_in=expires_in,
     )
-
-
-def load_credential(oidc: OIDC, problems: list[str]) -> ClientCredential:
-    """The client's secret (file or ``IAP_OIDC_CLIENT_SECRET``) or certificate; a problem is
-    appended (naming the key, never the secret) when it cannot be had."""
-    try:
-        if oidc.client_certificate is not None:
-            files = oidc.client_certificate
-            certificate = ClientCertificate.load(
-                files.cert_file.read_bytes(), files.key_file.read_bytes()
-            )
-            return ClientCredential(oidc.client_id, certificate=certificate)
-        if oidc.client_secret_file is not None:
-            secret = oidc.client_secret_file.read_text(encoding="utf-8").strip()
-        else:
-            secret = os.environ.get("IAP_OIDC_CLIENT_SECRET", "").strip()
-        if not secret:
-            problems.append("oidc.client_secret_file: the secret is empty")
-        return ClientCredential(oidc.client_id, secret=secret)
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.append(f"oidc: cannot read the client credential ({type(exc).__name__})")
-    except ValueError as exc:  # ClientCertificate names what is wrong, never the key
-        problems.append(f"oidc.client_certificate: {exc}")
-    return ClientCredential(oidc.client_id)

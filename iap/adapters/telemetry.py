@@ -23,7 +23,6 @@ Invariants:
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import threading
@@ -46,6 +45,7 @@ from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from iap.config import Telemetry as TelemetryConfig
+from iap.environment import Environment
 
 _EMPTY_CONTEXT = Context()
 
@@ -66,10 +66,10 @@ _SEND_AT = 512  # or as soon as this many spans wait
 _SERVER, _CLIENT = SpanKind.SERVER.value, SpanKind.CLIENT.value
 
 
-def _endpoint(config: TelemetryConfig) -> str | None:
+def _endpoint(config: TelemetryConfig, environment: Environment) -> str | None:
     """Where spans go: ``telemetry.otlp_endpoint``, else ``OTEL_EXPORTER_OTLP_*``."""
-    traces = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    base = config.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    traces = environment.otlp_traces_endpoint
+    base = config.otlp_endpoint or environment.otlp_endpoint
     if config.otlp_endpoint is None and traces:
         return traces
     if base is None:
@@ -89,10 +89,13 @@ class Tracing:
         config: TelemetryConfig,
         *,
         dropped: Callable[[int], None],
+        environment: Environment | None = None,
         spawn: bool = True,
     ) -> None:
-        """``spawn=False`` records without an exporter process (tests of the buffer)."""
+        """``environment``: the ``OTEL_*`` variables (none when omitted). ``spawn=False``
+        records without an exporter process (tests of the buffer)."""
         self._config = config
+        self._environment = environment or Environment()
         self._dropped = dropped
         self._spawn = spawn
         self.propagator = _propagator(config.propagators)
@@ -129,7 +132,7 @@ class Tracing:
         Without an endpoint nothing would ever see a span, so none are made: a trusted
         proxy's context passes through to the upstream unchanged.
         """
-        endpoint = _endpoint(self._config)
+        endpoint = _endpoint(self._config, self._environment)
         if endpoint is None and self._spawn:
             return
         self.enabled = True
@@ -145,7 +148,7 @@ class Tracing:
             "endpoint": endpoint,
             "protocol": self._config.protocol,
             "timeout": self._config.export_timeout,
-            "service_name": os.environ.get("OTEL_SERVICE_NAME") or self._config.service_name,
+            "service_name": self._environment.service_name or self._config.service_name,
         }
         self._process = context.Process(
             target=span_export.run, args=(child, settings), name="iap-span-exporter", daemon=True

@@ -25,10 +25,12 @@ from aiohttp import web
 
 from iap import config
 from iap.adapters.signing_keys import write_new_key
+from iap.app import EXIT_FAILURE, EXIT_OK
+from iap.app.wiring import build_edge
 from iap.certs import GATEWAY_SPIFFE_ID, SERVER_NAME, SPIFFE_ID, DevMaterial, issue_dev_material
-from iap.cli import EXIT_FAILURE, EXIT_OK
 from iap.dev.echo import echo_app
 from iap.dev.idp import STAFF_GROUP_ID, TENANT_A, start_dev_idp
+from iap.environment import Environment
 from iap.web.server import Edge, bind, wait_for_signals
 
 DEV_CLIENT_ID = "11111111-2222-4333-8444-555555555555"
@@ -46,10 +48,12 @@ def upstream_server_context(material: DevMaterial) -> ssl.SSLContext:
     return context
 
 
-async def run_dev(port: int) -> int:
+async def run_dev(port: int, environment: Environment) -> int:
+    """``iap dev``: the edge, the dev IdP and the demo upstream until SIGTERM or SIGINT;
+    ``environment`` turns tracing on as for ``iap run`` (``OTEL_*``)."""
     directory = Path(tempfile.mkdtemp(prefix="iap-dev-"))
     try:
-        return await _run(port, directory, issue_dev_material(directory / "certs"))
+        return await _run(port, directory, issue_dev_material(directory / "certs"), environment)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -114,7 +118,7 @@ def dev_config(
     }
 
 
-async def _run(port: int, directory: Path, material: DevMaterial) -> int:
+async def _run(port: int, directory: Path, material: DevMaterial, environment: Environment) -> int:
     upstream = web.AppRunner(echo_app(), access_log=None)
     await upstream.setup()
     sock = bind(config.Address("127.0.0.1", 0))
@@ -134,7 +138,7 @@ async def _run(port: int, directory: Path, material: DevMaterial) -> int:
         material=material,
         directory=directory,
     )
-    edge = Edge(config.parse(document))
+    edge = build_edge(config.parse(document, environment), environment)
     try:
         await edge.start()
     except OSError as exc:

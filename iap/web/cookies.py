@@ -13,13 +13,10 @@ Invariants:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 
 from aiohttp import web
 
-from iap.config import SESSION_KEYS_ENV
-from iap.config import Session as SessionConfig
 from iap.domain import sealing
 from iap.domain import session as sessions
 from iap.domain.headers import IAP_COOKIE, iap_cookies
@@ -119,17 +116,3 @@ def _chunks(cookies: Mapping[str, str]) -> list[str]:
         for name in cookies
         if name.startswith(IAP_COOKIE + "-") and name[len(IAP_COOKIE) + 1 :].isdigit()
     ]
-
-
-def load_keyring(session: SessionConfig, problems: list[str]) -> sealing.Keyring:
-    """The cookie keyring from ``session.keys_file`` or ``IAP_SESSION_KEYS``; a problem is
-    appended (naming the key, never the key material) when it cannot be had."""
-    try:
-        if session.keys_file is not None:
-            return sealing.Keyring.parse(session.keys_file.read_text(encoding="utf-8"))
-        return sealing.Keyring.parse(os.environ[SESSION_KEYS_ENV].replace(",", "\n"))
-    except (OSError, UnicodeDecodeError, KeyError) as exc:
-        problems.append(f"session.keys_file: cannot read ({type(exc).__name__})")
-    except ValueError as exc:  # names the line, never the key
-        problems.append(f"session.keys_file: {exc}")
-    return sealing.Keyring([os.urandom(sealing.KEY_BYTES)])  # never used: problems raise

@@ -15,10 +15,10 @@ import asyncio
 import json
 import logging
 import socket
-import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -28,8 +28,8 @@ from aiohttp.web_protocol import RequestHandler
 from iap.adapters.audit import AuditLog
 from iap.adapters.metrics import Metrics
 from iap.adapters.ratelimit import RateLimiter
-from iap.adapters.telemetry import CURRENT, Tracing
-from iap.adapters.tls import Material, expiry_in, listener_material
+from iap.adapters.telemetry import Tracing
+from iap.adapters.tls import Material, expiry_in
 from iap.config import Address, Config
 from iap.errors import ConfigError
 from iap.model import Exchange
@@ -169,44 +169,32 @@ _RESTART_KEYS = (
 store, the minter, tracing): a reload that changes one is refused by name, never half applied."""
 
 
+@dataclass(frozen=True)
+class Parts:
+    """What one process serves with, built by the composition root (:mod:`iap.app.wiring`)
+    from the config, the environment and the secrets."""
+
+    metrics: Metrics
+    audit: AuditLog
+    tracing: Tracing
+    limiter: RateLimiter
+    listener_tls: Material | None = None
+    signin: SignIn | None = None
+    minter: Minter | None = None
+    bearer: BearerAuth | None = None
+
+
 class Edge:
     """One process's listeners. Build (may raise ConfigError), then start, then stop."""
 
-    def __init__(self, config: Config, *, audit: AuditLog | None = None) -> None:
+    def __init__(self, config: Config, parts: Parts) -> None:
+        """Raises :class:`ConfigError` when the routes cannot be served."""
         self.config = config
-        self.metrics = Metrics()
-        self.audit = audit or AuditLog()
-        tls = config.listen.tls
-        problems = []
-        try:
-            self._tls = listener_material(tls.cert_file, tls.key_file) if tls else None
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            problems.append(f"listen.tls: cannot load certificate or key ({exc})")
-        self.tracing = Tracing(config.telemetry, dropped=self.metrics.spans_dropped.inc)
-        self.signin: SignIn | None = None
-        self.minter: Minter | None = None
-        try:
-            if config.oidc is not None:
-                self.signin = SignIn(config, observe=self._observe_idp)
-        except ConfigError as exc:
-            problems += exc.problems
-        self.bearer: BearerAuth | None = None
-        try:
-            if config.tokens is not None:
-                self.minter = Minter(config)
-                self.bearer = BearerAuth(config, signin=self.signin, minter=self.minter)
-        except ConfigError as exc:
-            problems += exc.problems
-        self.limiter = RateLimiter(
-            config.redis.url if config.redis is not None else None,
-            on_store_error_count=self.metrics.rate_limit_store_errors.inc,
-        )
-        try:
-            self.gateway = self._gateway(config)
-        except ConfigError as exc:
-            problems += exc.problems
-        if problems:
-            raise ConfigError(problems)
+        self.metrics, self.audit, self.tracing = parts.metrics, parts.audit, parts.tracing
+        self.limiter = parts.limiter
+        self._tls = parts.listener_tls
+        self.signin, self.minter, self.bearer = parts.signin, parts.minter, parts.bearer
+        self.gateway = self._gateway(config)
         self._runners: list[web.BaseRunner] = []
         self._watcher: asyncio.Task[None] | None = None
         self.public_address: tuple[str, int] | None = None
@@ -267,14 +255,6 @@ class Edge:
             bearer=self.bearer,
             limiter=self.limiter,
         )
-
-    def _observe_idp(self, endpoint: str, method: str, result: str, start: int, end: int) -> None:
-        """Each IdP call: a metric, and a CLIENT span under the request that made it."""
-        self.metrics.observe_idp(endpoint, result)
-        span = CURRENT.get()
-        if span.recording:
-            attributes = {"http.request.method": method, "iap.idp.endpoint": endpoint}
-            span.client_call(f"{method} idp {endpoint}", attributes, start, end, result == "error")
 
     async def readiness(self) -> dict[str, bool]:
         """Every check ``/readyz`` reports; all must be true to receive traffic."""

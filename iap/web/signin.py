@@ -39,11 +39,11 @@ import aiohttp
 from aiohttp import web
 
 from iap.adapters.idp import Discovery, IdpUnavailable, JwksCache, Observe, new_session
-from iap.adapters.oauth import OAuthClient, TokenRefused, TokenResponse, load_credential
+from iap.adapters.oauth import ClientCredential, OAuthClient, TokenRefused, TokenResponse
 from iap.adapters.sessions import CookieSessions, SessionRejected, Sessions, StoredSessions
-from iap.adapters.store import MemoryStore, RedisStore, SessionStore, StoreUnavailable
+from iap.adapters.store import SessionStore, StoreUnavailable
 from iap.config import Config
-from iap.domain import compact, idtoken
+from iap.domain import compact, idtoken, sealing
 from iap.domain import session as sessions
 from iap.domain.login import (
     MAX_AGE,
@@ -58,7 +58,6 @@ from iap.domain.redirects import RedirectPolicy
 from iap.domain.session import Session
 from iap.errors import (
     BadRequest,
-    ConfigError,
     MethodNotAllowed,
     NotFound,
     RequestError,
@@ -68,7 +67,7 @@ from iap.errors import (
     Unauthenticated,
 )
 from iap.model import Identity
-from iap.web.cookies import NO_STORE, Cookies, load_keyring, redirect, set_cookies
+from iap.web.cookies import NO_STORE, Cookies, redirect, set_cookies
 
 log = logging.getLogger("iap")
 
@@ -121,28 +120,29 @@ class _Authority:
 class SignIn:
     """The sign-in endpoints and the per-request session check; one per process.
 
-    Built from the config before any socket is bound (bad files raise :class:`ConfigError`
-    naming their keys); :meth:`start` opens the IdP client inside the event loop.
+    Built before any socket is bound (a bad ``allowed_redirect_hosts`` raises
+    :class:`~iap.errors.ConfigError`); :meth:`start` opens the IdP client inside the loop.
     """
 
-    def __init__(self, config: Config, *, observe: Observe | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        keyring: sealing.Keyring,
+        credential: ClientCredential,
+        store: SessionStore,
+        observe: Observe | None = None,
+    ) -> None:
+        """``keyring``, ``credential`` and ``store`` come from the composition root
+        (:mod:`iap.app.wiring`), which read the secrets and chose the store."""
         assert config.oidc is not None
         self._observe = observe
         oidc = self._oidc = config.oidc
-        problems: list[str] = []
-        keyring = load_keyring(config.session, problems)
-        self._credential = load_credential(oidc, problems)
-        try:
-            self._redirects = RedirectPolicy(config.public_url, config.allowed_redirect_hosts)
-        except ConfigError as exc:
-            problems += exc.problems
-        if problems:
-            raise ConfigError(problems)
+        self._credential = credential
+        self._redirects = RedirectPolicy(config.public_url, config.allowed_redirect_hosts)
         self._lifetime = config.session.lifetime
         self._idle = config.session.idle_timeout
-        self.store: SessionStore = (
-            RedisStore(config.redis.url) if config.redis is not None else MemoryStore()
-        )
+        self.store = store
         kind = StoredSessions if config.session.store == "redis" else CookieSessions
         self._sessions: Sessions = kind(keyring, self.store, lifetime=self._lifetime)
         self._cookies = Cookies(

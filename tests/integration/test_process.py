@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
+from iap.adapters.signing_keys import write_new_key
 from iap.config import Address
 from iap.web.server import bind
 from tests.conftest import Upstream, edge_config, free_port
@@ -20,9 +22,9 @@ from tests.support.redis_server import start_redis_server
 MB = 10**6
 
 
-def iap_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def iap_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "iap", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "iap", *args], capture_output=True, text=True, timeout=60, env=env
     )
 
 
@@ -43,6 +45,26 @@ def test_check_reports_every_problem_and_exits_2(tmp_path: Path) -> None:
 
 def test_check_accepts_a_valid_config(tmp_path: Path) -> None:
     result = iap_cli("check", "-c", str(write_config(tmp_path, edge_config("http://127.0.0.1:1"))))
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_check_takes_both_secrets_from_the_environment(tmp_path: Path) -> None:
+    write_new_key(tmp_path / "signing")
+    document = edge_config("http://127.0.0.1:1")
+    document["oidc"] = {
+        "issuer": "https://login.microsoftonline.com/organizations/v2.0",
+        "allowed_tenants": ["t1"],
+        "client_id": "c1",
+    }
+    document["tokens"] = {"issuer": "https://edge/.iap", "keys_dir": str(tmp_path / "signing")}
+    path = str(write_config(tmp_path, document))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("IAP_")}
+    refused = iap_cli("check", "-c", path, env=clean)
+    assert refused.returncode == 2
+    assert "IAP_OIDC_CLIENT_SECRET" in refused.stderr
+    assert "IAP_SESSION_KEYS" in refused.stderr
+    variables = {"IAP_OIDC_CLIENT_SECRET": "canary-secret", "IAP_SESSION_KEYS": "A" * 43}
+    result = iap_cli("check", "-c", path, env=clean | variables)
     assert (result.returncode, result.stderr) == (0, "")
 
 

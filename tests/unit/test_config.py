@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from iap import config
+from iap.environment import Environment
 from iap.errors import ConfigError
 
 CANARY = "s3cr3t-canary-value"
@@ -307,14 +308,13 @@ def test_the_single_mapping_form_keeps_its_meaning(tmp_path: Path) -> None:
     assert policy.rules == ()
 
 
-def test_oidc_needs_session_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_oidc_needs_session_keys(tmp_path: Path) -> None:
     document = _with_oidc(tmp_path)
     del document["session"]
-    monkeypatch.delenv("IAP_SESSION_KEYS", raising=False)
     [problem] = problems_of(document)
     assert problem.startswith("session.keys_file: required with oidc")
-    monkeypatch.setenv("IAP_SESSION_KEYS", "A" * 43)
-    assert config.parse(document).oidc is not None
+    environment = Environment.from_mapping({"IAP_SESSION_KEYS": "A" * 43})
+    assert config.parse(document, environment).oidc is not None
 
 
 def test_redis_store_needs_redis(tmp_path: Path) -> None:

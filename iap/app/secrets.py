@@ -1,0 +1,64 @@
+"""The secrets one process needs, read once at start-up: the session keyring and the OIDC
+client credential (SPEC §5 ``session.keys_file``, ``oidc.client_secret_file``,
+``oidc.client_certificate``, ``IAP_SESSION_KEYS``, ``IAP_OIDC_CLIENT_SECRET``).
+
+Invariants:
+- A secret that cannot be had appends a problem naming its key, never the material, and
+  the caller refuses to serve (every problem of the config is reported at once).
+- Files are read here and nowhere else below the composition root; the values go to the
+  parts that use them (the keyring to the session and cookie sealers, the credential to
+  the OAuth client).
+"""
+
+from __future__ import annotations
+
+import os
+
+from iap.adapters.oauth import ClientCredential
+from iap.config import OIDC
+from iap.config import Session as SessionConfig
+from iap.domain import sealing
+from iap.domain.client_auth import ClientCertificate
+from iap.environment import Environment
+
+
+def session_keyring(
+    session: SessionConfig, environment: Environment, problems: list[str]
+) -> sealing.Keyring:
+    """The cookie keyring from ``session.keys_file`` or ``IAP_SESSION_KEYS``."""
+    try:
+        if session.keys_file is not None:
+            return sealing.Keyring.parse(session.keys_file.read_text(encoding="utf-8"))
+        if environment.session_keys is None:
+            raise KeyError("IAP_SESSION_KEYS")
+        return sealing.Keyring.parse(environment.session_keys.replace(",", "\n"))
+    except (OSError, UnicodeDecodeError, KeyError) as exc:
+        problems.append(f"session.keys_file: cannot read ({type(exc).__name__})")
+    except ValueError as exc:  # names the line, never the key
+        problems.append(f"session.keys_file: {exc}")
+    return sealing.Keyring([os.urandom(sealing.KEY_BYTES)])  # never used: problems raise
+
+
+def client_credential(
+    oidc: OIDC, environment: Environment, problems: list[str]
+) -> ClientCredential:
+    """The client's secret (file or ``IAP_OIDC_CLIENT_SECRET``) or certificate."""
+    try:
+        if oidc.client_certificate is not None:
+            files = oidc.client_certificate
+            certificate = ClientCertificate.load(
+                files.cert_file.read_bytes(), files.key_file.read_bytes()
+            )
+            return ClientCredential(oidc.client_id, certificate=certificate)
+        if oidc.client_secret_file is not None:
+            secret = oidc.client_secret_file.read_text(encoding="utf-8").strip()
+        else:
+            secret = (environment.client_secret or "").strip()
+        if not secret:
+            problems.append("oidc.client_secret_file: the secret is empty")
+        return ClientCredential(oidc.client_id, secret=secret)
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"oidc: cannot read the client credential ({type(exc).__name__})")
+    except ValueError as exc:  # ClientCertificate names what is wrong, never the key
+        problems.append(f"oidc.client_certificate: {exc}")
+    return ClientCredential(oidc.client_id)

@@ -1,0 +1,111 @@
+"""Build one process's parts from the config, the environment and the secrets, and the
+:class:`~iap.web.server.Edge` that serves with them.
+
+Invariants:
+- Everything that can fail from configuration is built here, before a socket is bound;
+  every problem of every part is collected into one :class:`ConfigError`, so a bad config
+  names all its bad keys at once (a part that failed is left out, and the parts after it
+  are still built to find their problems too).
+- The choices between implementations are made here and only here: the session store
+  (Redis when ``redis`` is configured, else process memory), the rate-limit counters
+  (likewise), and whether sign-in, minting and bearer tokens exist at all.
+- Each call builds fresh parts: a worker forked by ``--workers`` builds its own after
+  the fork, so no connection pool, thread or lock crosses a fork.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+from iap.adapters.audit import AuditLog
+from iap.adapters.metrics import Metrics
+from iap.adapters.ratelimit import RateLimiter
+from iap.adapters.store import MemoryStore, RedisStore, SessionStore
+from iap.adapters.telemetry import CURRENT, Tracing
+from iap.adapters.tls import Material, listener_material
+from iap.app import secrets
+from iap.config import Config
+from iap.environment import Environment
+from iap.errors import ConfigError
+from iap.web.bearer import BearerAuth
+from iap.web.minting import Minter
+from iap.web.server import Edge, Parts
+from iap.web.signin import SignIn
+
+
+def build_edge(config: Config, environment: Environment, *, audit: AuditLog | None = None) -> Edge:
+    """The edge of ``config``, or :class:`ConfigError` naming every problem."""
+    problems: list[str] = []
+    listener_tls = _listener_tls(config, problems)
+    metrics = Metrics(multiprocess_dir=environment.metrics_dir)
+    signin = _signin(config, environment, metrics, problems)
+    minter = bearer = None
+    try:
+        if config.tokens is not None:
+            minter = Minter(config)
+            bearer = BearerAuth(config, signin=signin, minter=minter)
+    except ConfigError as exc:
+        problems += exc.problems
+    parts = Parts(
+        metrics=metrics,
+        audit=audit or AuditLog(),
+        tracing=Tracing(
+            config.telemetry, dropped=metrics.spans_dropped.inc, environment=environment
+        ),
+        limiter=RateLimiter(
+            config.redis.url if config.redis is not None else None,
+            on_store_error_count=metrics.rate_limit_store_errors.inc,
+        ),
+        listener_tls=listener_tls,
+        signin=signin,
+        minter=minter,
+        bearer=bearer,
+    )
+    try:
+        edge = Edge(config, parts)
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    return edge
+
+
+def _listener_tls(config: Config, problems: list[str]) -> Material | None:
+    tls = config.listen.tls
+    try:
+        return listener_material(tls.cert_file, tls.key_file) if tls else None
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        problems.append(f"listen.tls: cannot load certificate or key ({exc})")
+        return None
+
+
+def _signin(
+    config: Config, environment: Environment, metrics: Metrics, problems: list[str]
+) -> SignIn | None:
+    """Sign-in with the keyring, the client credential and the session store, or None
+    (no ``oidc``, or a problem, which is appended)."""
+    if config.oidc is None:
+        return None
+    found: list[str] = []
+    keyring = secrets.session_keyring(config.session, environment, found)
+    credential = secrets.client_credential(config.oidc, environment, found)
+    store: SessionStore = (
+        RedisStore(config.redis.url) if config.redis is not None else MemoryStore()
+    )
+
+    def observe_idp(endpoint: str, method: str, result: str, start: int, end: int) -> None:
+        """Each IdP call: a metric, and a CLIENT span under the request that made it."""
+        metrics.observe_idp(endpoint, result)
+        span = CURRENT.get()
+        if span.recording:
+            attributes = {"http.request.method": method, "iap.idp.endpoint": endpoint}
+            span.client_call(f"{method} idp {endpoint}", attributes, start, end, result == "error")
+
+    try:
+        signin = SignIn(
+            config, keyring=keyring, credential=credential, store=store, observe=observe_idp
+        )
+    except ConfigError as exc:
+        found += exc.problems
+    problems += found
+    return None if found else signin
