@@ -15,6 +15,7 @@ import asyncio
 import sys
 import time
 from datetime import UTC, datetime
+from functools import lru_cache
 from json.encoder import encode_basestring_ascii
 from typing import TextIO
 
@@ -61,20 +62,16 @@ def json_line(values: tuple[str | int | float | None, ...]) -> str:
     return "".join(parts)
 
 
+@lru_cache(maxsize=4)
 def _second(whole: int) -> str:
+    """The date and time of a whole second, formatted once (a pure function, memoised)."""
     return datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-_last_second: tuple[int, str] = (0, _second(0))
 
 
 def _timestamp(now: float) -> str:
     """RFC 3339 UTC with milliseconds; the date part is formatted once per second."""
-    global _last_second
     whole = int(now)
-    if whole != _last_second[0]:
-        _last_second = (whole, _second(whole))
-    return f"{_last_second[1]}.{int((now - whole) * 1000):03d}Z"
+    return f"{_second(whole)}.{int((now - whole) * 1000):03d}Z"
 
 
 class AuditLog:

@@ -36,6 +36,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Generic, Protocol, TypeVar
@@ -112,7 +113,11 @@ class _Base:
 
     def _seal(self, session: Session, now: int) -> str:
         return sealing.seal(
-            self._keyring, sessions.encode(session), purpose=SESSION_PURPOSE, now=now
+            self._keyring,
+            sessions.encode(session),
+            purpose=SESSION_PURPOSE,
+            now=now,
+            random=os.urandom,
         )
 
     def _open(self, token: str, *, purpose: bytes, now: int) -> tuple[bytes, int]:
@@ -295,7 +300,11 @@ class StoredSessions(_Base):
             await self._store.index_sid(session.sid, session.id, ttl=ttl)
         # The handle is sealed at sign-in time, so it expires with the session.
         return sealing.seal(
-            self._keyring, session.id.encode(), purpose=HANDLE_PURPOSE, now=session.created
+            self._keyring,
+            session.id.encode(),
+            purpose=HANDLE_PURPOSE,
+            now=session.created,
+            random=os.urandom,
         )
 
     async def end(self, session: Session, *, now: int) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import hmac
 import json
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -83,7 +82,7 @@ def new_login(
     rd: str,
     now: int,
     response_mode: str = "query",
-    random: Callable[[int], bytes] = os.urandom,
+    random: Callable[[int], bytes],
 ) -> tuple[str, PendingLogin]:
     """Start a login: the authorization URL to redirect to and the login to remember.
 

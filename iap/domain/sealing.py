@@ -30,8 +30,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -132,15 +131,28 @@ def _key_lines(text: str) -> Iterable[tuple[int, str]]:
             yield number, line
 
 
-def seal(keyring: Keyring, plaintext: bytes, *, purpose: bytes, now: int) -> str:
-    """Encrypt and authenticate ``plaintext`` for ``purpose``, issued at ``now`` (Unix s)."""
+def seal(
+    keyring: Keyring,
+    plaintext: bytes,
+    *,
+    purpose: bytes,
+    now: int,
+    random: Callable[[int], bytes],
+) -> str:
+    """Encrypt and authenticate ``plaintext`` for ``purpose``, issued at ``now`` (Unix s).
+
+    ``random(n)`` gives ``n`` bytes from a CSPRNG (``os.urandom``, passed by the caller): the
+    nonce. A nonce that repeats under one key breaks AES-GCM, so never pass anything else.
+    """
     if not purpose:
         raise ValueError("purpose must not be empty")
     if not 0 <= now < 2**64:
         raise ValueError("now is out of range")
     kid, cipher = keyring._sealing
     header = bytes([VERSION]) + kid + now.to_bytes(8, "big")
-    nonce = secrets.token_bytes(_NONCE_BYTES)
+    nonce = random(_NONCE_BYTES)
+    if len(nonce) != _NONCE_BYTES:
+        raise ValueError("random gave the wrong number of bytes")
     sealed = cipher.encrypt(nonce, plaintext, header + purpose)
     return _b64encode(header + nonce + sealed)
 

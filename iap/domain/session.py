@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
@@ -66,7 +65,7 @@ def new_session(
     refresh_token: str | None,
     expires_in: int,
     now: int,
-    random: Callable[[int], bytes] = os.urandom,
+    random: Callable[[int], bytes],
 ) -> Session:
     """A session that starts ``now`` from a login's tokens (``expires_in`` from the IdP)."""
     session_id = base64.urlsafe_b64encode(random(18)).decode("ascii")

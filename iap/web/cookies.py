@@ -13,6 +13,7 @@ Invariants:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 
 from aiohttp import web
@@ -71,7 +72,9 @@ class Cookies:
         """The Set-Cookie for ``logins``, dropping the oldest until the value fits."""
         while logins:
             data = encode_pending(logins)
-            value = sealing.seal(self.keyring, data, purpose=LOGIN_STATE_PURPOSE, now=now)
+            value = sealing.seal(
+                self.keyring, data, purpose=LOGIN_STATE_PURPOSE, now=now, random=os.urandom
+            )
             if len(value) <= _LOGIN_COOKIE_LIMIT:
                 return sealing.set_cookie_header(
                     LOGIN_COOKIE, value, MAX_AGE, same_site=self._login_same_site

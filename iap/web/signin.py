@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Mapping
@@ -242,6 +243,7 @@ class SignIn:
             rd=rd,
             now=now,
             response_mode=self._oidc.response_mode,
+            random=os.urandom,
         )
         logins = add_pending(self._cookies.pending(request, now), pending)
         return redirect(url, [self._cookies.login(logins, now)])
@@ -440,6 +442,7 @@ class SignIn:
             refresh_token=tokens.refresh_token,
             expires_in=tokens.expires_in,
             now=now,
+            random=os.urandom,
         )
 
     @property

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import os
 import random
 import string
 from collections.abc import AsyncIterator, Callable
@@ -134,6 +135,7 @@ def make_session(
         refresh_token=REFRESH_TOKEN,
         expires_in=HOUR,
         now=now,
+        random=os.urandom,
     )
 
 

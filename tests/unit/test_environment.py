@@ -4,6 +4,7 @@ only way variables reach config validation, the secrets and tracing."""
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,9 @@ def test_secrets_from_variables_satisfy_the_config_and_load(tmp_path: Path) -> N
     keyring = secrets.session_keyring(parsed.session, environment, problems)
     assert problems == []
     assert credential.secret == CANARY
-    older = sealing.seal(sealing.Keyring.parse("B" * 43), b"v", purpose=b"p", now=1)
+    older = sealing.seal(
+        sealing.Keyring.parse("B" * 43), b"v", purpose=b"p", now=1, random=os.urandom
+    )
     assert sealing.open(keyring, older, purpose=b"p", now=1, max_age=10) == b"v"  # both keys
 
 

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import itertools
 import json
+import os
 import re
 from urllib.parse import parse_qs, urlsplit
 
@@ -43,6 +44,7 @@ def _login(**overrides: object) -> tuple[str, PendingLogin]:
         "scopes": ["openid", "profile", "email", "offline_access"],
         "rd": "/app?x=1",
         "now": NOW,
+        "random": os.urandom,
     }
     args.update(overrides)
     return new_login(**args)  # type: ignore[arg-type]
@@ -257,7 +259,9 @@ def test_encode_decode_round_trip(pending: list[PendingLogin]) -> None:
 def test_sealed_cookie_round_trip_and_purpose_binding() -> None:
     ring = sealing.Keyring([bytes(range(32))])
     pending = add_pending([], _login()[1])
-    token = sealing.seal(ring, encode_pending(pending), purpose=LOGIN_STATE_PURPOSE, now=NOW)
+    token = sealing.seal(
+        ring, encode_pending(pending), purpose=LOGIN_STATE_PURPOSE, now=NOW, random=os.urandom
+    )
     opened = sealing.open(ring, token, purpose=LOGIN_STATE_PURPOSE, now=NOW, max_age=600)
     assert decode_pending(opened) == pending
     with pytest.raises(sealing.SealError):

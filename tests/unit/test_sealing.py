@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import random
 import string
 from collections.abc import Callable
@@ -21,10 +22,15 @@ from iap.domain.sealing import (
     clear_cookie_header,
     join_cookie,
     key_id,
-    seal,
     set_cookie_header,
     split_cookie,
 )
+
+
+def seal(keyring: Keyring, plaintext: bytes, *, purpose: bytes, now: int) -> str:
+    """The sealer with the operating system's CSPRNG, as iap's adapters call it."""
+    return sealing.seal(keyring, plaintext, purpose=purpose, now=now, random=os.urandom)
+
 
 KEY_A = bytes(range(32))
 KEY_B = bytes(range(100, 132))
@@ -450,3 +456,10 @@ def test_set_cookie_header_refuses() -> None:
         set_cookie_header(NAME, "v", MAX_COOKIE_AGE + 1)
     with pytest.raises(ValueError, match="split"):
         set_cookie_header(NAME, "A" * 4096, 1)
+
+
+def test_the_nonce_comes_from_the_random_source_it_is_given() -> None:
+    blob = decode(sealing.seal(RING_A, b"x", purpose=b"p", now=NOW, random=lambda n: b"\x07" * n))
+    assert blob[13:25] == b"\x07" * 12  # version 1, kid 4, issued 8, then the nonce
+    with pytest.raises(ValueError, match="wrong number of bytes"):
+        sealing.seal(RING_A, b"x", purpose=b"p", now=NOW, random=lambda n: b"\x07" * (n - 1))

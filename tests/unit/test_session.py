@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import os
 from dataclasses import replace
 from typing import Any
 
@@ -42,6 +43,7 @@ def session_at(
         refresh_token=refresh_token,
         expires_in=expires_in,
         now=now,
+        random=os.urandom,
     )
 
 
@@ -371,7 +373,13 @@ def test_a_session_of_any_identity_login_accepts_decodes(
     """Login keeps empty optional claims; a session that cannot decode would never load."""
     identity = identity_from_claims(claims, roles_map={})
     session = new_session(
-        identity, sid=sid, id_token=ID_TOKEN, refresh_token=None, expires_in=HOUR, now=NOW
+        identity,
+        sid=sid,
+        id_token=ID_TOKEN,
+        refresh_token=None,
+        expires_in=HOUR,
+        now=NOW,
+        random=os.urandom,
     )
     assert decode(encode(session)) == session
 
