@@ -21,6 +21,7 @@ sysdeps:
 lint: $(STAMP)
 	$(BIN)/ruff check iap tests bench examples
 	$(BIN)/ruff format --check iap tests bench examples
+	$(BIN)/lint-imports
 
 types: $(STAMP)
 	$(BIN)/mypy
