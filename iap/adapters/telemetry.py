@@ -1,6 +1,7 @@
 """Tracing (SPEC §2 step 3, §8): sampling, ids, propagation and span records.
 
-Together with ``iap.adapters.span_export`` the only place that imports OpenTelemetry.
+Together with ``iap.adapters.spans`` and ``iap.adapters.span_export`` the only place that
+imports OpenTelemetry.
 The request path records spans as plain tuples; OTLP encoding and export (the SDK's,
 pure Python, ~40 µs per span) run in a separate process fed through a pipe.
 
