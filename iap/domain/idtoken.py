@@ -1,6 +1,6 @@
 """OpenID Connect ID-token validation for Entra ID sign-in (SPEC §7 Login).
 
-This module, ``client_auth``, ``tokens`` and ``iap.mesh`` import joserfc: it verifies the RS256
+This module, ``client_auth`` and ``tokens`` import joserfc: it verifies the RS256
 signature of the IdP's ID tokens; everything else here is plain parsing and comparison.
 Pure: no IO, the JWKS and the clock are arguments.
 

@@ -24,7 +24,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeAlias
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -301,6 +301,9 @@ class InvalidToken(ValueError):
 
 _FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "crit", "b64"})
 
+PublicKeys: TypeAlias = Mapping[str, ECKey]
+"""Verification keys by ``kid``, as :func:`public_keys` makes them and :func:`verify` takes."""
+
 
 def public_keys(jwks: Iterable[Any]) -> dict[str, ECKey]:
     """The ES256 verification keys among the members of a JWK Set's ``keys``, by ``kid``.
@@ -376,7 +379,7 @@ def check_claims(
 
 def verify(
     token: str,
-    keys: Mapping[str, ECKey],
+    keys: PublicKeys,
     *,
     issuer: str,
     now: int,

@@ -16,8 +16,10 @@ Modules, each with its own invariants:
 - :mod:`iap.mesh.errors`: :class:`MeshError`, :class:`InvalidToken`, :class:`KeysUnavailable`.
 
 Invariant: importing this package loads none of the proxy's server dependencies (redis,
-pydantic, uvloop, prometheus_client, ``iap.config``, ``iap.web``); it needs aiohttp,
-joserfc and the pure ``iap.domain.tokens`` and ``iap.domain.claims`` (a test holds this).
+pydantic, uvloop, prometheus_client, ``iap.config``, ``iap.web``; a test holds this). It
+needs aiohttp, the pure ``iap.domain.tokens`` and ``iap.domain.claims`` (which bring
+joserfc and cryptography) and the stdlib-only ``iap.adapters.jwks``; joserfc itself is
+imported only by ``iap.domain``.
 Log lines go to the ``iap.mesh`` logger.
 """
 

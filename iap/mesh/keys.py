@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
 from typing import Any, Final
 
 import aiohttp
-from joserfc.jwk import ECKey
 from yarl import URL
 
 from iap.adapters.jwks import Clock, KeyCache
@@ -57,7 +55,7 @@ class IapKeys:
         self._session = session
         self._own_session = session is None
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._cache: KeyCache[str, Mapping[str, ECKey]] = KeyCache(
+        self._cache: KeyCache[str, tokens.PublicKeys] = KeyCache(
             self._fetch,
             error=KeysUnavailable,
             refresh_after=REFRESH_AFTER,
@@ -67,11 +65,11 @@ class IapKeys:
             clock=clock,
         )
 
-    async def current(self) -> Mapping[str, ECKey]:
+    async def current(self) -> tokens.PublicKeys:
         """The keys, refreshed first when due; :class:`KeysUnavailable` if none are usable."""
         return await self._cache.get(self._url)
 
-    async def after_unknown_kid(self) -> Mapping[str, ECKey] | None:
+    async def after_unknown_kid(self) -> tokens.PublicKeys | None:
         """The keys after a refetch for an unknown ``kid``; None when the budget is spent
         or the refetch failed (the cached keys stay)."""
         try:
@@ -85,7 +83,7 @@ class IapKeys:
             await self._session.close()
             self._session = None
 
-    async def _fetch(self, url: str) -> Mapping[str, ECKey]:
+    async def _fetch(self, url: str) -> tokens.PublicKeys:
         try:
             return _p256_keys(await self._get(url))
         except KeysUnavailable as exc:
@@ -130,7 +128,7 @@ async def _bounded_body(response: aiohttp.ClientResponse) -> bytes:
     return b"".join(chunks)
 
 
-def _p256_keys(document: Any) -> dict[str, ECKey]:
+def _p256_keys(document: Any) -> tokens.PublicKeys:
     """The ES256 keys of a JWK Set by ``kid`` (``iap.domain.tokens.public_keys``)."""
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise KeysUnavailable

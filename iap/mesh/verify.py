@@ -27,7 +27,6 @@ from types import MappingProxyType, TracebackType
 from typing import Any, Final
 
 import aiohttp
-from joserfc.jwk import ECKey
 
 from iap.adapters.jwks import Clock, verify_with_refetch
 from iap.domain import claims as read
@@ -123,7 +122,7 @@ class Verifier:
     ) -> None:
         await self.close()
 
-    def _claims(self, token: str, keys: Mapping[str, ECKey]) -> dict[str, Any]:
+    def _claims(self, token: str, keys: tokens.PublicKeys) -> dict[str, Any]:
         return tokens.verify(
             token,
             keys,
