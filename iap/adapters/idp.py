@@ -11,8 +11,9 @@ Invariants:
   exc``); bodies are read up to a size limit, so a hostile IdP cannot exhaust memory.
 - Caches are per tenant and never refreshed in the background: an access to an old entry
   tries one refresh (single-flight per tenant) and keeps the last-known-good on errors.
-  JWKS: refresh after 1 h, expire after 24 h; an unknown ``kid`` refetches at most once
-  per 5 min per tenant, so forged tokens cannot make iap hammer the IdP.
+  JWKS (``iap.adapters.jwks.KeyCache``, shared with the mesh SDK): refresh after 1 h,
+  expire after 24 h; an unknown ``kid`` refetches at most once per 5 min per tenant, so
+  forged tokens cannot make iap hammer the IdP.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any, TypeVar
 import aiohttp
 from yarl import URL
 
+from iap.adapters.jwks import KeyCache
 from iap.errors import IapError
 
 DISCOVERY_TTL = 24 * 3600.0
@@ -241,11 +243,13 @@ def _checked_discovery(document: dict[str, Any]) -> dict[str, Any]:
 
 
 class JwksCache:
-    """The JWKS of each tenant's ``jwks_uri`` (from discovery), per tenant.
+    """The JWKS of each tenant's ``jwks_uri`` (from discovery), per tenant, in a
+    :class:`~iap.adapters.jwks.KeyCache`.
 
     Served from cache for 1 h, then refreshed on access; a failed refresh keeps the
     last-known-good keys until they are 24 h old, after which :class:`IdpUnavailable` is
-    raised. :meth:`for_unknown_kid` refetches at most once per 5 min per tenant.
+    raised. :meth:`for_unknown_kid` refetches at most once per 5 min per tenant. Callers
+    get their own copy of the document.
     """
 
     def __init__(
@@ -258,27 +262,19 @@ class JwksCache:
         clock: Clock = time.monotonic,
     ) -> None:
         self._discovery = discovery
-        self._refresh_after = refresh_after
-        self._max_age = max_age
-        self._unknown_kid_interval = unknown_kid_interval
-        self._clock = clock
-        self._entries: dict[str, _Entry] = {}
-        self._unknown_kid_at: dict[str, float] = {}
-        self._locks = _TenantLocks()
+        self._cache: KeyCache[str, dict[str, Any]] = KeyCache(
+            self._fetch,
+            error=IdpUnavailable,
+            refresh_after=refresh_after,
+            max_stale=max_age,
+            unknown_kid_interval=unknown_kid_interval,
+            clock=clock,
+        )
 
     async def keys(self, tenant: str) -> dict[str, Any]:
         """The tenant's JWKS (``{"keys": [...]}``); :class:`IdpUnavailable` if none usable."""
         _check_tenant(tenant)
-        async with self._locks(tenant):
-            entry = self._entries.get(tenant)
-            if entry is not None and self._age(entry) < self._refresh_after:
-                return copy.deepcopy(entry.document)
-            try:
-                return await self._fetch(tenant)
-            except IdpUnavailable:
-                if entry is None or self._age(entry) >= self._max_age:
-                    raise
-                return copy.deepcopy(entry.document)  # last-known-good
+        return copy.deepcopy(await self._cache.get(tenant))
 
     async def for_unknown_kid(self, tenant: str) -> dict[str, Any] | None:
         """Refetch the JWKS because a token named an unknown ``kid`` (SPEC §7).
@@ -287,23 +283,13 @@ class JwksCache:
         spent by the attempt, whether or not it succeeds. Raises :class:`IdpUnavailable`.
         """
         _check_tenant(tenant)
-        async with self._locks(tenant):
-            now = self._clock()
-            last = self._unknown_kid_at.get(tenant)
-            if last is not None and now - last < self._unknown_kid_interval:
-                return None
-            self._unknown_kid_at[tenant] = now
-            return await self._fetch(tenant)
-
-    def _age(self, entry: _Entry) -> float:
-        return self._clock() - entry.fetched_at
+        fresh = await self._cache.for_unknown_kid(tenant)
+        return None if fresh is None else copy.deepcopy(fresh)
 
     async def _fetch(self, tenant: str) -> dict[str, Any]:
-        """Fetch and store the JWKS; the caller holds the tenant's lock."""
+        """The tenant's JWKS from the ``jwks_uri`` of its discovery document."""
         discovery = await self._discovery.document(tenant)
-        url = discovery["jwks_uri"]
-        document = await self._discovery.fetcher.get_json(url, "jwks")
+        document = await self._discovery.fetcher.get_json(discovery["jwks_uri"], "jwks")
         if not isinstance(document.get("keys"), list):
             raise IdpUnavailable
-        self._entries[tenant] = _Entry(document, self._clock(), url)
-        return copy.deepcopy(document)
+        return document

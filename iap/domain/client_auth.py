@@ -17,7 +17,7 @@ Invariants:
 - Neither an error message nor a ``repr`` contains key material: load errors say what is
   wrong and drop the parser's exception, and the ``repr`` shows the thumbprint only.
 - Pure: no IO, the clock is an argument. The one impurity is the default ``jti``, 256
-  random bits from the OS CSPRNG.
+  random bits from the OS CSPRNG. The signature is made by ``iap.domain.jose``.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from joserfc import jwt
-from joserfc.jwk import RSAKey
+
+from iap.domain import jose
+from iap.domain.jose import RSAKey
 
 #: RFC 7523 §2.2: the ``client_assertion_type`` of a JWT bearer client assertion.
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -72,7 +73,7 @@ class ClientCertificate:
         if public.public_numbers() != private.public_key().public_numbers():
             raise ValueError("client certificate: the private key does not match the certificate")
         der = certificate.public_bytes(serialization.Encoding.DER)
-        return cls(RSAKey.import_key(private), thumbprint(der))
+        return cls(jose.rsa_key(private), thumbprint(der))
 
 
 def _load_certificate(cert_pem: bytes) -> x509.Certificate:
@@ -124,7 +125,7 @@ def client_assertion(
         "nbf": now,
         "exp": now + lifetime,
     }
-    return jwt.encode(header, claims, certificate.key, algorithms=[ALGORITHM])
+    return jose.sign(header, claims, certificate.key, ALGORITHM)
 
 
 def assertion_form(

@@ -1,7 +1,7 @@
 """OpenID Connect ID-token validation for Entra ID sign-in (SPEC §7 Login).
 
-This module, ``client_auth``, ``tokens`` and ``iap.mesh`` import joserfc: it verifies the RS256
-signature of the IdP's ID tokens; everything else here is plain parsing and comparison.
+It verifies the RS256 signature of the IdP's ID tokens (through ``iap.domain.jose``, the
+one importer of joserfc); everything else here is plain parsing and comparison.
 Pure: no IO, the JWKS and the clock are arguments.
 
 Invariants:
@@ -27,12 +27,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from joserfc import jws
-from joserfc.errors import JoseError
-from joserfc.jwk import RSAKey
-
 from iap.domain import claims as read
-from iap.domain import compact
+from iap.domain import compact, jose
 
 TENANT_TEMPLATE = "{tenantid}"
 ALGORITHM = "RS256"
@@ -143,11 +139,10 @@ def _verified(token: str, jwks: Mapping[str, Any]) -> tuple[_Header, bytes]:
     kid = _check_header(header)
     jwk = _select_key(jwks, kid)
     try:
-        key = RSAKey.import_key(dict(jwk))
-        verified = jws.deserialize_compact(token, key, algorithms=[ALGORITHM])
-    except (JoseError, ValueError, TypeError):
+        payload = jose.verified_payload(token, jose.rsa_public_key(jwk), ALGORITHM)
+    except (jose.KeyRefused, jose.BadSignature):
         raise InvalidIdToken("signature") from None
-    return _Header(kid, jwk), verified.payload
+    return _Header(kid, jwk), payload
 
 
 def _check_header(header: Mapping[str, Any]) -> str:

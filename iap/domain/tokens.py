@@ -15,7 +15,8 @@ Invariants:
   (``kty``, ``crv``, ``x``, ``y``, ``kid``, ``alg``, ``use``), never filtered from a full key.
 - Times in claims are integers (RFC 7519 §2 NumericDate).
 - Pure: no IO, no asyncio; the clock is an argument. Errors name the problem, never key
-  material. This module, ``idtoken`` and ``client_auth`` are the only importers of joserfc.
+  material. The JWS itself is signed and checked by ``iap.domain.jose``, the one importer of
+  joserfc.
 """
 
 from __future__ import annotations
@@ -24,17 +25,15 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeAlias
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from joserfc import jws, jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import ECKey
 
 from iap.domain import claims as read
-from iap.domain import compact
+from iap.domain import compact, jose
+from iap.domain.jose import ECKey
 from iap.model import Identity
 
 ALGORITHM = "ES256"
@@ -72,7 +71,7 @@ def load_key(pem: bytes, *, created: float) -> SigningKey:
         raise ValueError(f"not an EC private key ({ALGORITHM} needs EC {CURVE})")
     if not isinstance(private.curve, ec.SECP256R1):
         raise ValueError(f"not a {CURVE} key ({ALGORITHM} needs {CURVE})")
-    key = ECKey.import_key(private)
+    key = jose.ec_key(private)
     return SigningKey(kid=key.thumbprint(), key=key, created=created)
 
 
@@ -236,7 +235,7 @@ def _oldest_per_kid(keys: Iterable[SigningKey]) -> dict[str, SigningKey]:
 def mint(key: SigningKey, claims: Mapping[str, Any]) -> str:
     """The compact JWS of ``claims`` signed by ``key`` (RFC 7515 §7.1)."""
     header = {"alg": ALGORITHM, "kid": key.kid, "typ": "JWT"}
-    return jwt.encode(header, dict(claims), key.key, algorithms=[ALGORITHM])
+    return jose.sign(header, claims, key.key, ALGORITHM)
 
 
 def user_claims(
@@ -301,6 +300,9 @@ class InvalidToken(ValueError):
 
 _FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "crit", "b64"})
 
+PublicKeys: TypeAlias = Mapping[str, ECKey]
+"""Verification keys by ``kid``, as :func:`public_keys` makes them and :func:`verify` takes."""
+
 
 def public_keys(jwks: Iterable[Any]) -> dict[str, ECKey]:
     """The ES256 verification keys among the members of a JWK Set's ``keys``, by ``kid``.
@@ -325,8 +327,8 @@ def _public_key(jwk: Any) -> tuple[str, ECKey] | None:
     if jwk.get("use", "sig") != "sig" or jwk.get("alg", ALGORITHM) != ALGORITHM:
         return None
     try:
-        return kid, ECKey.import_key({"kty": "EC", "crv": CURVE, "x": x, "y": y})
-    except (JoseError, ValueError, TypeError):
+        return kid, jose.ec_public_key(CURVE, x, y)
+    except jose.KeyRefused:
         return None
 
 
@@ -351,12 +353,13 @@ def header_kid(token: str) -> str:
 def verified_claims(token: str, key: ECKey) -> dict[str, Any]:
     """The claims of ``token`` once its ES256 signature checks out with ``key``."""
     try:
-        verified = jws.deserialize_compact(token, key, algorithms=[ALGORITHM])
-        return compact.json_object(verified.payload)
+        payload = jose.verified_payload(token, key, ALGORITHM)
+    except jose.BadSignature:
+        raise InvalidToken("signature") from None
+    try:
+        return compact.json_object(payload)
     except compact.Malformed:
         raise InvalidToken("malformed") from None
-    except (JoseError, ValueError, TypeError):
-        raise InvalidToken("signature") from None
 
 
 def check_claims(
@@ -376,7 +379,7 @@ def check_claims(
 
 def verify(
     token: str,
-    keys: Mapping[str, ECKey],
+    keys: PublicKeys,
     *,
     issuer: str,
     now: int,

@@ -30,6 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from iap.adapters.idp import IdpUnavailable
+from iap.adapters.jwks import verify_with_refetch
 from iap.config import Config
 from iap.domain import bearer, compact, tokens
 from iap.domain import claims as read
@@ -161,18 +162,16 @@ class BearerAuth:
     async def _entra(self, token: str, now: int) -> Verified:
         if self._signin is None or not self._audiences:
             raise Refused("bearer_issuer")
+        signin = self._signin
         try:
-            keys = await self._signin.entra_keys()
+            keys = await signin.entra_keys()
             assert keys is not None  # without unknown_kid there is always a JWKS or an error
-            try:
-                return self._entra_with(token, keys, now)
-            except bearer.InvalidBearer as exc:
-                if exc.reason != "kid":
-                    raise
-                fresh = await self._signin.entra_keys(unknown_kid=True)
-                if fresh is None:
-                    raise
-                return self._entra_with(token, fresh, now)
+            return await verify_with_refetch(
+                lambda jwks: self._entra_with(token, jwks, now),
+                keys,
+                lambda: signin.entra_keys(unknown_kid=True),
+                refused=bearer.InvalidBearer,
+            )
         except bearer.InvalidBearer as exc:
             raise Refused(f"bearer_{exc.reason}") from None
         except IdpUnavailable as exc:

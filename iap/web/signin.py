@@ -40,6 +40,7 @@ import aiohttp
 from aiohttp import web
 
 from iap.adapters.idp import Discovery, IdpUnavailable, JwksCache, Observe, new_session
+from iap.adapters.jwks import verify_with_refetch
 from iap.adapters.oauth import ClientCredential, OAuthClient, TokenRefused, TokenResponse
 from iap.adapters.sessions import CookieSessions, SessionRejected, Sessions, StoredSessions
 from iap.adapters.store import SessionStore, StoreUnavailable
@@ -474,15 +475,13 @@ class SignIn:
                 skew=int(self._oidc.clock_skew),
             )
 
-        try:
-            return check(await self._jwks.keys(tenant))
-        except idtoken.InvalidIdToken as exc:
-            if exc.reason != "kid":
-                raise
-            fresh = await self._jwks.for_unknown_kid(tenant)
-            if fresh is None:
-                raise
-            return check(fresh)
+        keys = await self._jwks.keys(tenant)
+        return await verify_with_refetch(
+            check,
+            keys,
+            lambda: self._jwks.for_unknown_kid(tenant),
+            refused=idtoken.InvalidIdToken,
+        )
 
     async def _identity(self, claims: idtoken.Claims, tokens: TokenResponse) -> Identity:
         """The identity, with groups from Graph when the token had too many (overage)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -122,6 +123,25 @@ async def test_unknown_kid_budget_is_per_tenant(idp: RunningDevIdP, jwks: JwksCa
     assert await jwks.for_unknown_kid(TENANT_B) is not None
     assert await jwks.for_unknown_kid(TENANT_A) is None
     assert idp.idp.jwks_fetches == 2
+
+
+async def test_concurrent_accesses_share_one_fetch(idp: RunningDevIdP, jwks: JwksCache) -> None:
+    documents = await asyncio.gather(*(jwks.keys(TENANT_A) for _ in range(10)))
+    assert {frozenset(kids(document)) for document in documents} == {
+        frozenset({idp.idp.signing_kid})
+    }
+    assert idp.idp.jwks_fetches == 1
+
+
+async def test_concurrent_unknown_kids_share_one_refetch(
+    idp: RunningDevIdP, jwks: JwksCache
+) -> None:
+    await jwks.keys(TENANT_A)
+    new_kid = idp.idp.rotate()
+    refreshed = await asyncio.gather(*(jwks.for_unknown_kid(TENANT_A) for _ in range(10)))
+    assert all(document is not None and new_kid in kids(document) for document in refreshed)
+    assert idp.idp.jwks_fetches == 2
+    assert await jwks.for_unknown_kid(TENANT_A) is None  # one refetch spent the budget
 
 
 async def test_rotated_token_validates_after_one_refetch(
