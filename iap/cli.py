@@ -7,11 +7,15 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from iap import __version__, config
 from iap.app import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 from iap.environment import Environment
 from iap.errors import ConfigError
+
+if TYPE_CHECKING:
+    Commands = argparse._SubParsersAction[argparse.ArgumentParser]  # the subcommands' parser
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,6 +25,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"iap {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _add_serving(commands)
+    _add_tools(commands)
+    _add_mesh(commands)
+    _add_policy(commands)
+    return parser
+
+
+def _add_serving(commands: Commands) -> None:
+    """``iap run``, ``iap dev`` and ``iap check``."""
     run = commands.add_parser("run", help="run the proxy")
     run.add_argument("-c", "--config", required=True, help="path to iap.yaml")
     run.add_argument("--workers", type=_positive, default=1, help="processes sharing the port")
@@ -31,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate a config and print every problem")
     check.add_argument("-c", "--config", required=True, help="path to iap.yaml")
 
+
+def _add_tools(commands: Commands) -> None:
+    """``iap certs dev`` and ``iap keys new``."""
     certs = commands.add_parser("certs", help="certificate tooling")
     certs_commands = certs.add_subparsers(dest="certs_command", required=True, metavar="COMMAND")
     certs_dev = certs_commands.add_parser(
@@ -53,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
         "--dir", required=True, help="the keys directory (tokens.keys_dir); created if missing"
     )
 
+
+def _add_mesh(commands: Commands) -> None:
+    """``iap mesh render``."""
     mesh = commands.add_parser("mesh", help="Istio resources derived from the routes")
     mesh_commands = mesh.add_subparsers(dest="mesh_command", required=True, metavar="COMMAND")
     mesh_render = mesh_commands.add_parser(
@@ -76,6 +95,10 @@ def _parser() -> argparse.ArgumentParser:
         help="where istiod fetches iap's keys"
         " (default http://iap-admin.iap.svc.cluster.local:<admin port>/jwks.json)",
     )
+
+
+def _add_policy(commands: Commands) -> None:
+    """``iap policy explain``."""
     policy = commands.add_parser("policy", help="route policies")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
     explain = policy_commands.add_parser(
@@ -89,7 +112,6 @@ def _parser() -> argparse.ArgumentParser:
     caller.add_argument("--user", metavar="NAME", help="a dev IdP demo user (alice, bob, ...)")
     explain.add_argument("--auth", choices=["session", "bearer"], default="session")
     explain.add_argument("--client", default="", help="the client address, for `source` rules")
-    return parser
 
 
 def _positive(text: str) -> int:

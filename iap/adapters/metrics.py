@@ -29,6 +29,16 @@ class Metrics:
     def __init__(self, multiprocess_dir: str | None = None) -> None:
         self._multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry(auto_describe=True)
+        # labels() takes a lock and builds a key on every call; the label sets are few.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+        self._labelled: dict[tuple[Any, ...], Any] = {}
+        self._traffic()
+        self._certificates()
+        self._decisions()
+        self._dependencies()
+
+    def _traffic(self) -> None:
+        """Requests and their durations (SPEC §8)."""
         self.requests = Counter(
             "iap_requests_total",
             "Requests answered, by route, method and status code.",
@@ -50,6 +60,8 @@ class Metrics:
             registry=self.registry,
         )
 
+    def _certificates(self) -> None:
+        """TLS material: reload failures and time to expiry."""
         self.tls_reload_failures = Counter(
             "iap_tls_reload_failures_total",
             "Reloads of changed TLS files that failed; the previous material stayed in use.",
@@ -63,6 +75,9 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="min",
         )
+
+    def _decisions(self) -> None:
+        """Authentication, authorization, rate limits and reloads."""
         self.authn = Counter(
             "iap_authn_total",
             "Authentication attempts on protected routes, by method and result.",
@@ -98,15 +113,15 @@ class Metrics:
             "Rate-limit checks the store could not answer; on_store_error decided them.",
             registry=self.registry,
         )
+
+    def _dependencies(self) -> None:
+        """The IdP and the span exporter."""
         self.idp_requests = Counter(
             "iap_idp_requests_total",
             "Calls to the IdP and Graph, by endpoint and result (ok, refused, error).",
             ["endpoint", "result"],
             registry=self.registry,
         )
-        # labels() takes a lock and builds a key on every call; the label sets are few.
-        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
-        self._labelled: dict[tuple[Any, ...], Any] = {}
         self.spans_dropped = Counter(
             "iap_spans_dropped_total",
             "Spans lost because the export queue was full or the export failed.",

@@ -62,16 +62,7 @@ def dev_config(
     *, port: int, idp_url: str, upstream_port: int, material: DevMaterial, directory: Path
 ) -> dict[str, Any]:
     """The ``iap.yaml`` that ``iap dev`` runs: sign-in with the dev IdP, three demo routes."""
-    secrets_dir = directory / "secrets"
-    secrets_dir.mkdir(mode=0o700, exist_ok=True)
-    keys = secrets_dir / "session.keys"
-    keys.write_text(base64.urlsafe_b64encode(os.urandom(32)).decode() + "\n")
-    keys.chmod(0o600)
-    secret = secrets_dir / "client.secret"
-    secret.write_text(DEV_CLIENT_SECRET)
-    secret.chmod(0o600)
-    signing = secrets_dir / "signing-keys"
-    write_new_key(signing)
+    keys, secret, signing = _dev_secrets(directory / "secrets")
     upstream = {
         "upstream": f"https://127.0.0.1:{upstream_port}",
         "upstream_tls": {
@@ -116,6 +107,20 @@ def dev_config(
             {"name": "demo", **upstream, "policy": {"allow": {"authenticated": True}}},
         ],
     }
+
+
+def _dev_secrets(directory: Path) -> tuple[Path, Path, Path]:
+    """A fresh session keyring, the dev client secret and a signing key, mode 0600."""
+    directory.mkdir(mode=0o700, exist_ok=True)
+    keys = directory / "session.keys"
+    keys.write_text(base64.urlsafe_b64encode(os.urandom(32)).decode() + "\n")
+    keys.chmod(0o600)
+    secret = directory / "client.secret"
+    secret.write_text(DEV_CLIENT_SECRET)
+    secret.chmod(0o600)
+    signing = directory / "signing-keys"
+    write_new_key(signing)
+    return keys, secret, signing
 
 
 async def _run(port: int, directory: Path, material: DevMaterial, environment: Environment) -> int:
