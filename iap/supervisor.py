@@ -18,6 +18,7 @@ import signal
 import sys
 import tempfile
 from types import FrameType
+from typing import NoReturn
 
 from iap.app import EXIT_FAILURE
 from iap.config import Config
@@ -30,7 +31,6 @@ def supervise(config: Config, path: str, workers: int, environment: Environment)
         metrics_dir = tempfile.mkdtemp(prefix="iap-metrics-")
         os.environ[METRICS_DIR_VAR] = metrics_dir
         environment = dataclasses.replace(environment, metrics_dir=metrics_dir)
-    from iap.app.serving import run_loop, serve
     from iap.app.wiring import build_edge
     from iap.web.server import bind
 
@@ -45,15 +45,27 @@ def supervise(config: Config, path: str, workers: int, environment: Environment)
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child, measured by the subprocess tests
-            code = EXIT_FAILURE
-            try:
-                edge = build_edge(config, environment)
-                code = run_loop(
-                    serve(edge, reuse_port=True, config_path=path, environment=environment)
-                )
-            finally:
-                os._exit(code)
+            _worker(config, path, environment)
         children.append(pid)
+    _relay_signals(children)
+    return _wait(children)
+
+
+def _worker(config: Config, path: str, environment: Environment) -> NoReturn:
+    """A forked worker: its own parts, built after the fork, serving until told to stop."""
+    from iap.app.serving import run_loop, serve
+    from iap.app.wiring import build_edge
+
+    code = EXIT_FAILURE
+    try:
+        edge = build_edge(config, environment)
+        code = run_loop(serve(edge, reuse_port=True, config_path=path, environment=environment))
+    finally:
+        os._exit(code)
+
+
+def _relay_signals(children: list[int]) -> None:
+    """SIGTERM, SIGINT and SIGHUP to the parent go to every worker."""
 
     def relay(number: int, _: FrameType | None) -> None:
         for child in children:
@@ -62,6 +74,10 @@ def supervise(config: Config, path: str, workers: int, environment: Environment)
 
     for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(number, relay)
+
+
+def _wait(children: list[int]) -> int:
+    """Wait for every worker; the worst exit code (a signal's death counts as 1)."""
     worst = 0
     for child in children:
         _, status = os.waitpid(child, 0)

@@ -91,22 +91,27 @@ def dev_config(
             "keys_dir": str(signing),
             "roles": {"Edge.Admin": "admin", STAFF_GROUP_ID: "staff"},
         },
-        "routes": [
-            {
-                "name": "public",
-                "match": {"path_prefix": "/public/"},
-                **upstream,
-                "policy": {"public": True},
-            },
-            {
-                "name": "admin",
-                "match": {"path_prefix": "/admin/"},
-                **upstream,
-                "policy": {"allow": {"roles": ["admin"]}},
-            },
-            {"name": "demo", **upstream, "policy": {"allow": {"authenticated": True}}},
-        ],
+        "routes": _dev_routes(upstream),
     }
+
+
+def _dev_routes(upstream: dict[str, Any]) -> list[dict[str, Any]]:
+    """The demo routes: /public/ without sign-in, /admin/ for role admin, / for anyone signed in."""
+    return [
+        {
+            "name": "public",
+            "match": {"path_prefix": "/public/"},
+            **upstream,
+            "policy": {"public": True},
+        },
+        {
+            "name": "admin",
+            "match": {"path_prefix": "/admin/"},
+            **upstream,
+            "policy": {"allow": {"roles": ["admin"]}},
+        },
+        {"name": "demo", **upstream, "policy": {"allow": {"authenticated": True}}},
+    ]
 
 
 def _dev_secrets(directory: Path) -> tuple[Path, Path, Path]:
