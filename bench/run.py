@@ -19,7 +19,10 @@ BENCH_WARMUP (seconds, default 2), BENCH_THREADS (wrk threads, default 1), BENCH
 (comma-separated parts of scenario names: run only those, for a quick look; such a partial run
 prints its tables but leaves docs/PERFORMANCE.md alone), BENCH_PROFILE (a directory: run every
 iap target under bench/profiled_iap.py, cProfile on every thread, one subdirectory per scenario;
-the figures of such a run are distorted and the doc is left alone).
+the figures of such a run are distorted and the doc is left alone), BENCH_BASELINE (the
+directory of another checkout, e.g. a ``git worktree`` of the commit before a change: every iap
+row is also run from that checkout in the same rounds, and a table compares the two; the doc is
+left alone).
 """
 
 from __future__ import annotations
@@ -172,6 +175,7 @@ class Env:
     notes: dict[str, int] = field(default_factory=dict)  # filled by the scenario, for the report
     scenario: str = ""
     headers: dict[str, str] = field(default_factory=dict)  # sent by wrk, set by the scenario
+    code: str = ""  # another checkout whose iap to run (BENCH_BASELINE); empty: this one
 
 
 Start = Callable[[Env], contextlib.AbstractContextManager[str]]
@@ -194,6 +198,7 @@ class Scenario:
     target: float | None = None
     label: str = ""  # short name in the cost table, e.g. "tracing 0.1"
     baseline_label: str = ""  # e.g. "tracing off"
+    code: str = ""  # BENCH_BASELINE twins: the checkout whose iap this row runs
 
 
 @contextlib.contextmanager
@@ -219,6 +224,9 @@ def naive_target(loop: Literal["asyncio", "uvloop"]) -> Start:
 def iap_command(env: Env) -> list[str]:
     """``iap``, or with BENCH_PROFILE iap under cProfile writing to a directory per scenario."""
     profile = os.environ.get("BENCH_PROFILE", "").strip()
+    if env.code:  # the baseline checkout's package first on the path, this venv's libraries
+        start = f"import sys, runpy; sys.path.insert(0, {env.code!r}); "
+        return [sys.executable, "-c", start + "runpy.run_module('iap', run_name='__main__')"]
     if profile:
         out = Path(profile).resolve() / re.sub(r"[^A-Za-z0-9_.-]+", "_", env.scenario or "iap")
         return [sys.executable, str(BENCH / "profiled_iap.py"), str(out)]
@@ -585,7 +593,7 @@ def parse_wrk(output: str, scenario: Scenario) -> Result:
 
 def measure(scenario: Scenario, env: Env, settings: Settings) -> Result:
     print(f"== {scenario.name}", file=sys.stderr, flush=True)
-    env = replace(env, notes={}, headers={}, scenario=scenario.name)
+    env = replace(env, notes={}, headers={}, scenario=scenario.name, code=scenario.code)
     warmup = 0
     with scenario.start(env) as url:
         status = http_status(url, headers=env.headers)
@@ -790,6 +798,48 @@ def cpu_table(results: Sequence[Result], settings: Settings) -> str:
     return _table(header, rows) if rows else "(no per-thread CPU figures on this system)"
 
 
+BASELINE_SUFFIX = " [baseline]"
+
+
+def with_baseline(scenarios: Sequence[Scenario], code: str) -> list[Scenario]:
+    """Each iap row followed by its twin running the checkout at ``code`` (BENCH_BASELINE), so
+    that every round measures the change and what came before it side by side."""
+    paired: list[Scenario] = []
+    for scenario in scenarios:
+        paired.append(scenario)
+        if scenario.kind == "iap":
+            twin = replace(scenario, name=scenario.name + BASELINE_SUFFIX, code=code)
+            paired.append(replace(twin, baseline="", target=None))
+    return paired
+
+
+def change_table(results: Sequence[Result], limit: float = 0.03) -> str:
+    """Each iap row over its BENCH_BASELINE twin: requests/s and CPU per request, and whether
+    the change stays within ``limit`` (3%) of what came before."""
+    by_name = {r.name: r for r in results}
+    header = ["Target", "Requests/s ratio", "CPU µs/request (baseline → now)", "Within 3%"]
+    rows = []
+    for now in results:
+        before = by_name.get(now.name + BASELINE_SUFFIX)
+        if before is None or not before.rps:
+            continue
+        ratio = now.rps / before.rps
+        cpu = [
+            r.notes.get("cpu_main_us", 0) + r.notes.get("cpu_other_us", 0) for r in (before, now)
+        ]
+        per = [
+            c / r.requests if r.requests else 0.0 for c, r in zip(cpu, (before, now), strict=True)
+        ]
+        ok = "yes" if ratio >= 1 - limit else "NO"
+        rows.append([now.name, f"{ratio:.3f}", f"{per[0]:.0f} → {per[1]:.0f}", ok])
+    return _table(header, rows) if rows else "(no BENCH_BASELINE rows in this run)"
+
+
+def _cpu_per_request(result: Result) -> float:
+    spent = result.notes.get("cpu_main_us", 0) + result.notes.get("cpu_other_us", 0)
+    return spent / result.requests if result.requests else 0.0
+
+
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b else "n/a"
 
@@ -829,6 +879,13 @@ def report(
         "is what bounds one process at about one busy core.",
         cpu_table(results, settings),
     ]
+    if any(r.name.endswith(BASELINE_SUFFIX) for r in results):
+        parts += [
+            "### This checkout against BENCH_BASELINE",
+            "Each iap row over the same row run from the baseline checkout in the same rounds "
+            "(requests/s above 1: faster now).",
+            change_table(results),
+        ]
     return "\n\n".join(parts)
 
 
@@ -911,6 +968,9 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with INT ignored
     only = [part.strip() for part in os.environ.get("BENCH_ONLY", "").split(",") if part.strip()]
     scenarios = [s for s in SCENARIOS if not only or any(part in s.name for part in only)]
+    baseline = os.environ.get("BENCH_BASELINE", "").strip()
+    if baseline:
+        scenarios = with_baseline(scenarios, str(Path(baseline).resolve()))
     try:
         if not scenarios:
             raise BenchError(f"BENCH_ONLY={os.environ['BENCH_ONLY']!r} matches no scenario")
@@ -924,8 +984,11 @@ def main() -> int:
         return 130
     section = report(results, settings, scenarios)
     print(section)
-    if only or os.environ.get("BENCH_PROFILE", "").strip():
-        print(f"\npartial or profiled run: {DOC.relative_to(ROOT)} left alone", file=sys.stderr)
+    if only or baseline or os.environ.get("BENCH_PROFILE", "").strip():
+        print(
+            f"\npartial, baseline or profiled run: {DOC.relative_to(ROOT)} left alone",
+            file=sys.stderr,
+        )
         return 0
     write_doc(section)
     print(f"\nwrote {DOC.relative_to(ROOT)}", file=sys.stderr)
