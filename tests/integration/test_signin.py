@@ -20,8 +20,7 @@ import pytest
 import trustme
 
 from iap import config
-from iap.dev.idp import STAFF_GROUP_ID, TENANT_A, USERS, start_dev_idp
-from iap.dev.idp import app as idp_app
+from iap.dev.idp import STAFF_GROUP_ID, TENANT_A, USERS, Directory, start_dev_idp
 from iap.domain.sealing import COOKIE_LIMIT
 from iap.errors import ConfigError
 from tests.conftest import RunningReceiver, StartEdge, Upstream, free_port
@@ -343,16 +342,14 @@ async def test_idp_calls_are_client_spans_and_carry_no_trace_context(
 
 
 async def test_a_user_in_450_groups_keeps_the_groups_that_decide(
-    visitor: Visitor, stack: SignInStack, monkeypatch: pytest.MonkeyPatch
+    visitor: Visitor, stack: SignInStack
 ) -> None:
     """Past 200 groups the session keeps those named in tokens.roles or a policy, so that it
     fits its cookie (8 chunks at most); the user still signs in and keeps the staff role."""
     olivia = USERS["olivia"]
     many = (STAFF_GROUP_ID, *(str(uuid.uuid5(uuid.NAMESPACE_URL, f"g{n}")) for n in range(449)))
     crowded = dataclasses.replace(olivia, groups=many)
-    monkeypatch.setitem(idp_app.USERS, "olivia", crowded)
-    monkeypatch.setattr(idp_app, "users_for", lambda tenant: [crowded])
-    monkeypatch.setattr(idp_app, "DEMO_USERS", (crowded,))  # what the Graph stand-in answers
+    stack.idp.idp.directory = Directory(users=(crowded,))  # what sign-in and Graph answer
     answer = await visitor.sign_in("olivia")
     assert answer.status == 302
     assert all(len(cookie) < COOKIE_LIMIT for cookie in answer.set_cookies)
