@@ -10,7 +10,6 @@ import asyncio
 import dataclasses
 import json
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import parse_qs, urlsplit
@@ -20,50 +19,25 @@ import pytest
 import trustme
 
 from iap import config
-from iap.dev.idp import STAFF_GROUP_ID, TENANT_A, USERS, start_dev_idp
-from iap.dev.idp import app as idp_app
+from iap.dev.idp import STAFF_GROUP_ID, TENANT_A, USERS, Directory, start_dev_idp
 from iap.domain.sealing import COOKIE_LIMIT
 from iap.errors import ConfigError
 from tests.conftest import RunningReceiver, StartEdge, Upstream, free_port
-from tests.support.redis_server import start_redis_server
 from tests.support.signin import (
     CLIENT_SECRET,
     SignInStack,
     Visitor,
     http,
+    running_stack,
     signin_config,
-    start_signin_stack,
 )
+from tests.support.signin_stores import redis_session_store, stack, visitor
 
-__all__ = ["http"]
+__all__ = ["http", "stack", "visitor"]
 
 HTML = {"Accept": "text/html"}
 SERVER, CLIENT = 2, 3  # opentelemetry.proto.trace.v1.Span.SpanKind
 CALLBACK = "/.iap/callback"
-
-
-@pytest.fixture(params=["cookie", "redis"])
-async def stack(
-    request: pytest.FixtureRequest, upstream: Upstream, start_edge: StartEdge, tmp_path: Path
-) -> AsyncIterator[SignInStack]:
-    extra = {}
-    server = None
-    if request.param == "redis":
-        server = await start_redis_server()
-        extra = {"session": {"store": "redis"}, "redis": {"url": server.url}}
-    idp, edge = await start_signin_stack(upstream, start_edge, tmp_path, **extra)
-    try:
-        yield SignInStack(idp, edge, upstream)
-    finally:
-        await idp.stop()
-        if server is not None:
-            await edge.edge.stop()  # before the store goes away
-            await server.stop()
-
-
-@pytest.fixture
-def visitor(stack: SignInStack, http: aiohttp.ClientSession) -> Visitor:
-    return stack.visitor(http)
 
 
 def alice_subject() -> str:
@@ -252,10 +226,11 @@ async def test_replicas_sharing_redis_refresh_a_session_once(
     upstream: Upstream, start_edge: StartEdge, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
     """SPEC §9: the refresh lock lives in Redis, so two replicas refresh a session once."""
-    server = await start_redis_server()
-    shared = {"session": {"store": "redis"}, "redis": {"url": server.url}}
-    idp, first = await start_signin_stack(upstream, start_edge, tmp_path, **shared)
-    try:
+    async with (
+        redis_session_store() as shared,
+        running_stack(upstream, start_edge, tmp_path, **shared) as running,
+    ):
+        idp, first = running.idp, running.edge
         # Same directory, so the same session keys; another port.
         second = await start_edge(signin_config(upstream.url, idp, free_port(), tmp_path, **shared))
         idp.idp.access_token_ttl = 60
@@ -269,9 +244,6 @@ async def test_replicas_sharing_redis_refresh_a_session_once(
         answers = await asyncio.gather(alice.get("/app/a"), twin.get("/app/b"))
         assert [a.status for a in answers] == [200, 200]
         assert idp.idp.refresh_grants == 1
-    finally:
-        await idp.stop()
-        await server.stop()
 
 
 async def test_client_certificate_authenticates_iap_at_the_token_endpoint(
@@ -283,23 +255,18 @@ async def test_client_certificate_authenticates_iap_at_the_token_endpoint(
     cert_file, key_file = tmp_path / "client.crt", tmp_path / "client.key"
     cert_file.write_bytes(leaf.cert_chain_pems[0].bytes())
     key_file.write_bytes(leaf.private_key_pem.bytes())
-    idp, edge = await start_signin_stack(
-        upstream,
-        start_edge,
-        tmp_path,
-        client_certificate_pem=leaf.cert_chain_pems[0].bytes(),
-        oidc={
-            "client_secret_file": None,
-            "client_certificate": {"cert_file": str(cert_file), "key_file": str(key_file)},
-        },
-    )
-    try:
-        visitor = Visitor(http, edge.url)
+    oidc = {
+        "client_secret_file": None,
+        "client_certificate": {"cert_file": str(cert_file), "key_file": str(key_file)},
+    }
+    certificate_pem = leaf.cert_chain_pems[0].bytes()
+    async with running_stack(
+        upstream, start_edge, tmp_path, client_certificate_pem=certificate_pem, oidc=oidc
+    ) as running:
+        idp, visitor = running.idp, running.visitor(http)
         assert (await visitor.sign_in("alice")).status == 302
         assert idp.idp.client_assertions == 1
         assert (await visitor.get("/app/x")).status == 200
-    finally:
-        await idp.stop()
 
 
 async def test_idp_calls_are_client_spans_and_carry_no_trace_context(
@@ -312,17 +279,14 @@ async def test_idp_calls_are_client_spans_and_carry_no_trace_context(
     """SPEC §8: a CLIENT span per IdP call under the request that made it; no trace headers
     to the IdP or Graph; no token, cookie or email in any exported attribute."""
     telemetry = {"otlp_endpoint": otlp_receiver.url}
-    idp, edge = await start_signin_stack(upstream, start_edge, tmp_path, telemetry=telemetry)
-    try:
-        visitor = Visitor(http, edge.url)
+    async with running_stack(upstream, start_edge, tmp_path, telemetry=telemetry) as running:
+        idp, edge, visitor = running.idp, running.edge, running.visitor(http)
         headers = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
         start = await visitor.get("/.iap/login?rd=/app/", headers={**HTML, **headers})
         answer = await visitor.callback(await visitor.authorize(start.location, "olivia"))
         assert answer.status == 302
         assert (await visitor.get("/app/x")).status == 200
         await asyncio.get_running_loop().run_in_executor(None, edge.edge.tracing.flush)
-    finally:
-        await idp.stop()
     assert idp.idp.trace_headers_seen == 0
     spans = otlp_receiver.received.spans
     [callback] = [s for s in spans if s.kind == SERVER and s.attributes["url.path"] == CALLBACK]
@@ -343,16 +307,14 @@ async def test_idp_calls_are_client_spans_and_carry_no_trace_context(
 
 
 async def test_a_user_in_450_groups_keeps_the_groups_that_decide(
-    visitor: Visitor, stack: SignInStack, monkeypatch: pytest.MonkeyPatch
+    visitor: Visitor, stack: SignInStack
 ) -> None:
     """Past 200 groups the session keeps those named in tokens.roles or a policy, so that it
     fits its cookie (8 chunks at most); the user still signs in and keeps the staff role."""
     olivia = USERS["olivia"]
     many = (STAFF_GROUP_ID, *(str(uuid.uuid5(uuid.NAMESPACE_URL, f"g{n}")) for n in range(449)))
     crowded = dataclasses.replace(olivia, groups=many)
-    monkeypatch.setitem(idp_app.USERS, "olivia", crowded)
-    monkeypatch.setattr(idp_app, "users_for", lambda tenant: [crowded])
-    monkeypatch.setattr(idp_app, "DEMO_USERS", (crowded,))  # what the Graph stand-in answers
+    stack.idp.idp.directory = Directory(users=(crowded,))  # what sign-in and Graph answer
     answer = await visitor.sign_in("olivia")
     assert answer.status == 302
     assert all(len(cookie) < COOKIE_LIMIT for cookie in answer.set_cookies)

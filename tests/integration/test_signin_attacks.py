@@ -26,8 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from iap.dev.idp import TENANT_B
 from iap.errors import SignInFailed
-from tests.integration.test_signin import stack, visitor
 from tests.support.signin import Response, SignInStack, Visitor, http
+from tests.support.signin_stores import stack, visitor
 
 __all__ = ["http", "stack", "visitor"]
 

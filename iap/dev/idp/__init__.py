@@ -8,11 +8,13 @@ openid-configuration``, ``/{tenant}/oauth2/v2.0/{authorize,token,logout}`` and
 A small Microsoft Graph stand-in answers ``getMemberObjects`` for groups overage. Demo
 service clients obtain Entra-shaped app-only access tokens (v2.0, or v1.0 when
 ``DevIdP.access_token_version`` is 1) by the client-credentials grant. It serves demo users
-only, keeps everything in memory and refuses every peer that is not a loopback address.
-Never expose it: it signs in anyone who clicks a button. The modules: ``users`` (demo
-tenants, users and service clients), ``signing`` (keys, JWKS, sign/verify), ``state``
-(``DevIdP``), ``pages`` (sign-in page, authorize request), ``grants`` (token endpoint) and
-``app`` (routes, handlers, loopback guard); this package re-exports their public names.
+only (a ``Directory`` of tenants, users and services, the demo one by default, held by each
+``DevIdP``), keeps everything in memory and refuses every peer that is not a loopback
+address. Never expose it: it signs in anyone who clicks a button. The modules: ``users``
+(demo tenants, users and service clients, the ``Directory``), ``signing`` (keys, JWKS,
+sign/verify), ``state`` (``DevIdP``), ``pages`` (sign-in page, authorize request),
+``grants`` (token endpoint) and ``app`` (routes, handlers, loopback guard); this package
+re-exports their public names.
 """
 
 from iap.dev.idp.app import (
@@ -39,6 +41,7 @@ from iap.dev.idp.state import (
     IdTokenHook,
 )
 from iap.dev.idp.users import (
+    DEMO_DIRECTORY,
     DEMO_SERVICES,
     DEMO_USERS,
     MULTI_TENANT,
@@ -51,9 +54,11 @@ from iap.dev.idp.users import (
     USERS,
     DemoService,
     DemoUser,
+    Directory,
 )
 
 __all__ = [
+    "DEMO_DIRECTORY",
     "DEMO_SERVICES",
     "DEMO_USERS",
     "DEV_IDP",
@@ -71,6 +76,7 @@ __all__ = [
     "DemoService",
     "DemoUser",
     "DevIdP",
+    "Directory",
     "Handler",
     "IdTokenHook",
     "OAuthError",

@@ -3,9 +3,10 @@
 URL shapes follow ``https://login.microsoftonline.com``: ``/{tenant}/v2.0/.well-known/
 openid-configuration``, ``/{tenant}/oauth2/v2.0/{authorize,token,logout}`` and
 ``/{tenant}/discovery/v2.0/keys``, plus a Microsoft Graph ``getMemberObjects`` stand-in for
-groups overage. ``dev_idp_app`` builds the application (state in ``app[DEV_IDP]``),
-``start_dev_idp`` serves it on 127.0.0.1, and ``loopback_only`` refuses every peer that is
-not a loopback address.
+groups overage. ``dev_idp_app`` builds the application (state in ``app[DEV_IDP]``, the
+users, services and tenants in its ``directory``: the demo one unless the caller passes
+another), ``start_dev_idp`` serves it on 127.0.0.1, and ``loopback_only`` refuses every peer
+that is not a loopback address. Handlers read users only from ``app[DEV_IDP].directory``.
 """
 
 from __future__ import annotations
@@ -39,12 +40,31 @@ from iap.dev.idp.pages import (
     text_param,
 )
 from iap.dev.idp.state import DEV_IDP, Code, DevIdP
-from iap.dev.idp.users import DEMO_USERS, MULTI_TENANT, TENANT_NAMES, USERS, users_for
+from iap.dev.idp.users import DEMO_DIRECTORY, MULTI_TENANT, Directory
+
+#: the claims Entra's v2.0 discovery document lists
+CLAIMS_SUPPORTED = (
+    "sub",
+    "iss",
+    "aud",
+    "exp",
+    "iat",
+    "nbf",
+    "nonce",
+    "tid",
+    "oid",
+    "sid",
+    "name",
+    "preferred_username",
+    "email",
+    "roles",
+    "groups",
+)
 
 
 def _tenant(request: web.Request) -> str:
     tenant = request.match_info["tenant"]
-    if tenant in MULTI_TENANT or tenant in TENANT_NAMES:
+    if tenant in MULTI_TENANT or tenant in request.app[DEV_IDP].directory.tenants:
         return tenant
     body = {
         "error": "invalid_tenant",
@@ -61,8 +81,13 @@ async def discovery(request: web.Request) -> web.Response:
     idp = request.app[DEV_IDP]
     tenant = _tenant(request)
     idp.discovery_fetches += 1
+    return web.json_response(provider_metadata(idp, tenant))
+
+
+def provider_metadata(idp: DevIdP, tenant: str) -> dict[str, Any]:
+    """The OpenID provider metadata of ``tenant``'s authority, with Entra's values."""
     base = f"{idp.base_url}/{tenant}"
-    document = {
+    return {
         "issuer": idp.issuer(tenant),
         "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
         "token_endpoint": idp.token_endpoint(tenant),
@@ -81,30 +106,13 @@ async def discovery(request: web.Request) -> web.Response:
         ],
         "token_endpoint_auth_signing_alg_values_supported": ["PS256"],
         "code_challenge_methods_supported": ["S256"],
-        "claims_supported": [
-            "sub",
-            "iss",
-            "aud",
-            "exp",
-            "iat",
-            "nbf",
-            "nonce",
-            "tid",
-            "oid",
-            "sid",
-            "name",
-            "preferred_username",
-            "email",
-            "roles",
-            "groups",
-        ],
+        "claims_supported": list(CLAIMS_SUPPORTED),
         "frontchannel_logout_supported": False,
         "http_logout_supported": True,
         "request_uri_parameter_supported": False,
         "tenant_region_scope": "NA",
         "cloud_instance_name": "dev.iap.invalid",
     }
-    return web.json_response(document)
 
 
 async def keys(request: web.Request) -> web.Response:
@@ -125,9 +133,9 @@ async def authorize(request: web.Request) -> web.Response:
     if isinstance(parsed, web.Response):
         return parsed
     if request.method == "GET":
-        return login_page(request, tenant, values)
-    user = USERS.get(text_param(values, "user"))
-    if user is None or user not in users_for(tenant):
+        return login_page(request, idp.directory, tenant, values)
+    user = idp.directory.user(text_param(values, "user"))
+    if user is None or user not in idp.directory.users_for(tenant):
         return error_page(400, "Sign in failed", "Pick one of the listed users.")
     idp.authorizations += 1
     code = secrets.token_urlsafe(32)
@@ -209,7 +217,7 @@ async def get_member_objects(request: web.Request) -> web.Response:
     if issued is None or issued.expires < idp.clock():
         return _graph_error(401, "InvalidAuthenticationToken", "Access token is invalid.")
     oid = request.match_info.get("oid", issued.user.oid)
-    user = next((u for u in DEMO_USERS if u.oid == oid), None)
+    user = idp.directory.user_by_oid(oid)
     if user is None or user.tid != issued.user.tid:
         return _graph_error(404, "Request_ResourceNotFound", f"Resource '{oid}' not found.")
     idp.graph_calls += 1
@@ -258,11 +266,13 @@ def dev_idp_app(
     redirect_uris: Sequence[str],
     post_logout_redirect_uris: Sequence[str] = (),
     client_certificate_pem: bytes | None = None,
+    directory: Directory = DEMO_DIRECTORY,
 ) -> web.Application:
     """The dev IdP as an aiohttp application; its state is ``app[DEV_IDP]``.
 
     ``client_certificate_pem`` registers an RSA certificate for ``private_key_jwt`` client
     authentication (Entra "certificate credentials"); the secret keeps working beside it.
+    ``directory`` holds the tenants, users and service clients it serves.
     """
     host = URL(base_url).host
     if host not in ("127.0.0.1", "::1", "localhost"):
@@ -275,6 +285,7 @@ def dev_idp_app(
         tuple(redirect_uris),
         tuple(post_logout_redirect_uris),
         client_certificate_pem=client_certificate_pem,
+        directory=directory,
     )
     tenant = "/{tenant}"
     app.router.add_get(f"{tenant}/v2.0/.well-known/openid-configuration", discovery)
@@ -309,9 +320,13 @@ async def start_dev_idp(
     redirect_uris: Sequence[str],
     post_logout_redirect_uris: Sequence[str] = (),
     client_certificate_pem: bytes | None = None,
+    directory: Directory = DEMO_DIRECTORY,
     port: int = 0,
 ) -> RunningDevIdP:
-    """Serve the dev IdP on 127.0.0.1:``port`` (0: any free port); ``base_url`` follows."""
+    """Serve the dev IdP on 127.0.0.1:``port`` (0: any free port); ``base_url`` follows.
+
+    ``directory`` is the tenants, users and service clients it serves (the demo ones).
+    """
     app = dev_idp_app(
         f"http://127.0.0.1:{port}",
         client_id=client_id,
@@ -319,6 +334,7 @@ async def start_dev_idp(
         redirect_uris=redirect_uris,
         post_logout_redirect_uris=post_logout_redirect_uris,
         client_certificate_pem=client_certificate_pem,
+        directory=directory,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -2,7 +2,8 @@
 
 ``authenticate_client`` accepts ``client_secret_post``, ``client_secret_basic`` or
 ``private_key_jwt`` (exactly one of them) and answers the client id it authenticated: the
-registered relying party (any method) or a demo service (a secret, in its own tenant only).
+registered relying party (any method) or a service of the IdP's directory (a secret, in its
+own tenant only).
 Every grant then checks that what it redeems was issued to that client. A client assertion
 (RFC 7523 §3, RFC 7521 §4.2) is judged as Entra does: header ``alg`` exactly PS256 and
 ``x5t#S256`` naming the registered certificate before any signature check, the signature
@@ -36,7 +37,7 @@ from joserfc.errors import JoseError
 
 from iap.dev.idp.pages import NO_STORE, text_param
 from iap.dev.idp.state import ClientCertificateKey, DevIdP
-from iap.dev.idp.users import DEMO_SERVICES, MULTI_TENANT
+from iap.dev.idp.users import MULTI_TENANT
 from iap.domain.client_auth import ALGORITHM, JWT_BEARER, MAX_LIFETIME
 
 _VERIFIER = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
@@ -49,7 +50,6 @@ MAX_RESOURCE_LENGTH = 512
 _RESOURCE = re.compile(
     r"[A-Za-z][A-Za-z0-9+.\-]*:[!-~]+|[0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}"
 )
-_SERVICE_CLIENTS = {service.client_id: service for service in DEMO_SERVICES}
 
 
 def pkce_challenge(verifier: str) -> str:
@@ -127,7 +127,7 @@ def _registered_secret(idp: DevIdP, client_id: str, tenant: str) -> str:
     """The secret of ``client_id``; a service is found in its own tenant (or a multi one)."""
     if client_id == idp.client_id:
         return idp.client_secret
-    service = _SERVICE_CLIENTS.get(client_id)
+    service = idp.directory.service(client_id)
     if service is None:
         raise OAuthError(400, "unauthorized_client", 700016, f"Application '{client_id}' unknown.")
     if service.tid != tenant and tenant not in MULTI_TENANT:
@@ -150,7 +150,7 @@ def authenticate_assertion(
     if text_param(form, "client_assertion_type") != JWT_BEARER:
         raise OAuthError(400, "invalid_request", 70002, "Unsupported client_assertion_type.")
     client_id = text_param(form, "client_id")
-    if client_id in _SERVICE_CLIENTS and client_id != idp.client_id:
+    if idp.directory.service(client_id) is not None and client_id != idp.client_id:
         raise _invalid_client(700027, "No certificate is registered for the application.")
     if client_id and client_id != idp.client_id:
         raise OAuthError(400, "unauthorized_client", 700016, f"Application '{client_id}' unknown.")
@@ -290,8 +290,10 @@ def client_credentials_grant(
     resource = default_scope_resource(text_param(form, "scope"))
     if client_id == idp.client_id:
         principal = idp.relying_party_principal(tenant)
-    else:
-        principal = _SERVICE_CLIENTS[client_id]
+    elif (service := idp.directory.service(client_id)) is not None:
+        principal = service
+    else:  # authenticate_client let through only the relying party and the services
+        raise OAuthError(400, "unauthorized_client", 700016, f"Application '{client_id}' unknown.")
     idp.client_credentials_grants += 1
     return idp.issue_app_token(principal, resource)
 

@@ -1,7 +1,9 @@
 """The dev IdP's in-memory state: the ``DevIdP`` dataclass and the grants it keeps.
 
 ``DevIdP`` holds the client registration (a secret and, for ``private_key_jwt``, an optional
-RSA certificate), the token lifetimes and clock, the counters tests read, the signing keys
+RSA certificate), the directory of tenants, users and services it serves (the demo one
+unless given another; see ``users``), the token lifetimes and clock, the counters tests
+read, the signing keys
 (see ``signing``), the outstanding authorization codes, refresh token families and Graph
 access tokens, and the ``jti`` of every unexpired client assertion it accepted (the replay
 guard). It builds Entra-shaped ID and access token claims (delegated ones for users, v2.0 or
@@ -28,7 +30,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc.jwk import RSAKey
 
 from iap.dev.idp import signing
-from iap.dev.idp.users import MULTI_TENANT, TENANT_TEMPLATE, DemoService, DemoUser
+from iap.dev.idp.users import (
+    DEMO_DIRECTORY,
+    MULTI_TENANT,
+    TENANT_TEMPLATE,
+    DemoService,
+    DemoUser,
+    Directory,
+)
 from iap.domain.client_auth import thumbprint
 
 GRAPH_AUDIENCE = "https://graph.microsoft.com"
@@ -102,6 +111,8 @@ class DevIdP:
     post_logout_redirect_uris: tuple[str, ...] = ()
     #: PEM of the certificate registered for ``private_key_jwt``; None: secrets only
     client_certificate_pem: bytes | None = None
+    #: the tenants, users and service clients this IdP serves
+    directory: Directory = DEMO_DIRECTORY
     id_token_ttl: int = 3600
     access_token_ttl: int = 3600
     refresh_token_ttl: int = 90 * 24 * 3600
@@ -220,6 +231,25 @@ class DevIdP:
             claims["groups"] = list(user.groups)
         return claims
 
+    def access_token_claims(self, user: DemoUser, scopes: tuple[str, ...]) -> dict[str, Any]:
+        """Claims of a delegated access token for Microsoft Graph (what the Graph stand-in
+        accepts); ``scp`` lists the requested scopes minus ``openid`` and ``offline_access``."""
+        now = int(self.clock())
+        return {
+            "ver": "2.0",
+            "iss": f"{self.base_url}/{user.tid}/v2.0",
+            "aud": GRAPH_AUDIENCE,
+            "iat": now,
+            "nbf": now,
+            "exp": now + self.access_token_ttl,
+            "tid": user.tid,
+            "oid": user.oid,
+            "sub": self.subject(user),
+            "azp": self.client_id,
+            "scp": " ".join(s for s in scopes if s not in ("openid", "offline_access")),
+            "uti": secrets.token_urlsafe(16),
+        }
+
     def issue_tokens(
         self,
         user: DemoUser,
@@ -229,22 +259,10 @@ class DevIdP:
         sid: str,
         family: str,
     ) -> dict[str, Any]:
+        """A token response for ``user``: always an access token, an ID token for ``openid``
+        and a refresh token of ``family`` for ``offline_access``."""
         now = self.clock()
-        access_claims = {
-            "ver": "2.0",
-            "iss": f"{self.base_url}/{user.tid}/v2.0",
-            "aud": GRAPH_AUDIENCE,
-            "iat": int(now),
-            "nbf": int(now),
-            "exp": int(now) + self.access_token_ttl,
-            "tid": user.tid,
-            "oid": user.oid,
-            "sub": self.subject(user),
-            "azp": self.client_id,
-            "scp": " ".join(s for s in scopes if s not in ("openid", "offline_access")),
-            "uti": secrets.token_urlsafe(16),
-        }
-        access_token = self.sign({}, access_claims)
+        access_token = self.sign({}, self.access_token_claims(user, scopes))
         self.access_tokens[access_token] = AccessToken(
             user, self.client_id, now + self.access_token_ttl
         )
@@ -256,10 +274,7 @@ class DevIdP:
             "access_token": access_token,
         }
         if "openid" in scopes:
-            header: dict[str, Any] = {"alg": "RS256", "typ": "JWT", "kid": self.signing_kid}
-            claims = self.id_token_claims(user, nonce=nonce, sid=sid)
-            hook = self.id_token_hook
-            response["id_token"] = hook(header, claims) if hook else self.sign(header, claims)
+            response["id_token"] = self.id_token(user, nonce=nonce, sid=sid)
         if "offline_access" in scopes:
             refresh_token = secrets.token_urlsafe(48)
             self.refresh_tokens[refresh_token] = Grant(
@@ -267,6 +282,13 @@ class DevIdP:
             )
             response["refresh_token"] = refresh_token
         return response
+
+    def id_token(self, user: DemoUser, *, nonce: str | None, sid: str) -> str:
+        """The signed ID token of ``user``, or what ``id_token_hook`` builds instead."""
+        header: dict[str, Any] = {"alg": "RS256", "typ": "JWT", "kid": self.signing_kid}
+        claims = self.id_token_claims(user, nonce=nonce, sid=sid)
+        hook = self.id_token_hook
+        return hook(header, claims) if hook else self.sign(header, claims)
 
     def relying_party_principal(self, tid: str) -> DemoService:
         """The registered client as a service principal of ``tid``; it holds no app roles.

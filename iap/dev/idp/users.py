@@ -1,22 +1,29 @@
-"""Demo tenants, users and service clients of the dev IdP.
+"""Demo tenants, users and service clients of the dev IdP, and the directory that holds them.
 
 Two Entra-shaped tenants (Contoso as tenant A, Fabrikam as tenant B) and a handful of
 demo users with roles and groups: Alice is an admin, Bob is staff by group, Eve lives in the
-other tenant and Olivia has enough groups to trigger the overage path. ``users_for`` lists
-the users an authority (a tenant id, ``organizations`` or ``common``) may sign in. The demo
-service clients are single-tenant app registrations with a secret that obtain app-only
-access tokens by the client-credentials grant; ``SERVICES`` maps them by key.
+other tenant and Olivia has enough groups to trigger the overage path. The demo service
+clients are single-tenant app registrations with a secret that obtain app-only access tokens
+by the client-credentials grant. A ``Directory`` is one IdP's tenants, users and services:
+immutable, every user and service in one of its tenants, user keys, user ``oid``s and
+service client ids unique. Each ``DevIdP`` holds its own (``DEMO_DIRECTORY`` unless told
+otherwise), so tests pass their own users instead of patching this module. Nothing here is
+mutable: ``USERS``, ``SERVICES`` and ``TENANT_NAMES`` are read-only views of the demo data.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 TENANT_A = "6f0e8e7a-3c2b-4d1a-9e8f-1a2b3c4d5e6f"
 TENANT_B = "0b1c2d3e-4f50-4a6b-8c7d-9e0f1a2b3c4d"
 STAFF_GROUP_ID = "5d2c1b0a-9e8f-4a7b-8c6d-3e2f1a0b9c8d"
-TENANT_NAMES = {TENANT_A: "Contoso (tenant A)", TENANT_B: "Fabrikam (tenant B)"}
+TENANT_NAMES: Mapping[str, str] = MappingProxyType(
+    {TENANT_A: "Contoso (tenant A)", TENANT_B: "Fabrikam (tenant B)"}
+)
 MULTI_TENANT = ("organizations", "common")
 TENANT_TEMPLATE = "{tenantid}"
 
@@ -72,11 +79,7 @@ DEMO_USERS: tuple[DemoUser, ...] = (
         groups=_many_groups(150),
     ),
 )
-USERS = {user.key: user for user in DEMO_USERS}
-
-
-def users_for(tenant: str) -> list[DemoUser]:
-    return [u for u in DEMO_USERS if tenant in MULTI_TENANT or u.tid == tenant]
+USERS: Mapping[str, DemoUser] = MappingProxyType({user.key: user for user in DEMO_USERS})
 
 
 @dataclass(frozen=True)
@@ -125,4 +128,51 @@ DEMO_SERVICES: tuple[DemoService, ...] = (
         "Fabrikam service",
     ),
 )
-SERVICES = {service.key: service for service in DEMO_SERVICES}
+SERVICES: Mapping[str, DemoService] = MappingProxyType(
+    {service.key: service for service in DEMO_SERVICES}
+)
+
+
+def _unique(kind: str, values: list[str]) -> None:
+    duplicates = sorted({value for value in values if values.count(value) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate {kind} in the directory: {', '.join(duplicates)}")
+
+
+@dataclass(frozen=True)
+class Directory:
+    """The tenants (id -> display name), users and service clients one dev IdP serves."""
+
+    users: tuple[DemoUser, ...] = DEMO_USERS
+    services: tuple[DemoService, ...] = DEMO_SERVICES
+    tenants: Mapping[str, str] = field(default_factory=lambda: TENANT_NAMES)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tenants", MappingProxyType(dict(self.tenants)))
+        _unique("user key", [user.key for user in self.users])
+        _unique("user oid", [user.oid for user in self.users])
+        _unique("service client id", [service.client_id for service in self.services])
+        tids = {user.tid for user in self.users} | {service.tid for service in self.services}
+        if strangers := tids - set(self.tenants):
+            raise ValueError(
+                f"users or services in unknown tenants: {', '.join(sorted(strangers))}"
+            )
+
+    def users_for(self, tenant: str) -> list[DemoUser]:
+        """The users an authority (a tenant id, ``organizations`` or ``common``) signs in."""
+        return [u for u in self.users if tenant in MULTI_TENANT or u.tid == tenant]
+
+    def user(self, key: str) -> DemoUser | None:
+        """The user whose sign-in button says ``key``, if any."""
+        return next((user for user in self.users if user.key == key), None)
+
+    def user_by_oid(self, oid: str) -> DemoUser | None:
+        """The user with the object id ``oid`` (what Graph looks up), if any."""
+        return next((user for user in self.users if user.oid == oid), None)
+
+    def service(self, client_id: str) -> DemoService | None:
+        """The demo service registered as ``client_id``, if any."""
+        return next((s for s in self.services if s.client_id == client_id), None)
+
+
+DEMO_DIRECTORY = Directory()
