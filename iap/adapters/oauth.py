@@ -14,6 +14,7 @@ Invariants:
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +65,7 @@ class ClientCredential:
                 client_id=self.client_id,
                 token_endpoint=token_endpoint,
                 now=int(time.time()),
+                jti=secrets.token_urlsafe(32),  # 256 bits: a fresh assertion per call
             )
         return {"client_id": self.client_id, "client_secret": self.secret or ""}
 

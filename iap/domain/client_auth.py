@@ -16,15 +16,14 @@ Invariants:
   :meth:`ClientCertificate.load`, at startup, never per request.
 - Neither an error message nor a ``repr`` contains key material: load errors say what is
   wrong and drop the parser's exception, and the ``repr`` shows the thumbprint only.
-- Pure: no IO, the clock is an argument. The one impurity is the default ``jti``, 256
-  random bits from the OS CSPRNG. The signature is made by ``iap.domain.jose``.
+- Pure: no IO; the clock and the ``jti`` (256 random bits, drawn by the OAuth adapter) are
+  arguments. The signature is made by ``iap.domain.jose``.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import secrets
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -104,14 +103,15 @@ def client_assertion(
     client_id: str,
     token_endpoint: str,
     now: int,
+    jti: str,
     lifetime: int = DEFAULT_LIFETIME,
-    jti: str | None = None,
 ) -> str:
     """The compact PS256 JWS that authenticates ``client_id`` at ``token_endpoint``.
 
     ``aud`` is the token endpoint URL and ``iss == sub == client_id`` (RFC 7523 §3); it is
-    valid from ``now`` for ``lifetime`` seconds (1 to :data:`MAX_LIFETIME`). ``jti`` is
-    random unless given, so that the IdP can refuse a replay (RFC 7523 §3, item 7).
+    valid from ``now`` for ``lifetime`` seconds (1 to :data:`MAX_LIFETIME`). ``jti`` must be
+    fresh and unguessable for every assertion (the caller draws 256 random bits), so that the
+    IdP can refuse a replay (RFC 7523 §3, item 7).
     """
     if not 0 < lifetime <= MAX_LIFETIME:
         raise ValueError(f"client assertion lifetime must be 1 to {MAX_LIFETIME} seconds")
@@ -120,7 +120,7 @@ def client_assertion(
         "aud": token_endpoint,
         "iss": client_id,
         "sub": client_id,
-        "jti": secrets.token_urlsafe(32) if jti is None else jti,
+        "jti": jti,
         "iat": now,
         "nbf": now,
         "exp": now + lifetime,
@@ -134,6 +134,7 @@ def assertion_form(
     client_id: str,
     token_endpoint: str,
     now: int,
+    jti: str,
     lifetime: int = DEFAULT_LIFETIME,
 ) -> dict[str, str]:
     """The token request fields that authenticate the client; merge them into the form body.
@@ -146,6 +147,7 @@ def assertion_form(
         client_id=client_id,
         token_endpoint=token_endpoint,
         now=now,
+        jti=jti,
         lifetime=lifetime,
     )
     return {

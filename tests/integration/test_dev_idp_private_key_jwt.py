@@ -4,6 +4,7 @@ before any signature check, each refusal leaving the code unredeemed.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 
 import aiohttp
@@ -48,14 +49,22 @@ async def test_private_key_jwt_redeems_a_code_and_refreshes(
 ) -> None:
     auth = await sign_in(client, cert_idp, "alice")
     fields = assertion_form(
-        certificate(), client_id=CLIENT_ID, token_endpoint=token_url(cert_idp), now=now_of(cert_idp)
+        certificate(),
+        jti=secrets.token_urlsafe(32),
+        client_id=CLIENT_ID,
+        token_endpoint=token_url(cert_idp),
+        now=now_of(cert_idp),
     )
     status, body = await redeem_with(client, cert_idp, auth, fields)
     assert status == 200, body
     claims = await verify_id_token(client, cert_idp, body["id_token"], TENANT_A, auth.nonce)
     assert claims["oid"] == USERS["alice"].oid
     fields = assertion_form(
-        certificate(), client_id=CLIENT_ID, token_endpoint=token_url(cert_idp), now=now_of(cert_idp)
+        certificate(),
+        jti=secrets.token_urlsafe(32),
+        client_id=CLIENT_ID,
+        token_endpoint=token_url(cert_idp),
+        now=now_of(cert_idp),
     )
     refresh = {"grant_type": "refresh_token", "refresh_token": body["refresh_token"], **fields}
     async with client.post(token_url(cert_idp), data=refresh) as resp:
@@ -93,7 +102,11 @@ REFUSED_ASSERTIONS = [
     ),
     pytest.param(
         lambda idp: client_assertion(
-            certificate(), client_id=CLIENT_ID, token_endpoint=token_url(idp), now=now_of(idp) - 900
+            certificate(),
+            jti=secrets.token_urlsafe(32),
+            client_id=CLIENT_ID,
+            token_endpoint=token_url(idp),
+            now=now_of(idp) - 900,
         ),
         700024,
         id="expired",
@@ -190,7 +203,11 @@ async def test_assertion_without_a_registered_certificate_is_refused(
 ) -> None:
     auth = await sign_in(client, idp, "alice")
     fields = assertion_form(
-        certificate(), client_id=CLIENT_ID, token_endpoint=token_url(idp), now=now_of(idp)
+        certificate(),
+        jti=secrets.token_urlsafe(32),
+        client_id=CLIENT_ID,
+        token_endpoint=token_url(idp),
+        now=now_of(idp),
     )
     status, body = await redeem_with(client, idp, auth, fields)
     assert_refused(idp, auth, status, body, 700027)

@@ -101,7 +101,11 @@ def forged(idp: RunningDevIdP, alg: str) -> str:
 
 def tampered_signature(idp: RunningDevIdP) -> str:
     signing_input, _, signature = client_assertion(
-        certificate(), client_id=CLIENT_ID, token_endpoint=token_url(idp), now=now_of(idp)
+        certificate(),
+        jti=secrets.token_urlsafe(32),
+        client_id=CLIENT_ID,
+        token_endpoint=token_url(idp),
+        now=now_of(idp),
     ).rpartition(".")
     raw = bytearray(base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)))
     raw[len(raw) // 2] ^= 0x01

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import secrets
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
@@ -23,6 +24,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from iap.adapters.oauth import ClientCredential
 from iap.domain.client_auth import (
     JWT_BEARER,
     MAX_LIFETIME,
@@ -102,6 +104,7 @@ def assertion(**overrides: Any) -> str:
         "client_id": CLIENT_ID,
         "token_endpoint": TOKEN_ENDPOINT,
         "now": NOW,
+        "jti": secrets.token_urlsafe(32),
         **overrides,
     }
     return client_assertion(loaded(), **arguments)
@@ -130,8 +133,10 @@ def test_claims_follow_rfc_7523() -> None:
     }
 
 
-def test_jti_is_random_and_unique_by_default() -> None:
-    jtis = {parts(assertion())[1]["jti"] for _ in range(20)}
+def test_the_oauth_client_draws_a_fresh_random_jti_per_assertion() -> None:
+    credential = ClientCredential(CLIENT_ID, certificate=loaded())
+    forms = [credential.form(TOKEN_ENDPOINT) for _ in range(20)]
+    jtis = {parts(form["client_assertion"])[1]["jti"] for form in forms}
     assert len(jtis) == 20
     assert all(len(jti) >= 43 for jti in jtis)  # 256 bits, base64url
 
@@ -176,7 +181,9 @@ def test_lifetime_beyond_ten_minutes_is_refused(lifetime: int) -> None:
 
 
 def test_assertion_form_has_the_three_fields() -> None:
-    form = assertion_form(loaded(), client_id=CLIENT_ID, token_endpoint=TOKEN_ENDPOINT, now=NOW)
+    form = assertion_form(
+        loaded(), client_id=CLIENT_ID, token_endpoint=TOKEN_ENDPOINT, now=NOW, jti="j"
+    )
     assert set(form) == {"client_id", "client_assertion_type", "client_assertion"}
     assert form["client_id"] == CLIENT_ID
     assert form["client_assertion_type"] == JWT_BEARER
