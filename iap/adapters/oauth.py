@@ -25,7 +25,10 @@ from authlib.oauth2.rfc6749.parameters import prepare_token_request
 
 from iap.adapters.idp import Fetcher, IdpUnavailable, require_https
 from iap.domain.client_auth import ClientCertificate, assertion_form
+from iap.domain.signin_flow import TokenResponse
 from iap.errors import IapError
+
+__all__ = ["ClientCredential", "OAuthClient", "TokenRefused", "TokenResponse"]
 
 _OAUTH_ERROR = {400, 401}
 MAX_GROUPS = 2000
@@ -38,16 +41,6 @@ class TokenRefused(IapError):
     def __init__(self, error: str) -> None:
         super().__init__("The identity provider refused the grant.")
         self.error = error
-
-
-@dataclass(frozen=True)
-class TokenResponse:
-    """What a successful code or refresh grant returned."""
-
-    id_token: str | None
-    access_token: str | None
-    refresh_token: str | None
-    expires_in: int
 
 
 @dataclass(frozen=True, repr=False)

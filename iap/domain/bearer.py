@@ -13,7 +13,8 @@ Invariants:
   ``<tid>:<oid>``. A token without ``scp`` is app-only: the caller is the application,
   ``<tid>:<azp or appid>``, never its service principal's ``oid`` alone; its app permissions
   are the ``roles`` claim. Both kinds map Entra roles (and group ids) through
-  ``tokens.roles``; unmapped ones grant nothing.
+  ``tokens.roles``; unmapped ones grant nothing. The caller is read by
+  ``iap.domain.claims.entra_caller``, once the checks here passed.
 - Refusals raise :class:`InvalidBearer` with a short ``reason``; messages never hold the token.
 """
 
@@ -74,34 +75,16 @@ def _caller(
     now: int,
     skew: int,
 ) -> tuple[Identity, int, str | None]:
-    tid = _id(claims, "tid")
+    """The checks of an access token; the caller is read by ``claims.entra_caller``."""
+    tid = read.key_text(claims, "tid")
     _check_issuer(claims, key, authority, tid)
     exp = read.check_times(claims, now=now, skew=skew)
     if not set(read.audiences(claims)).intersection(audiences):
         raise InvalidBearer("aud")
     if tid not in allowed_tenants:
         raise InvalidBearer("tenant")
-    granted = [*read.texts(claims, "roles"), *read.texts(claims, "groups")]
-    roles = tuple(sorted({roles_map[value] for value in granted if value in roles_map}))
-    oid = _id(claims, "oid")
-    # v2 names the client application azp, v1 appid; both must agree when both are there
-    azp, appid = read.optional_text(claims, "azp"), read.optional_text(claims, "appid")
-    if azp is not None and appid is not None and azp != appid:
-        raise InvalidBearer("claims")
-    app = azp or appid
-    if app is not None and ":" in app:
-        raise InvalidBearer("claims")
-    delegated = read.scopes(claims) is not None  # a user, through the client application
-    idtyp = read.optional_text(claims, "idtyp")  # Entra's optional token-type claim
-    if (idtyp == "app" and delegated) or (idtyp == "user" and not delegated):
-        raise InvalidBearer("claims")
-    read.optional_text(claims, "ver")
-    read.actor(claims)  # an exchange nests it: checked like an iap token's
-    if delegated:
-        return _identity(claims, f"{tid}:{oid}", tid, oid, roles, azp=None), exp, app
-    if app is None:
-        raise InvalidBearer("claims")
-    return _identity(claims, f"{tid}:{app}", tid, oid, roles, azp=app), exp, app
+    identity, app = read.entra_caller(claims, tid=tid, roles_map=roles_map)
+    return identity, exp, app
 
 
 def _check_issuer(
@@ -115,35 +98,3 @@ def _check_issuer(
             idtoken.check_key_issuer(key, iss, tid)
         except idtoken.InvalidIdToken as exc:
             raise InvalidBearer(exc.reason) from None
-
-
-def _identity(
-    claims: Mapping[str, Any],
-    subject: str,
-    tid: str,
-    oid: str,
-    roles: tuple[str, ...],
-    *,
-    azp: str | None,
-) -> Identity:
-    return Identity(
-        subject=subject,
-        tid=tid,
-        oid=oid,
-        name=read.optional_text(claims, "name") or read.optional_text(claims, "app_displayname"),
-        email=read.optional_text(claims, "email"),
-        preferred_username=(
-            read.optional_text(claims, "preferred_username") or read.optional_text(claims, "upn")
-        ),
-        roles=roles,
-        groups=(),
-        azp=azp,
-    )
-
-
-def _id(claims: Mapping[str, Any], name: str) -> str:
-    """``tid`` or ``oid``: text without ``:``, which would make ``<tid>:<oid>`` ambiguous."""
-    value = read.text(claims, name)
-    if ":" in value:
-        raise InvalidBearer("claims")
-    return value

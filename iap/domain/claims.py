@@ -1,5 +1,8 @@
 """Typed reading of JWT claims: the one place where iap turns a claims object into values
-(ID tokens, Entra access tokens, iap tokens and exchanged subject tokens alike).
+and identities (ID tokens, Entra access tokens, iap tokens and exchanged subject tokens
+alike). Every entry point reads its caller here: browser sign-in (:func:`user`), Entra
+bearer tokens (:func:`entra_caller`), iap's own tokens at the gateway and in the mesh SDK
+(:func:`minted`).
 
 A claims set is JSON from outside, whose signature proves only who wrote it: Entra, a tenant
 administrator's claims mapping, or iap itself. So no reader assumes a JSON type.
@@ -12,13 +15,21 @@ Invariants:
 - ``aud`` is a string or a non-empty list of strings (RFC 7519 §4.1.3); it reads as a tuple.
 - ``act`` (RFC 8693 §4.1) is an object whose ``sub`` is text, nesting earlier actors the same
   way, at most :data:`MAX_ACT_DEPTH` deep.
+- Users are keyed by ``tid`` and ``oid`` (``sub = "<tid>:<oid>"``), never by email; a
+  ``tid`` holding ``:`` is refused, as it would make that key ambiguous. Roles and group ids
+  found in ``roles_map`` (``tokens.roles``) become iap roles; unmapped ones grant nothing.
+- :func:`unverified` believes nothing: it reads a token already validated when it was
+  received, or only picks which verification runs.
 - Pure: no IO; the clock is an argument.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+from iap.domain import compact
+from iap.model import Identity
 
 MAX_ACT_DEPTH = 4
 """Actors an ``act`` chain may hold: each token exchange nests one more."""
@@ -141,3 +152,113 @@ def actor_depth(act: Mapping[str, Any]) -> int:
     while isinstance(act.get("act"), dict):
         act, depth = act["act"], depth + 1
     return depth
+
+
+def unverified(token: str) -> dict[str, Any]:
+    """The claims of a compact JWS, checked by nobody here; ``{}`` when it is malformed."""
+    try:
+        return compact.json_object(compact.b64decode(compact.segments(token)[1]))
+    except compact.Malformed:
+        return {}
+
+
+# --- identities ----------------------------------------------------------------------------
+
+
+def key_text(claims: Mapping[str, Any], name: str) -> str:
+    """``tid``, ``oid`` or a client id: text without ``:``, which would make a
+    ``<tid>:<id>`` subject ambiguous."""
+    value = text(claims, name)
+    if ":" in value:
+        raise InvalidClaim(name)
+    return value
+
+
+def mapped_roles(values: Iterable[str], roles_map: Mapping[str, str]) -> tuple[str, ...]:
+    """iap's roles for Entra roles and group ids ``values``: sorted, each once."""
+    return tuple(sorted({roles_map[value] for value in values if value in roles_map}))
+
+
+def user(claims: Mapping[str, Any], *, roles_map: Mapping[str, str]) -> Identity:
+    """The user that validated ID token ``claims`` name (SPEC §6)."""
+    tid = key_text(claims, "tid")
+    oid = text(claims, "oid")
+    groups = texts(claims, "groups")
+    return Identity(
+        subject=f"{tid}:{oid}",
+        tid=tid,
+        oid=oid,
+        roles=mapped_roles((*texts(claims, "roles"), *groups), roles_map),
+        groups=groups,
+        **profile(claims),
+    )
+
+
+def minted(claims: Mapping[str, Any]) -> Identity:
+    """The caller a verified iap token names (its roles are iap's already); its ``act``
+    chain, if any, is checked too, for whoever reads it next."""
+    actor(claims)
+    return Identity(
+        subject=text(claims, "sub"),
+        tid=text(claims, "tid"),
+        oid=text(claims, "oid"),
+        **profile(claims),
+        roles=texts(claims, "roles"),
+        groups=(),
+        azp=optional_text(claims, "azp"),
+    )
+
+
+def entra_caller(
+    claims: Mapping[str, Any], *, tid: str, roles_map: Mapping[str, str]
+) -> tuple[Identity, str | None]:
+    """The caller of a verified Entra access token of tenant ``tid``, and the client
+    application that obtained it (v2 ``azp``, v1 ``appid``; both must agree).
+
+    With ``scp`` the token is delegated and names the user ``<tid>:<oid>``; without, it is
+    app-only and names the application ``<tid>:<app>``, never its service principal alone.
+    """
+    roles = mapped_roles((*texts(claims, "roles"), *texts(claims, "groups")), roles_map)
+    oid = key_text(claims, "oid")
+    azp, appid = optional_text(claims, "azp"), optional_text(claims, "appid")
+    if azp is not None and appid is not None and azp != appid:
+        raise InvalidClaim("appid")
+    app = azp or appid
+    if app is not None and ":" in app:
+        raise InvalidClaim("azp")
+    delegated = scopes(claims) is not None  # a user, through the client application
+    idtyp = optional_text(claims, "idtyp")  # Entra's optional token-type claim
+    if (idtyp == "app" and delegated) or (idtyp == "user" and not delegated):
+        raise InvalidClaim("idtyp")
+    optional_text(claims, "ver")
+    actor(claims)  # an exchange nests it: checked like an iap token's
+    if delegated:
+        return _entra_identity(claims, f"{tid}:{oid}", tid, oid, roles, azp=None), app
+    if app is None:
+        raise InvalidClaim("azp")
+    return _entra_identity(claims, f"{tid}:{app}", tid, oid, roles, azp=app), app
+
+
+def _entra_identity(
+    claims: Mapping[str, Any],
+    subject: str,
+    tid: str,
+    oid: str,
+    roles: tuple[str, ...],
+    *,
+    azp: str | None,
+) -> Identity:
+    """An access token's profile: v1 tokens name apps in ``app_displayname``, users in
+    ``upn``."""
+    return Identity(
+        subject=subject,
+        tid=tid,
+        oid=oid,
+        name=optional_text(claims, "name") or optional_text(claims, "app_displayname"),
+        email=optional_text(claims, "email"),
+        preferred_username=optional_text(claims, "preferred_username")
+        or optional_text(claims, "upn"),
+        roles=roles,
+        groups=(),
+        azp=azp,
+    )

@@ -16,7 +16,8 @@ Invariants:
   ``state`` from the query string must not raise), against every pending login.
 - ``rd`` is stored as given: the caller passes it through ``RedirectPolicy.target`` before
   :func:`new_login` and again before redirecting to it.
-- Users are keyed by ``tid`` and ``oid`` (``sub = "<tid>:<oid>"``), never by email.
+- Users are keyed by ``tid`` and ``oid`` (``sub = "<tid>:<oid>"``), never by email; the
+  identity is read by ``iap.domain.claims``, the one claims reader.
 - :class:`LoginRefused` carries one generic message; ``reason`` is for the log only.
 """
 
@@ -191,7 +192,8 @@ def _pending_from(item: Any) -> PendingLogin:
 
 
 def identity_from_claims(claims: Mapping[str, Any], *, roles_map: Mapping[str, str]) -> Identity:
-    """The :class:`Identity` in validated ID token ``claims`` (SPEC §6).
+    """The :class:`Identity` in validated ID token ``claims`` (SPEC §6), read by
+    :func:`iap.domain.claims.user`.
 
     Entra app roles (``roles``) and group ids (``groups``) found in ``roles_map``
     (``tokens.roles``) become internal roles; unmapped ones grant nothing.
@@ -199,21 +201,6 @@ def identity_from_claims(claims: Mapping[str, Any], *, roles_map: Mapping[str, s
     the wrong type.
     """
     try:
-        tid = read.text(claims, "tid")
-        oid = read.text(claims, "oid")
-        app_roles = read.texts(claims, "roles")
-        groups = read.texts(claims, "groups")
-        profile = read.profile(claims)
+        return read.user(claims, roles_map=roles_map)
     except read.InvalidClaim:
         raise LoginRefused("claims") from None
-    if ":" in tid:  # would make "<tid>:<oid>" ambiguous
-        raise LoginRefused("claims")
-    roles = {roles_map[value] for value in (*app_roles, *groups) if value in roles_map}
-    return Identity(
-        subject=f"{tid}:{oid}",
-        tid=tid,
-        oid=oid,
-        roles=tuple(sorted(roles)),
-        groups=groups,
-        **profile,
-    )

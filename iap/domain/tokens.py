@@ -38,7 +38,6 @@ from iap.model import Identity
 
 ALGORITHM = "ES256"
 CURVE = "P-256"
-_OPTIONAL_CLAIMS = ("name", "email", "preferred_username")
 
 
 class NoSigningKey(LookupError):
@@ -272,7 +271,7 @@ def user_claims(
         "tid": identity.tid,
         "oid": identity.oid,
     }
-    for name in _OPTIONAL_CLAIMS:
+    for name in read.PROFILE:
         value = getattr(identity, name)
         if value:
             claims[name] = value
@@ -397,18 +396,8 @@ def verify(
 
 
 def identity_of(claims: Mapping[str, Any]) -> Identity:
-    """The caller a verified iap token names (its roles are iap's already); its ``act``
-    chain, if any, is checked too, for whoever reads it next."""
+    """The caller a verified iap token names (:func:`iap.domain.claims.minted`)."""
     try:
-        read.actor(claims)
-        return Identity(
-            subject=read.text(claims, "sub"),
-            tid=read.text(claims, "tid"),
-            oid=read.text(claims, "oid"),
-            **read.profile(claims),
-            roles=read.texts(claims, "roles"),
-            groups=(),
-            azp=read.optional_text(claims, "azp"),
-        )
+        return read.minted(claims)
     except read.InvalidClaim as exc:
         raise InvalidToken(exc.reason("claims")) from None

@@ -107,3 +107,61 @@ def test_no_json_value_makes_a_reader_raise_anything_else(claims: dict[str, Any]
     for reader in readers:
         with contextlib.suppress(InvalidClaim):
             reader()
+
+
+IDENTITY_CLAIMS = st.dictionaries(
+    st.sampled_from(
+        ["tid", "oid", "sub", "roles", "groups", "azp", "appid", "scp", "idtyp", "act", "name"]
+    ),
+    JSON,
+)
+
+
+@given(IDENTITY_CLAIMS)
+def test_no_json_value_makes_an_identity_reader_raise_anything_else(
+    claims: dict[str, Any],
+) -> None:
+    readers = [
+        lambda: read.user(claims, roles_map={"r": "admin"}),
+        lambda: read.minted(claims),
+        lambda: read.entra_caller(claims, tid="t", roles_map={"r": "admin"}),
+    ]
+    for reader in readers:
+        with contextlib.suppress(InvalidClaim):
+            reader()
+
+
+def test_every_entry_point_keys_a_user_by_tid_and_oid() -> None:
+    claims = {"tid": "t", "oid": "o", "sub": "t:o", "roles": ["App.Admin"], "scp": "read"}
+    roles = {"App.Admin": "admin"}
+    assert read.user(claims, roles_map=roles).subject == "t:o"
+    assert read.minted(claims).subject == "t:o"
+    delegated, app = read.entra_caller({**claims, "azp": "app-1"}, tid="t", roles_map=roles)
+    assert (delegated.subject, delegated.roles, delegated.azp, app) == (
+        "t:o",
+        ("admin",),
+        None,
+        "app-1",
+    )
+    service, app = read.entra_caller({"oid": "sp", "azp": "app-1"}, tid="t", roles_map=roles)
+    assert (service.subject, service.azp, app) == ("t:app-1", "app-1", "app-1")
+    refused("tid", read.user, {"tid": "a:b", "oid": "o"}, roles_map={})
+    refused("azp", read.entra_caller, {"oid": "sp"}, tid="t", roles_map={})
+    refused(
+        "appid", read.entra_caller, {"oid": "o", "azp": "a", "appid": "b"}, tid="t", roles_map={}
+    )
+
+
+def test_roles_are_mapped_sorted_and_once() -> None:
+    roles_map = {"b": "staff", "a": "admin", "c": "staff"}
+    assert read.mapped_roles(["c", "b", "a", "x"], roles_map) == ("admin", "staff")
+
+
+@given(st.text(max_size=200))
+def test_reading_a_token_unverified_never_raises(token: str) -> None:
+    assert isinstance(read.unverified(token), dict)
+
+
+def test_reading_a_token_unverified_gives_its_claims() -> None:
+    assert read.unverified("eyJhbGciOiJub25lIn0.eyJpc3MiOiJpIn0.") == {"iss": "i"}
+    assert read.unverified("a.b") == {}
