@@ -197,24 +197,9 @@ class BearerAuth:
 
     async def exchange(self, request: web.BaseRequest) -> web.StreamResponse:
         """``POST /.iap/token``: an iap token for ``audience`` in place of ``subject_token``."""
-        if request.content_type != "application/x-www-form-urlencoded":
-            raise OAuthRequestError("token exchange without a form body")
-        form = await request.post()
-        values = {name: form.get(name) for name in _FORM}
-        if values["grant_type"] != TOKEN_EXCHANGE:
-            raise UnsupportedGrantType(f"grant_type {str(values['grant_type'])[:60]!r}")
-        subject, audience = values["subject_token"], values["audience"]
-        if not isinstance(subject, str) or not isinstance(audience, str) or not subject:
-            raise OAuthRequestError("subject_token and audience are required")
-        if values["subject_token_type"] not in (ACCESS_TOKEN, JWT_TYPE):
-            raise OAuthRequestError("unsupported subject_token_type")
-        if audience not in self._route_audiences:
-            raise InvalidTarget("no route declares this audience")
-        allowed = self._exchange_from.get(audience)
-        if allowed is None:
-            raise InvalidTarget(
-                "no route allows exchanges for this audience", reason="exchange_not_allowed"
-            )
+        values = await _exchange_form(request)
+        subject, audience = str(values["subject_token"]), str(values["audience"])
+        allowed = self._exchange_rule(audience)
         try:
             verified = await self.verify(subject)
             actor, party = await self._actor(values["actor_token"], verified)
@@ -222,15 +207,9 @@ class BearerAuth:
             raise InvalidGrant(reason=f"exchange_{exc.reason}") from None
         if party not in allowed:  # RFC 8693 §2.2.2, RFC 6749 §4.1.2.1 access_denied
             raise AccessDenied(reason="exchange_party_not_allowed")
-        act: dict[str, Any] = {"sub": actor}
-        earlier = read.actor(verified.claims)  # type-checked when the token was verified
-        if earlier is not None:
-            if read.actor_depth(earlier) >= read.MAX_ACT_DEPTH:  # each exchange nests one more
-                raise InvalidGrant(reason="exchange_act_too_deep")
-            act["act"] = earlier
         try:
             token, ttl = self._minter.exchanged(
-                verified.identity, audience=audience, act=act, until=verified.exp
+                verified.identity, audience=audience, act=_act(actor, verified), until=verified.exp
             )
         except ValueError:
             raise InvalidGrant(reason="exchange_subject_expired") from None
@@ -245,6 +224,17 @@ class BearerAuth:
             content_type="application/json",
             headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
         )
+
+    def _exchange_rule(self, audience: str) -> frozenset[str]:
+        """Who may obtain a token for ``audience`` (``routes[].exchange.from``)."""
+        if audience not in self._route_audiences:
+            raise InvalidTarget("no route declares this audience")
+        allowed = self._exchange_from.get(audience)
+        if allowed is None:
+            raise InvalidTarget(
+                "no route allows exchanges for this audience", reason="exchange_not_allowed"
+            )
+        return allowed
 
     async def _actor(self, actor_token: object, subject: Verified) -> tuple[str, str | None]:
         """Who asks (``act.sub``), and the party that ``exchange.from`` is checked against:
@@ -304,3 +294,30 @@ class InvalidGrant(OAuthRequestError):
 def refused(reason: str) -> Unauthenticated:
     """401 for a bearer token that is not believed (RFC 6750 §3.1)."""
     return Unauthenticated(reason=reason, headers=[("WWW-Authenticate", INVALID_TOKEN)])
+
+
+async def _exchange_form(request: web.BaseRequest) -> dict[str, object]:
+    """The RFC 8693 form of ``POST /.iap/token``, its required fields checked."""
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise OAuthRequestError("token exchange without a form body")
+    form = await request.post()
+    values: dict[str, object] = {name: form.get(name) for name in _FORM}
+    if values["grant_type"] != TOKEN_EXCHANGE:
+        raise UnsupportedGrantType(f"grant_type {str(values['grant_type'])[:60]!r}")
+    subject, audience = values["subject_token"], values["audience"]
+    if not isinstance(subject, str) or not isinstance(audience, str) or not subject:
+        raise OAuthRequestError("subject_token and audience are required")
+    if values["subject_token_type"] not in (ACCESS_TOKEN, JWT_TYPE):
+        raise OAuthRequestError("unsupported subject_token_type")
+    return values
+
+
+def _act(actor: str, verified: Verified) -> dict[str, Any]:
+    """The minted token's ``act``: who asks, nesting the subject token's own ``act``."""
+    act: dict[str, Any] = {"sub": actor}
+    earlier = read.actor(verified.claims)  # type-checked when the token was verified
+    if earlier is not None:
+        if read.actor_depth(earlier) >= read.MAX_ACT_DEPTH:  # each exchange nests one more
+            raise InvalidGrant(reason="exchange_act_too_deep")
+        act["act"] = earlier
+    return act
