@@ -29,9 +29,9 @@ from iap.adapters.http1 import (
     BadResponse,
     ConnectFailed,
     ConnectTimeout,
-    Pool,
     UpstreamClosed,
 )
+from iap.adapters.pool import Pool
 from iap.adapters.tls import Material, upstream_material
 from iap.config import Route, UpstreamTLS
 from iap.domain.circuit import CircuitBreaker
