@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import logging
 import re
-import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Literal
 
-import aiohttp
 from aiohttp import web
 
 from iap.adapters.audit import AuditLog
@@ -27,24 +24,15 @@ from iap.adapters.ratelimit import RateLimiter
 from iap.adapters.store import StoreUnavailable
 from iap.adapters.telemetry import CURRENT, RequestSpan, Tracing
 from iap.adapters.tls import Material
-from iap.adapters.upstream import (
-    SERVER,
-    Transfer,
-    Upstream,
-    Upstreams,
-    forward,
-    forward_websocket,
-)
-from iap.config import Config, Route
+from iap.adapters.upstream import Transfer, Upstreams
+from iap.config import Config
 from iap.domain import correlation, forward_auth, ratelimit
 from iap.domain.headers import HeaderFilter, TrustedProxies, forwarded, identity_headers
 from iap.domain.negotiation import prefers_html
 from iap.domain.paths import Target, normalise
 from iap.domain.policy import Facts, decide
-from iap.domain.routing import RouteTable
 from iap.errors import (
     BadRequest,
-    ConfigError,
     Forbidden,
     HeadersTooLarge,
     MethodNotAllowed,
@@ -55,9 +43,11 @@ from iap.errors import (
     UriTooLong,
 )
 from iap.model import Exchange, Identity
+from iap.web import relay
 from iap.web.bearer import BearerAuth, Refused, Verified, bearer_token, refused
-from iap.web.errorpage import error_response
+from iap.web.errorpage import SERVER, error_response
 from iap.web.minting import Minter
+from iap.web.routes import PreparedRoute, route_table
 from iap.web.signin import Caller, SignIn, challenge
 
 log = logging.getLogger("iap")
@@ -72,17 +62,6 @@ _FORWARD_AUTH_PREFIX = forward_auth.PATH + "/"
 _CREDENTIAL_PATHS = ("/.iap/callback", "/.iap/token")
 _FAILED = re.compile(r"(?:exchange_)?bearer_|login_refused:")
 """Audit reasons of a credential that failed: a refused bearer token or sign-in."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Route:
-    """A route with everything request handling needs, prepared at startup."""
-
-    name: str
-    config: Route
-    upstream: Upstream
-    timeouts: aiohttp.ClientTimeout
-    quota: ratelimit.Quota | None
 
 
 class Gateway:
@@ -127,27 +106,8 @@ class Gateway:
         self._upstreams = Upstreams()
         self._metrics = metrics
         self._audit = audit
-        prepared, problems = [], []
-        for index, route in enumerate(config.routes):
-            try:
-                prepared.append((route.match, self._prepare(route)))
-            except (OSError, ssl.SSLError) as exc:
-                reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
-                problems.append(
-                    f"routes[{index}].upstream_tls: cannot load TLS material ({reason})"
-                )
-        if problems:
-            raise ConfigError(problems)
-        self._routes = RouteTable(prepared)
+        self._routes = route_table(config, self._upstreams)
         self.draining = False
-
-    def _prepare(self, route: Route) -> _Route:
-        timeouts = aiohttp.ClientTimeout(
-            total=None, sock_connect=route.timeouts.connect, sock_read=route.timeouts.read
-        )
-        limit = route.rate_limit
-        quota = ratelimit.Quota(limit.requests, limit.per, limit.burst) if limit else None
-        return _Route(route.name, route, self._upstreams.for_route(route), timeouts, quota)
 
     @property
     def tls_materials(self) -> list[Material]:
@@ -323,8 +283,8 @@ class Gateway:
             *(("Set-Cookie", cookie) for cookie in cookies),
             *limited,
         )
-        upgrade = request.method == "GET" and headers_say_websocket(request)
-        response = await (forward_websocket if upgrade else forward)(
+        upgrade = request.method == "GET" and relay.says_websocket(request)
+        response = await (relay.forward_websocket if upgrade else relay.forward)(
             request,
             route.upstream,
             target=str(target),
@@ -338,7 +298,7 @@ class Gateway:
         return response
 
     async def _rate_limit(
-        self, route: _Route, exchange: Exchange, identity: Identity | None
+        self, route: PreparedRoute, exchange: Exchange, identity: Identity | None
     ) -> list[tuple[str, str]]:
         """The route's limit, after the decision and before a token is minted or the
         upstream contacted: 429 over it; otherwise the RateLimit headers for the reply."""
@@ -416,7 +376,7 @@ class Gateway:
         self,
         request: web.BaseRequest,
         exchange: Exchange,
-        route: _Route,
+        route: PreparedRoute,
         span: RequestSpan,
         method: str,
         target: Target,
@@ -524,7 +484,7 @@ class Gateway:
     def _authorize(
         self,
         request: web.BaseRequest,
-        route: _Route,
+        route: PreparedRoute,
         exchange: Exchange,
         span: RequestSpan,
         caller: Caller,
@@ -564,7 +524,9 @@ class Gateway:
         raise Forbidden(reason=decision.reason, headers=[("Set-Cookie", c) for c in caller.cookies])
 
     @staticmethod
-    def _facts(route: _Route, exchange: Exchange, caller: Caller, method: str, path: str) -> Facts:
+    def _facts(
+        route: PreparedRoute, exchange: Exchange, caller: Caller, method: str, path: str
+    ) -> Facts:
         """What the route's policy decides on; the token claims only when a rule reads them."""
         claims = caller.claims() if route.config.policy.reads_claims else {}
         auth: Literal["session", "bearer"] = (
@@ -646,8 +608,3 @@ def _require_trusted(trusted: bool) -> None:
     """Forward-auth believes the original request only from ``trusted_proxies`` (SPEC §7)."""
     if not trusted:
         raise Forbidden("forward-auth from an untrusted peer", reason="untrusted_peer")
-
-
-def headers_say_websocket(request: web.BaseRequest) -> bool:
-    """An RFC 6455 upgrade request."""
-    return request.headers.get("Upgrade", "").lower() == "websocket"
