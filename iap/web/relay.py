@@ -195,6 +195,6 @@ async def forward_websocket(
     return client
 
 
-def says_websocket(request: web.BaseRequest) -> bool:
-    """An RFC 6455 upgrade request."""
-    return request.headers.get("Upgrade", "").lower() == "websocket"
+def upgrades(request: web.BaseRequest) -> bool:
+    """A GET asking for an RFC 6455 upgrade: :func:`forward_websocket` carries it."""
+    return request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket"
