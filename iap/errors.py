@@ -1,7 +1,9 @@
-"""The exception tree. Each error knows its HTTP status and a message safe to show.
+"""The exception tree. Each RequestError knows its HTTP status and a message safe to show.
 
     IapError
     ├── ConfigError              bad configuration (exit 2, never a request error)
+    ├── UpstreamFailure          (iap.adapters.upstream) no answer from the upstream, by
+    │                            kind; the web layer answers it as an UpstreamError
     └── RequestError             answered by iap itself, never forwarded
         ├── SignInRequired       302 a browser on a protected route, sent to /.iap/login
         ├── BadRequest           400 malformed or ambiguous request

@@ -1,10 +1,11 @@
-"""The upstream hop's HTTP/1.1 client: keep-alive connections parsed by llhttp (httptools).
+"""The upstream hop's HTTP/1.1 connection: one exchange at a time, parsed by llhttp (httptools).
 
 Why not aiohttp's ClientSession: on this hop it cost about 65 µs of CPU per proxied request,
 more than the rest of iap together (docs/PERFORMANCE.md); a reverse proxy needs far less
 than a general client (no cookies, redirects, decompression, proxies or auth). Parsing,
 the part that must be exactly right, stays with llhttp, the parser of Node.js and aiohttp.
-aiohttp still carries WebSocket upgrades.
+The keep-alive pool of these connections is ``iap.adapters.pool``; aiohttp still carries
+WebSocket upgrades (``iap.adapters.upstream``).
 
 Invariants:
 - One exchange at a time per connection. A connection goes back to the pool only when
@@ -13,28 +14,26 @@ Invariants:
 - Bodies flow with backpressure both ways: an upload waits while the socket's buffer is
   full, and reading pauses while more than ``HIGH_WATER`` bytes wait for the consumer.
 - The read timeout bounds silence from the upstream (time since the last byte), with
-  one timer per exchange that re-arms itself, not one per packet.
-- A request that failed on a reused connection before any response byte arrived is sent
-  again once on a new connection when that is safe (idempotent method, body not
-  streamed): the upstream may have closed the idle connection as we wrote to it.
+  one timer per exchange that re-arms itself, not one per packet; ``None`` is no bound.
 - The answer to a HEAD request never returns its connection to the pool: the parser
   cannot be told that such a response has no body despite its Content-Length.
+- Every failure is one of the exceptions below, all ``ConnectionError`` or ``TimeoutError``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import cast
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
+if TYPE_CHECKING:
+    from iap.adapters.pool import Pool
+
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-_CRLF = "\r\n"
 
 
 class UpstreamClosed(ConnectionError):
@@ -58,9 +57,13 @@ class BadResponse(ConnectionError):
 
 
 class Answer:
-    """The head of an upstream response, with its body still to be read."""
+    """The head of an upstream response, with its body still to be read.
 
-    __slots__ = ("_connection", "content_length", "headers", "reason", "status")
+    ``body`` is the whole body when the reader above took it in one piece (then the
+    connection is released already); ``None`` while it is to be read or streamed.
+    """
+
+    __slots__ = ("_connection", "body", "content_length", "headers", "reason", "status")
 
     def __init__(
         self,
@@ -75,6 +78,7 @@ class Answer:
         self.reason = reason
         self.headers = headers
         self.content_length = content_length
+        self.body: bytes | None = None
 
     async def read(self) -> bytes:
         """The whole body (for bodies known to be small)."""
@@ -222,7 +226,7 @@ class Connection(asyncio.Protocol):
         body: bytes | AsyncIterator[bytes] | None,
         *,
         chunked: bool,
-        read_timeout: float,
+        read_timeout: float | None,
         expect_body: bool,
     ) -> Answer:
         """Send one request and wait for the head of its response."""
@@ -238,7 +242,7 @@ class Connection(asyncio.Protocol):
         return await self._head
 
     async def _upload(
-        self, body: AsyncIterator[bytes], *, chunked: bool, stall_timeout: float
+        self, body: AsyncIterator[bytes], *, chunked: bool, stall_timeout: float | None
     ) -> None:
         assert self.transport is not None
         async for chunk in body:
@@ -312,8 +316,8 @@ class Connection(asyncio.Protocol):
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
-    def _arm(self, timeout: float) -> None:
-        if timeout <= 0:
+    def _arm(self, timeout: float | None) -> None:
+        if not timeout:  # None or 0: no bound
             return
         self._read_timeout = timeout
         self._last_data = self._loop.time()
@@ -333,148 +337,3 @@ class Connection(asyncio.Protocol):
             self._timer = self._loop.call_at(max(deadline, now + 0.001), self._check_silence)
             return
         self._fail(ReadTimeout(f"no data from the upstream for {self._read_timeout:g}s"))
-
-
-class Pool:
-    """Keep-alive connections to one upstream origin."""
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        *,
-        tls: Callable[[], ssl.SSLContext | None],
-        server_name: str | None,
-        limit: int = 1000,
-        keepalive: float = 30.0,
-    ) -> None:
-        """``tls`` is asked for the current context at every new connection (rotation)."""
-        self.loop = asyncio.get_running_loop()
-        self._host, self._port = host, port
-        self._tls, self._server_name = tls, server_name
-        self._limit, self._keepalive = limit, keepalive
-        self._idle: deque[Connection] = deque()
-        self._open = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
-        self._authority = host if port in (80, 443) else f"{host}:{port}"
-
-    async def request(
-        self,
-        method: str,
-        target: str,
-        headers: Sequence[tuple[str, str]],
-        body: bytes | AsyncIterator[bytes] | None,
-        *,
-        connect_timeout: float,
-        read_timeout: float,
-    ) -> Answer:
-        """Send a request and return the head of the answer; read or release the body."""
-        chunked = (
-            body is not None and not isinstance(body, bytes) and not _has(headers, "content-length")
-        )
-        head = _head(method, target, headers, self._authority, chunked=chunked)
-        replayable = method in _IDEMPOTENT and (body is None or isinstance(body, bytes))
-        connection, reused = await self._acquire(connect_timeout)
-        try:
-            return await connection.exchange(
-                head, body, chunked=chunked, read_timeout=read_timeout, expect_body=method != "HEAD"
-            )
-        except UpstreamClosed:
-            connection.abort()
-            if not (reused and replayable and not connection.received_any):
-                raise
-        except BaseException:
-            connection.abort()
-            raise
-        connection = await self._connect(connect_timeout)  # the idle one had gone stale
-        try:
-            return await connection.exchange(
-                head, body, chunked=chunked, read_timeout=read_timeout, expect_body=method != "HEAD"
-            )
-        except BaseException:
-            connection.abort()
-            raise
-
-    async def _acquire(self, connect_timeout: float) -> tuple[Connection, bool]:
-        now = self.loop.time()
-        while self._idle:
-            connection = self._idle.pop()
-            if not connection.closed and now - connection.idle_since < self._keepalive:
-                return connection, True
-            connection.abort()
-        while self._open >= self._limit:
-            waiter = self.loop.create_future()
-            self._waiters.append(waiter)
-            await waiter
-            if self._idle:
-                return self._idle.pop(), True
-        return await self._connect(connect_timeout), False
-
-    async def _connect(self, connect_timeout: float) -> Connection:
-        self._open += 1
-        tls = self._tls()
-        try:
-            async with asyncio.timeout(connect_timeout):
-                _, connection = await self.loop.create_connection(
-                    lambda: Connection(self),
-                    self._host,
-                    self._port,
-                    ssl=tls,
-                    server_hostname=self._server_name if tls else None,
-                )
-        except TimeoutError as exc:
-            self._open -= 1
-            raise ConnectTimeout(f"connect to {self._authority} timed out") from exc
-        except OSError as exc:
-            self._open -= 1
-            raise ConnectFailed(f"cannot connect to {self._authority}: {exc}") from exc
-        return connection
-
-    def put(self, connection: Connection) -> None:
-        connection.idle_since = self.loop.time()
-        self._idle.append(connection)
-        self._wake_one()
-
-    def forget(self, connection: Connection) -> None:
-        """A connection closed: it no longer counts against the limit."""
-        if not connection.counted:
-            return
-        connection.counted = False
-        self._open -= 1
-        if connection in self._idle:
-            self._idle.remove(connection)
-        self._wake_one()
-
-    def _wake_one(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-
-    async def close(self) -> None:
-        while self._idle:
-            self._idle.pop().abort()
-
-
-def _has(headers: Sequence[tuple[str, str]], name: str) -> bool:
-    return any(key.lower() == name for key, _ in headers)
-
-
-def _head(
-    method: str,
-    target: str,
-    headers: Sequence[tuple[str, str]],
-    authority: str,
-    *,
-    chunked: bool,
-) -> bytes:
-    """The request line and header section (names and values were validated upstream of
-    here: aiohttp's parser refuses CR/LF in them, and iap's own are constants)."""
-    lines = [f"{method} {target} HTTP/1.1"]
-    if not _has(headers, "host"):
-        lines.append(f"Host: {authority}")
-    lines.extend(f"{name}: {value}" for name, value in headers)
-    if chunked:
-        lines.append("Transfer-Encoding: chunked")
-    return (_CRLF.join(lines) + _CRLF + _CRLF).encode("utf-8", "surrogateescape")

@@ -1,14 +1,23 @@
-"""The streaming forwarder (SPEC §2 step 10).
+"""The upstream client (SPEC §2 step 10): one interface for plain HTTP and for WebSockets.
+
+Values in, values out. A request is a method, a target, header pairs, a body (bytes, an
+async iterator of chunks, or ``None``) and :class:`Timeouts`; the result is an
+:class:`~iap.adapters.http1.Answer` or an :class:`UpstreamSocket`, a failure an
+:class:`UpstreamFailure`. Nothing here builds an answer to the client or knows iap's
+statuses: the web layer (``iap.web.relay``) turns these values into responses. Plain HTTP
+goes over iap's own pool (``iap.adapters.pool``), WebSocket upgrades over aiohttp's client.
 
 Invariants:
-- Bodies stream both ways in chunks; only bodies known to be small are read whole.
-  A request body is counted as it streams and cut off at the route's limit.
-- Only the status line and the headers iap allows reach the client; framing
-  (Content-Length, Transfer-Encoding) is iap's own, and responses are passed through
-  byte for byte (no decompression, no re-encoding).
-- Every failure to obtain an answer becomes a :class:`~iap.errors.UpstreamError`;
-  failures after the response started abort the client connection, since a status
-  already sent cannot be taken back.
+- :meth:`Upstream.admit` comes first: while the circuit is open it refuses before the
+  request body is read or the network touched.
+- Every failure to obtain an answer becomes an :class:`UpstreamFailure` (``raise ... from``
+  the cause); its ``detail`` names the cause for the log, never the request URL (query
+  strings hold codes) nor the upstream's bytes. What no upstream failure explains (a bug)
+  is re-raised as it is.
+- Only a failure to connect counts against the circuit; a slow or broken answer says
+  nothing about reachability and counts as a success.
+- Answers pass through byte for byte (no decompression, no re-encoding); an answer of
+  known length up to :data:`SMALL_BODY` is read whole here and its connection released.
 """
 
 from __future__ import annotations
@@ -18,44 +27,67 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
-from aiohttp import web
 from multidict import CIMultiDict
 
-from iap.adapters.http1 import (
-    Answer,
-    BadResponse,
-    ConnectFailed,
-    ConnectTimeout,
-    Pool,
-    UpstreamClosed,
-)
+from iap.adapters.http1 import Answer, BadResponse, ConnectFailed, ConnectTimeout, UpstreamClosed
+from iap.adapters.pool import Pool
 from iap.adapters.tls import Material, upstream_material
 from iap.config import Route, UpstreamTLS
 from iap.domain.circuit import CircuitBreaker
-from iap.domain.headers import WEBSOCKET_HANDSHAKE, HeaderFilter, fold
-from iap.errors import (
-    BadGateway,
-    CircuitOpen,
-    GatewayTimeout,
-    PayloadTooLarge,
-    RequestError,
-)
+from iap.domain.headers import WEBSOCKET_HANDSHAKE, fold
+from iap.errors import IapError
 
-SERVER = "iap"
 # Bodies of known length up to this size are read whole: one write instead of a stream.
 SMALL_BODY = 64 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
-_REPLACED = frozenset({"server", "x-correlation-id"})
 # Each WebSocket hop negotiates key, version, extensions and subprotocol itself (RFC 6455 §4).
 _HOP_HANDSHAKE = WEBSOCKET_HANDSHAKE | {"sec-websocket-protocol"}
+_UNREACHABLE = (
+    ConnectFailed | ConnectTimeout | aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError
+)
+
+FailureKind = Literal[
+    "circuit_open",  # not attempted: the circuit is open
+    "unreachable",  # no connection (refused, reset while connecting, DNS)
+    "certificate",  # the upstream's certificate was refused
+    "tls",  # any other TLS failure
+    "timeout",  # connect, read or total timeout
+    "broken",  # the connection worked, the answer did not (closed early, malformed)
+    "handshake",  # the upstream answered a WebSocket upgrade without upgrading
+    "body_too_large",  # the request body went over the route's limit as it streamed
+]
+
+
+class UpstreamFailure(IapError):
+    """No answer from the upstream: ``kind`` says which failure, ``detail`` is for the log."""
+
+    def __init__(self, kind: FailureKind, detail: str) -> None:
+        super().__init__(detail)
+        self.kind: FailureKind = kind
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """How long the forwarder waits, in seconds; ``None`` is no bound.
+
+    ``connect`` bounds opening a plain HTTP connection (TCP and TLS); ``read`` bounds the
+    upstream's silence while it answers, and a WebSocket's closing handshake; ``total``
+    bounds the whole wait for an answer's head or a WebSocket handshake.
+    """
+
+    connect: float | None = None
+    read: float | None = None
+    total: float | None = None
 
 
 @dataclass(slots=True)
 class Transfer:
-    """Byte counts and timing of one forwarded exchange."""
+    """Byte counts and timing of one forwarded exchange, filled in as it goes."""
 
     bytes_in: int = 0
     bytes_out: int = 0
@@ -63,6 +95,19 @@ class Transfer:
     body_too_large: bool = False
     client_gone: bool = False
     aborted: str | None = None
+
+
+class MessagePort(Protocol):
+    """One end of a WebSocket relay; aiohttp's client and server sockets are both ports."""
+
+    @property
+    def close_code(self) -> int | None: ...
+    def __aiter__(self) -> AsyncIterator[aiohttp.WSMessage]: ...
+    async def send_str(self, data: str) -> None: ...
+    async def send_bytes(self, data: bytes) -> None: ...
+    async def ping(self, message: bytes = b"") -> None: ...
+    async def pong(self, message: bytes = b"") -> None: ...
+    async def close(self, *, code: int = ..., message: bytes = b"") -> bool: ...
 
 
 @dataclass
@@ -111,11 +156,197 @@ class Upstream:
         """The current context: swapped on rotation, so new connections use new material."""
         return self.tls.context if self.tls is not None else False
 
+    def admit(self) -> None:
+        """Refuse (``circuit_open``) while the circuit is open; call before reading a body."""
+        if not self.circuit.allow():
+            raise UpstreamFailure("circuit_open", f"circuit open for {self.origin}")
+
+    async def request(
+        self,
+        method: str,
+        target: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes | AsyncIterator[bytes] | None,
+        *,
+        timeouts: Timeouts,
+        transfer: Transfer,
+    ) -> Answer:
+        """The upstream's answer to one request, once :meth:`admit` let it through.
+
+        A small answer comes with its ``body`` and its connection released; otherwise
+        stream :meth:`Answer.chunks` (which raise ``ConnectionError`` or ``TimeoutError`` if
+        the upstream breaks off) and call :meth:`Answer.release`.
+        """
+        started = time.perf_counter()
+        call = self.pool.request(
+            method,
+            target,
+            headers,
+            body,
+            connect_timeout=timeouts.connect,
+            read_timeout=timeouts.read,
+        )
+        try:
+            answer = await (
+                call if timeouts.total is None else asyncio.wait_for(call, timeouts.total)
+            )
+        except asyncio.CancelledError:
+            self.circuit.abandoned()
+            raise
+        except Exception as exc:
+            raise self.failure(exc, transfer) from exc
+        transfer.upstream_seconds = time.perf_counter() - started
+        self.circuit.succeeded()
+        length = answer.content_length
+        if length is None or length > SMALL_BODY or method == "HEAD":
+            return answer
+        if answer.status in _NO_BODY_STATUS:
+            return answer
+        try:
+            answer.body = await answer.read()
+        except (ConnectionError, TimeoutError) as exc:  # the body of a small answer broke off
+            raise self.failure(exc, transfer) from exc
+        finally:
+            answer.release()
+        transfer.bytes_out = len(answer.body)
+        return answer
+
+    async def websocket(
+        self,
+        target: str,
+        headers: Sequence[tuple[str, str]],
+        *,
+        protocols: Sequence[str],
+        max_message: int,
+        timeouts: Timeouts,
+        transfer: Transfer,
+    ) -> UpstreamSocket:
+        """The upstream's end of a WebSocket, once :meth:`admit` let it through; messages
+        over ``max_message`` bytes close it with code 1009."""
+        url = "ws" + self.origin.removeprefix("http") + target
+        started = time.perf_counter()
+        call = self.session.ws_connect(
+            url,
+            headers=CIMultiDict((n, v) for n, v in headers if fold(n) not in _HOP_HANDSHAKE),
+            protocols=protocols,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=timeouts.read),
+            ssl=self.ssl,
+            server_hostname=self.server_name,
+            autoping=False,
+            max_msg_size=max_message,
+        )
+        try:
+            socket = await (
+                call if timeouts.total is None else asyncio.wait_for(call, timeouts.total)
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            self.circuit.succeeded()
+            detail = f"upstream refused the WebSocket handshake ({exc.status})"
+            raise UpstreamFailure("handshake", detail) from exc
+        except Exception as exc:
+            raise self.failure(exc, transfer) from exc
+        transfer.upstream_seconds = time.perf_counter() - started
+        self.circuit.succeeded()
+        return UpstreamSocket(socket)
+
+    def failure(self, exc: Exception, transfer: Transfer) -> UpstreamFailure:
+        """``exc``, raised while obtaining or relaying an answer, as an :class:`UpstreamFailure`;
+        the circuit learns whether the upstream was reachable. Re-raises ``exc`` when no
+        upstream failure explains it."""
+        if transfer.body_too_large:
+            detail = f"streamed body over limit after {transfer.bytes_in} bytes"
+            return UpstreamFailure("body_too_large", detail)
+        if isinstance(exc, _UNREACHABLE):
+            self.circuit.failed()
+        else:  # the connection worked; a slow or broken answer says nothing about reachability
+            self.circuit.succeeded()
+        return failure_of(exc)
+
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
         if self._session is not None:
             await self._session.close()
+
+
+def failure_of(exc: Exception) -> UpstreamFailure:
+    """The failure a foreign exception stands for; the detail names the cause, never the
+    request URL or upstream bytes. Re-raises ``exc`` when it is no upstream failure."""
+    name = type(exc).__name__
+    cause = exc.__cause__ if isinstance(exc, ConnectFailed) else exc
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return UpstreamFailure("certificate", f"upstream certificate refused: {cause}")
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return UpstreamFailure(
+            "certificate", f"upstream certificate refused: {exc.certificate_error}"
+        )
+    if isinstance(cause, ssl.SSLError | aiohttp.ClientSSLError):
+        return UpstreamFailure("tls", f"upstream TLS failure ({type(cause).__name__}): {cause}")
+    if isinstance(exc, TimeoutError):
+        return UpstreamFailure("timeout", f"upstream timeout ({name})")
+    if isinstance(exc, ConnectFailed):
+        return UpstreamFailure("unreachable", f"upstream failure ({name}): {exc}")
+    if isinstance(exc, UpstreamClosed | BadResponse):
+        return UpstreamFailure("broken", f"upstream failure ({name}): {exc}")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamFailure("unreachable", f"upstream failure ({name})")
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        # Not str(exc): it can carry the request URL (query strings hold codes) or upstream bytes.
+        return UpstreamFailure("broken", f"upstream failure ({name})")
+    raise exc
+
+
+class UpstreamSocket:
+    """An open WebSocket to the upstream: relay it with the client's, then close it."""
+
+    __slots__ = ("_socket",)
+
+    def __init__(self, socket: aiohttp.ClientWebSocketResponse) -> None:
+        self._socket = socket
+
+    @property
+    def protocol(self) -> str | None:
+        """The subprotocol the upstream chose, if any."""
+        return self._socket.protocol
+
+    async def __aenter__(self) -> UpstreamSocket:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self._socket.close()
+
+    async def relay(self, client: MessagePort, transfer: Transfer) -> None:
+        """Relay frames both ways until either side closes, then close the other with its
+        code; ``transfer`` counts the payload bytes each way."""
+        tasks = [
+            asyncio.ensure_future(_pump(client, self._socket, transfer, inbound=True)),
+            asyncio.ensure_future(_pump(self._socket, client, transfer, inbound=False)),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _pump(source: MessagePort, sink: MessagePort, transfer: Transfer, inbound: bool) -> None:
+    async for message in source:
+        size = len(message.data) if isinstance(message.data, str | bytes) else 0
+        if inbound:
+            transfer.bytes_in += size
+        else:
+            transfer.bytes_out += size
+        if message.type == aiohttp.WSMsgType.TEXT:
+            await sink.send_str(message.data)
+        elif message.type == aiohttp.WSMsgType.BINARY:
+            await sink.send_bytes(message.data)
+        elif message.type == aiohttp.WSMsgType.PING:
+            await sink.ping(message.data)
+        elif message.type == aiohttp.WSMsgType.PONG:
+            await sink.pong(message.data)
+    code = source.close_code or aiohttp.WSCloseCode.OK
+    await sink.close(code=code)
 
 
 class Upstreams:
@@ -156,247 +387,3 @@ def _material(route: Route) -> Material:
         key_file=tls.key_file,
         verify_san=tls.verify_san,
     )
-
-
-async def forward(
-    request: web.BaseRequest,
-    upstream: Upstream,
-    *,
-    target: str,
-    headers: Sequence[tuple[str, str]],
-    reply_headers: Sequence[tuple[str, str]],
-    max_body: int,
-    timeouts: aiohttp.ClientTimeout,
-    transfer: Transfer,
-) -> web.StreamResponse:
-    """Send ``request`` to ``upstream`` at ``target`` and stream the answer back."""
-    if not upstream.circuit.allow():
-        raise CircuitOpen(f"circuit open for {upstream.origin}")
-    body = await _request_body(request, max_body, transfer)
-    started = time.perf_counter()
-    try:
-        answer = await upstream.pool.request(
-            request.method,
-            target,
-            headers,
-            body,
-            connect_timeout=timeouts.sock_connect or 0.0,
-            read_timeout=timeouts.sock_read or 0.0,
-        )
-    except asyncio.CancelledError:
-        upstream.circuit.abandoned()
-        raise
-    except Exception as exc:
-        raise _translate(exc, upstream, transfer) from exc
-    transfer.upstream_seconds = time.perf_counter() - started
-    upstream.circuit.succeeded()
-    try:
-        return await _relay(request, answer, reply_headers, transfer)
-    except (ConnectionError, TimeoutError) as exc:  # the body of a small answer broke off
-        raise _translate(exc, upstream, transfer) from exc
-    finally:
-        answer.release()
-
-
-async def _request_body(
-    request: web.BaseRequest, limit: int, transfer: Transfer
-) -> bytes | AsyncIterator[bytes] | None:
-    length = request.content_length
-    if length is not None and length > limit:
-        raise PayloadTooLarge(f"content-length {length} over limit {limit}")
-    if request.headers.get("Expect", "").lower() == "100-continue":
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    if not request.body_exists:
-        return None
-    if length is not None and length <= SMALL_BODY:
-        data = await request.read()
-        transfer.bytes_in = len(data)
-        return data
-    return _stream_body(request, limit, transfer)
-
-
-async def _stream_body(
-    request: web.BaseRequest, limit: int, transfer: Transfer
-) -> AsyncIterator[bytes]:
-    async for chunk in request.content.iter_any():
-        transfer.bytes_in += len(chunk)
-        if transfer.bytes_in > limit:
-            transfer.body_too_large = True
-            raise PayloadTooLarge(f"streamed body over limit {limit}")
-        yield chunk
-
-
-async def _relay(
-    request: web.BaseRequest,
-    answer: Answer,
-    reply_headers: Sequence[tuple[str, str]],
-    transfer: Transfer,
-) -> web.StreamResponse:
-    # Server is overwritten as Envoy does by default: no upstream banner leaks.
-    headers = HeaderFilter.response(answer.headers, _REPLACED)
-    headers.append(("Server", SERVER))
-    headers.extend(reply_headers)
-    length = answer.content_length
-    if request.method == "HEAD" or answer.status in _NO_BODY_STATUS:
-        response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
-        if length is not None and answer.status not in _NO_BODY_STATUS:
-            response.content_length = length
-        await response.prepare(request)
-        return response
-    if length is not None and length <= SMALL_BODY:
-        body = await answer.read()
-        transfer.bytes_out = len(body)
-        return web.Response(status=answer.status, reason=answer.reason, headers=headers, body=body)
-    response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
-    if length is not None:
-        response.content_length = length
-    await response.prepare(request)
-    await _pump(request, answer, response, transfer)
-    return response
-
-
-async def _pump(
-    request: web.BaseRequest,
-    answer: Answer,
-    response: web.StreamResponse,
-    transfer: Transfer,
-) -> None:
-    """Copy the body; on a failure mid-way, abort the client connection (status is sent)."""
-    try:
-        async for chunk in answer.chunks():
-            try:
-                await response.write(chunk)
-            except ConnectionError:
-                transfer.client_gone = True
-                return
-            transfer.bytes_out += len(chunk)
-        await response.write_eof()
-    except (ConnectionError, TimeoutError) as exc:
-        transfer.aborted = type(exc).__name__
-        if request.transport is not None:
-            request.transport.abort()
-
-
-def _translate(exc: Exception, upstream: Upstream, transfer: Transfer) -> RequestError:
-    """Foreign exceptions to our tree; the detail names the cause, the public text does not."""
-    if transfer.body_too_large:
-        return PayloadTooLarge(f"streamed body over limit after {transfer.bytes_in} bytes")
-    name = type(exc).__name__
-    unreachable = isinstance(
-        exc,
-        ConnectFailed
-        | ConnectTimeout
-        | aiohttp.ClientConnectorError
-        | aiohttp.ConnectionTimeoutError,
-    )
-    if unreachable:
-        upstream.circuit.failed()
-    else:  # the connection worked; a slow or broken answer says nothing about reachability
-        upstream.circuit.succeeded()
-    cause = exc.__cause__ if isinstance(exc, ConnectFailed) else exc
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        return BadGateway(f"upstream certificate refused: {cause}")
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return BadGateway(f"upstream certificate refused: {exc.certificate_error}")
-    if isinstance(cause, ssl.SSLError | aiohttp.ClientSSLError):
-        return BadGateway(f"upstream TLS failure ({type(cause).__name__}): {cause}")
-    if isinstance(exc, TimeoutError):
-        return GatewayTimeout(f"upstream timeout ({name})")
-    if isinstance(exc, ConnectFailed | UpstreamClosed | BadResponse):
-        return BadGateway(f"upstream failure ({name}): {exc}")
-    if isinstance(exc, aiohttp.ClientError | OSError):
-        # Not str(exc): it can carry the request URL (query strings hold codes) or upstream bytes.
-        return BadGateway(f"upstream failure ({name})")
-    raise exc
-
-
-async def forward_websocket(
-    request: web.BaseRequest,
-    upstream: Upstream,
-    *,
-    target: str,
-    headers: Sequence[tuple[str, str]],
-    reply_headers: Sequence[tuple[str, str]],
-    max_body: int,
-    timeouts: aiohttp.ClientTimeout,
-    transfer: Transfer,
-) -> web.StreamResponse:
-    """Proxy a WebSocket: handshake upstream first, then upgrade the client and relay frames.
-
-    ``max_body`` bounds each message (close code 1009 beyond it).
-    """
-    if not upstream.circuit.allow():
-        raise CircuitOpen(f"circuit open for {upstream.origin}")
-    offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
-    url = "ws" + upstream.origin.removeprefix("http") + target
-    started = time.perf_counter()
-    try:
-        upstream_ws = await upstream.session.ws_connect(
-            url,
-            headers=CIMultiDict(
-                (name, value) for name, value in headers if fold(name) not in _HOP_HANDSHAKE
-            ),
-            protocols=[p for p in offered if p],
-            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=timeouts.sock_read),
-            ssl=upstream.ssl,
-            server_hostname=upstream.server_name,
-            autoping=False,
-            max_msg_size=max_body,
-        )
-    except aiohttp.WSServerHandshakeError as exc:
-        upstream.circuit.succeeded()
-        raise BadGateway(f"upstream refused the WebSocket handshake ({exc.status})") from exc
-    except Exception as exc:
-        raise _translate(exc, upstream, transfer) from exc
-    transfer.upstream_seconds = time.perf_counter() - started
-    upstream.circuit.succeeded()
-    async with upstream_ws:
-        client_ws = web.WebSocketResponse(
-            protocols=[upstream_ws.protocol] if upstream_ws.protocol else (),
-            autoping=False,
-            max_msg_size=max_body,
-        )
-        client_ws.headers["Server"] = SERVER
-        client_ws.headers.extend(reply_headers)
-        await client_ws.prepare(request)
-        await _relay_frames(client_ws, upstream_ws, transfer)
-    return client_ws
-
-
-async def _relay_frames(
-    client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse, transfer: Transfer
-) -> None:
-    """Relay frames both ways until either side closes, then close the other with its code."""
-
-    async def pump(
-        source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-        sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-        inbound: bool,
-    ) -> None:
-        async for message in source:
-            size = len(message.data) if isinstance(message.data, str | bytes) else 0
-            if inbound:
-                transfer.bytes_in += size
-            else:
-                transfer.bytes_out += size
-            if message.type == aiohttp.WSMsgType.TEXT:
-                await sink.send_str(message.data)
-            elif message.type == aiohttp.WSMsgType.BINARY:
-                await sink.send_bytes(message.data)
-            elif message.type == aiohttp.WSMsgType.PING:
-                await sink.ping(message.data)
-            elif message.type == aiohttp.WSMsgType.PONG:
-                await sink.pong(message.data)
-        code = source.close_code or aiohttp.WSCloseCode.OK
-        await sink.close(code=code)
-
-    tasks = [
-        asyncio.ensure_future(pump(client, upstream, inbound=True)),
-        asyncio.ensure_future(pump(upstream, client, inbound=False)),
-    ]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

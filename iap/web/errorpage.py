@@ -1,7 +1,10 @@
 """Error answers produced by iap itself (SPEC §2, "Error responses").
 
-Invariant: the body holds a fixed public message, a stable error code and the
-correlation id, nothing else: no exception text, stack trace, library name or version.
+Invariants:
+- The body holds a fixed public message, a stable error code and the correlation id,
+  nothing else: no exception text, stack trace, library name or version.
+- :data:`SERVER` is the ``Server`` header of everything iap answers, forwarded answers
+  included: it names neither iap's version nor its libraries (SPEC §2).
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ import json
 
 from aiohttp import web
 
-from iap.adapters.upstream import SERVER
 from iap.domain.negotiation import prefers_html
+
+SERVER = "iap"
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{status} {title}</title>

@@ -1,5 +1,11 @@
 """The request pipeline of the public listener (SPEC §2), in its order.
 
+One request passes each step once: bound (step 1), route (5), decide (6 and 7,
+``iap.web.admission``), rate limit (8, ``iap.web.throttle``), identity and mint (4 and 9:
+the upstream's headers), forward (10, ``iap.web.relay``) and record (11). The reserved
+prefix has its own endpoints: forward-auth (``iap.web.forward_auth``), the key documents,
+token exchange and sign-in.
+
 Invariants:
 - Fail closed: any error before the upstream answered means nothing was forwarded
   and the client gets iap's own generic error page.
@@ -11,54 +17,39 @@ Invariants:
 from __future__ import annotations
 
 import logging
-import re
-import ssl
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Awaitable, Callable, ItemsView
 
-import aiohttp
 from aiohttp import web
 
 from iap.adapters.audit import AuditLog
 from iap.adapters.metrics import Metrics
 from iap.adapters.ratelimit import RateLimiter
-from iap.adapters.store import StoreUnavailable
 from iap.adapters.telemetry import CURRENT, RequestSpan, Tracing
 from iap.adapters.tls import Material
-from iap.adapters.upstream import (
-    SERVER,
-    Transfer,
-    Upstream,
-    Upstreams,
-    forward,
-    forward_websocket,
-)
-from iap.config import Config, Route
-from iap.domain import correlation, forward_auth, ratelimit
+from iap.adapters.upstream import Transfer, Upstreams
+from iap.config import Config
+from iap.domain import correlation, forward_auth
 from iap.domain.headers import HeaderFilter, TrustedProxies, forwarded, identity_headers
-from iap.domain.negotiation import prefers_html
 from iap.domain.paths import Target, normalise
-from iap.domain.policy import Facts, decide
-from iap.domain.routing import RouteTable
 from iap.errors import (
     BadRequest,
-    ConfigError,
-    Forbidden,
     HeadersTooLarge,
     MethodNotAllowed,
     NotFound,
     RequestError,
-    ServiceUnavailable,
-    TooManyRequests,
     UriTooLong,
 )
-from iap.model import Exchange, Identity
-from iap.web.bearer import BearerAuth, Refused, Verified, bearer_token, refused
-from iap.web.errorpage import error_response
+from iap.model import Exchange
+from iap.web import relay
+from iap.web.admission import Admission
+from iap.web.bearer import BearerAuth
+from iap.web.errorpage import SERVER, error_response
+from iap.web.forward_auth import PATH, PREFIX, ForwardAuth
 from iap.web.minting import Minter
-from iap.web.signin import Caller, SignIn, challenge
+from iap.web.routes import PreparedRoute, route_table
+from iap.web.signin import Caller, SignIn
+from iap.web.throttle import Throttle
 
 log = logging.getLogger("iap")
 
@@ -68,21 +59,8 @@ _PUBLIC_DECISION = {
     "iap.authz.decision": "allow",
     "iap.authz.reason": "public",
 }
-_FORWARD_AUTH_PREFIX = forward_auth.PATH + "/"
-_CREDENTIAL_PATHS = ("/.iap/callback", "/.iap/token")
-_FAILED = re.compile(r"(?:exchange_)?bearer_|login_refused:")
-"""Audit reasons of a credential that failed: a refused bearer token or sign-in."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Route:
-    """A route with everything request handling needs, prepared at startup."""
-
-    name: str
-    config: Route
-    upstream: Upstream
-    timeouts: aiohttp.ClientTimeout
-    quota: ratelimit.Quota | None
+_PUBLIC: tuple[Caller | None, str | None] = (None, None)
+"""The caller of a public route: nobody is authenticated, nothing was presented."""
 
 
 class Gateway:
@@ -101,53 +79,25 @@ class Gateway:
         limiter: RateLimiter | None = None,
     ) -> None:
         self._signin = signin
-        self._limiter = limiter
-        failures = config.auth_failures
-        self._failures = ratelimit.Quota(failures.requests, failures.per) if failures else None
         self._minter = minter
         self._bearer = bearer
-        self._documents: dict[str, Callable[[], Awaitable[web.Response]]] = (
-            {
-                "/.iap/jwks.json": minter.jwks,
-                "/.iap/.well-known/openid-configuration": minter.discovery,
-            }
-            if minter is not None
-            else {}
-        )
+        self._documents = _documents(minter)
         self._limits = config.limits
         self._trust = TrustedProxies(config.trusted_proxies)
-        fa = config.forward_auth
-        self._sources = forward_auth.Sources(fa.uri_header, fa.method_header, fa.host_header)
         self._tracing = tracing
-        # With minted tokens, the token header is iap's alone: a client's copy never passes.
-        token_headers = ["authorization", config.tokens.header] if config.tokens else []
-        self._filter = HeaderFilter(
-            [*config.identity_headers, *token_headers], tracing.propagation_headers
-        )
-        self._upstreams = Upstreams()
+        self._filter = _request_filter(config, tracing)
         self._metrics = metrics
         self._audit = audit
-        prepared, problems = [], []
-        for index, route in enumerate(config.routes):
-            try:
-                prepared.append((route.match, self._prepare(route)))
-            except (OSError, ssl.SSLError) as exc:
-                reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
-                problems.append(
-                    f"routes[{index}].upstream_tls: cannot load TLS material ({reason})"
-                )
-        if problems:
-            raise ConfigError(problems)
-        self._routes = RouteTable(prepared)
-        self.draining = False
-
-    def _prepare(self, route: Route) -> _Route:
-        timeouts = aiohttp.ClientTimeout(
-            total=None, sock_connect=route.timeouts.connect, sock_read=route.timeouts.read
+        self._throttle = Throttle(config, limiter=limiter, metrics=metrics)
+        self._admission = Admission(metrics=metrics, signin=signin, bearer=bearer, minter=minter)
+        self._upstreams = Upstreams()
+        self._routes = route_table(config, self._upstreams)
+        self._auth = (
+            ForwardAuth(config, self._routes, self._admission, mints=minter is not None)
+            if signin is not None
+            else None
         )
-        limit = route.rate_limit
-        quota = ratelimit.Quota(limit.requests, limit.per, limit.burst) if limit else None
-        return _Route(route.name, route, self._upstreams.for_route(route), timeouts, quota)
+        self.draining = False
 
     @property
     def tls_materials(self) -> list[Material]:
@@ -158,21 +108,55 @@ class Gateway:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Answer one request; never raises."""
-        started = time.perf_counter()
         peer = request.remote or ""
         trusted = self._trust.contains(peer)
+        exchange = self._exchange(request, peer, trusted)
+        span = self._span(request, exchange, peer, trusted)
+        CURRENT.set(span)  # each request runs in its own task: IdP calls find their parent
+        transfer = Transfer()
+        guarded = False
+        try:
+            guarded = await self._throttle.slow_down(request, exchange)
+            response = await self._serve(
+                request, exchange, transfer, span, peer=peer, trusted=trusted
+            )
+        except RequestError as exc:
+            span.end_upstream(None, exc.reason)
+            response = self._refuse(request, exchange, exc)
+        except Exception:
+            log.exception("unexpected error, correlation_id=%s", exchange.correlation_id)
+            response = self._refuse(request, exchange, RequestError("unexpected error"))
+        if guarded and self._throttle.failed(exchange):
+            await self._throttle.settle(exchange)
+        if not response.prepared and "X-Correlation-ID" not in response.headers:
+            # iap's own answers (sign-in endpoints, redirects): same headers as its errors
+            response.headers["X-Correlation-ID"] = exchange.correlation_id
+            response.headers["Server"] = SERVER
+        self._record(exchange, transfer, response)
+        if span.recording:
+            span.set("url.path", exchange.path)
+        span.end(response.status, exchange.reason)
+        return response
+
+    def _exchange(self, request: web.BaseRequest, peer: str, trusted: bool) -> Exchange:
+        """SPEC §2 step 2: what is known of the request before any work (its correlation)."""
         headers = request.headers
-        exchange = Exchange(
-            started=started,
+        return Exchange(
+            started=time.perf_counter(),
             correlation_id=correlation.choose(headers.get("X-Correlation-ID"), trusted=trusted),
             client_ip=self._trust.client_ip(peer, headers.get("X-Forwarded-For")),
             method=request.method,
             host=headers.get("Host", ""),
             path="",
         )
+
+    def _span(
+        self, request: web.BaseRequest, exchange: Exchange, peer: str, trusted: bool
+    ) -> RequestSpan:
+        """SPEC §2 step 3: the SERVER span, its ids on the audit line."""
         span = self._tracing.start_request(
             name=request.method,
-            headers=headers,
+            headers=request.headers,
             trusted=trusted,
             attributes=lambda: {
                 "http.request.method": request.method,
@@ -184,56 +168,7 @@ class Gateway:
             },
         )
         exchange.trace_id, exchange.span_id = span.ids
-        CURRENT.set(span)  # each request runs in its own task: IdP calls find their parent
-        transfer = Transfer()
-        guarded = False
-        try:
-            guarded = await self._slow_down(request, exchange)
-            response = await self._serve(
-                request, exchange, transfer, span, peer=peer, trusted=trusted
-            )
-        except RequestError as exc:
-            span.end_upstream(None, exc.reason)
-            response = self._refuse(request, exchange, exc)
-        except Exception:
-            log.exception("unexpected error, correlation_id=%s", exchange.correlation_id)
-            response = self._refuse(request, exchange, RequestError("unexpected error"))
-        if guarded and _FAILED.match(exchange.reason or ""):
-            await self._count_failure(exchange)
-        if not response.prepared and "X-Correlation-ID" not in response.headers:
-            # iap's own answers (sign-in endpoints, redirects): same headers as its errors
-            response.headers["X-Correlation-ID"] = exchange.correlation_id
-            response.headers["Server"] = SERVER
-        self._record(exchange, transfer, response)
-        if span.recording:
-            span.set("url.path", exchange.path)
-        span.end(response.status, exchange.reason)
-        return response
-
-    async def _slow_down(self, request: web.BaseRequest, exchange: Exchange) -> bool:
-        """The edge-wide limit on failed credentials (``auth_failures``): a client address
-        that failed too often gets 429 before its bearer token or sign-in callback is even
-        examined (credential stuffing, bursts of random ``kid``s). Whether this request
-        presents credentials that count."""
-        failures = self._failures
-        presents = (
-            request.raw_path.startswith(_CREDENTIAL_PATHS)
-            or request.headers.get("Authorization", "")[:7].lower() == "bearer "
-        )
-        if failures is None or self._limiter is None or not presents:
-            return False
-        key = _failure_key(exchange)
-        if await self._limiter.exhausted(key, failures):
-            exchange.decision = "deny"
-            raise TooManyRequests(
-                reason="auth_failures_limited", headers=[("Retry-After", str(failures.window))]
-            )
-        return True
-
-    async def _count_failure(self, exchange: Exchange) -> None:
-        assert self._failures is not None
-        assert self._limiter is not None
-        await self._limiter.hit(_failure_key(exchange), self._failures, on_store_error="allow")
+        return span
 
     async def _serve(
         self,
@@ -245,71 +180,114 @@ class Gateway:
         peer: str,
         trusted: bool,
     ) -> web.StreamResponse:
-        self._check_bounds(request)
-        exchange.path = request.raw_path.partition("?")[0][:1024]  # until normalised
-        host = exchange.host
-        if not forward_auth.HOST.fullmatch(host):
-            raise BadRequest("missing or malformed Host header")
-        if request.raw_path.startswith(_FORWARD_AUTH_PREFIX) and self._signin is not None:
-            # Envoy ext_authz with path_prefix: the rest of the request line is the original
-            # target, normalised on its own (a dot segment cannot climb out of the prefix).
-            exchange.route = "_iap"
-            _require_trusted(trusted)
-            suffix = request.raw_path[len(forward_auth.PATH) :]
-            original = forward_auth.from_path(
-                suffix, method=request.method, host=host, headers=request.headers.items()
-            )
-            return await self._forward_auth(request, exchange, span, original)
+        """SPEC §2 steps 1 and 4 to 10, in order; raises what iap answers itself."""
+        self._bound(request, exchange)
+        if self._auth is not None and request.raw_path.startswith(PREFIX):
+            return await self._auth.prefixed(request, exchange, span, trusted=trusted)
         target = normalise(request.raw_path)
         exchange.path = target.path
         if target.path.startswith(RESERVED_PREFIX):
-            exchange.route = "_iap"
-            if target.path == forward_auth.PATH and self._signin is not None:
-                if request.method not in ("GET", "HEAD"):
-                    raise MethodNotAllowed(headers=[("Allow", "GET, HEAD")])
-                _require_trusted(trusted)
-                original = forward_auth.from_headers(request.headers.items(), self._sources)
-                return await self._forward_auth(request, exchange, span, original)
-            return await self._reserved(request, target.path)
-        route = self._routes.match(host, target.path, request.method)
+            return await self._reserved(request, exchange, span, target.path, trusted)
+        route = self._route(request, exchange, span, target)
+        if route.config.policy.public:
+            caller, presented = self._public(exchange, span)
+        else:
+            caller, presented = await self._admission.admit(
+                request, exchange, route, span, request.method, target
+            )
+        identity = caller.identity if caller is not None else None
+        limited = await self._throttle.route_limit(route, exchange, identity)
+        headers = self._upstream_headers(request, exchange, route, caller, presented, peer, trusted)
+        headers += self._trace_headers(request, route, span, target)
+        forward = relay.forward_websocket if relay.upgrades(request) else relay.forward
+        response = await forward(
+            request,
+            route.upstream,
+            target=str(target),
+            headers=headers,
+            reply_headers=_reply_headers(exchange, caller, limited),
+            max_body=route.config.max_body,
+            timeouts=route.timeouts,
+            transfer=transfer,
+        )
+        span.end_upstream(response.status)
+        return response
+
+    def _bound(self, request: web.BaseRequest, exchange: Exchange) -> None:
+        """SPEC §2 step 1: bound the request before any other work; a Host is required."""
+        limits = self._limits
+        if len(request.raw_path) > limits.max_url_bytes:
+            raise UriTooLong(f"request target of {len(request.raw_path)} bytes")
+        raw = request.raw_headers
+        if len(raw) > limits.max_headers:
+            raise HeadersTooLarge(f"{len(raw)} header fields")
+        if sum(len(name) + len(value) for name, value in raw) > limits.max_header_bytes:
+            raise HeadersTooLarge("header section over the size limit")
+        exchange.path = request.raw_path.partition("?")[0][:1024]  # until normalised
+        if not forward_auth.HOST.fullmatch(exchange.host):
+            raise BadRequest("missing or malformed Host header")
+
+    def _route(
+        self, request: web.BaseRequest, exchange: Exchange, span: RequestSpan, target: Target
+    ) -> PreparedRoute:
+        """SPEC §2 step 5: host, longest path prefix, methods; 404 without a route."""
+        route = self._routes.match(exchange.host, target.path, request.method)
         if route is None:
-            raise NotFound(f"no route for {request.method} {host}{target.path}")
+            raise NotFound(f"no route for {request.method} {exchange.host}{target.path}")
         exchange.route = route.name
         exchange.upstream = route.upstream.origin
         if span.recording:
             span.rename(f"{request.method} {route.name}")
             span.set("iap.route", route.name)
-        cookies: list[str] = []
-        identity: Identity | None = None
-        sid = presented = None
-        audience = route.config.audience or route.name
-        if route.config.policy.public:
-            exchange.decision, exchange.reason = "allow", "public"
-            if span.recording:
-                span.decision("iap.authz", _PUBLIC_DECISION)
-        else:
-            caller, presented = await self._admit(
-                request, exchange, route, span, request.method, target
-            )
-            identity, cookies = caller.identity, caller.cookies
-            sid = caller.session.sid if caller.session else None
-        limited = await self._rate_limit(route, exchange, identity)  # SPEC §2 step 8
+        return route
+
+    @staticmethod
+    def _public(exchange: Exchange, span: RequestSpan) -> tuple[Caller | None, str | None]:
+        """SPEC §2 steps 6 and 7 on a public route: allowed, nobody authenticated."""
+        exchange.decision, exchange.reason = "allow", "public"
+        if span.recording:
+            span.decision("iap.authz", _PUBLIC_DECISION)
+        return _PUBLIC
+
+    def _upstream_headers(
+        self,
+        request: web.BaseRequest,
+        exchange: Exchange,
+        route: PreparedRoute,
+        caller: Caller | None,
+        presented: str | None,
+        peer: str,
+        trusted: bool,
+    ) -> list[tuple[str, str]]:
+        """SPEC §2 steps 4 and 9, §6: strip, then inject the identity, exactly one token,
+        Host, the X-Forwarded-* set and the correlation id."""
         incoming = list(request.headers.items())
-        upstream_headers = self._filter.request(incoming, trusted=trusted)
-        if identity is not None:
-            upstream_headers += identity_headers(identity)
-            if self._minter is not None:  # SPEC §2 step 9: exactly one token upstream
-                upstream_headers.append(self._token(identity, presented, audience, sid))
+        headers = self._filter.request(incoming, trusted=trusted)
+        if caller is not None and caller.identity is not None:
+            headers += identity_headers(caller.identity)
+            if self._minter is not None:
+                sid = caller.session.sid if caller.session else None
+                headers.append(
+                    self._admission.token(caller.identity, presented, route.audience, sid)
+                )
+        host = exchange.host
         if route.config.preserve_host:
-            upstream_headers.append(("Host", host))
-        upstream_headers += forwarded(
+            headers.append(("Host", host))
+        headers += forwarded(
             peer=peer, trusted=trusted, incoming=incoming, scheme=request.scheme, host=host
         )
-        upstream_headers += [
+        headers += [
             ("X-Correlation-ID", exchange.correlation_id),
             ("X-Request-ID", exchange.correlation_id),
         ]
-        upstream_headers += span.start_upstream(
+        return headers
+
+    @staticmethod
+    def _trace_headers(
+        request: web.BaseRequest, route: PreparedRoute, span: RequestSpan, target: Target
+    ) -> ItemsView[str, str]:
+        """The CLIENT span, opened as the request leaves; its trace headers."""
+        return span.start_upstream(
             request.method,
             lambda: {
                 "http.request.method": request.method,
@@ -318,152 +296,20 @@ class Gateway:
                 "url.full": route.upstream.origin + target.path,
             },
         ).items()
-        reply_headers = (
-            ("X-Correlation-ID", exchange.correlation_id),
-            *(("Set-Cookie", cookie) for cookie in cookies),
-            *limited,
-        )
-        upgrade = request.method == "GET" and headers_say_websocket(request)
-        response = await (forward_websocket if upgrade else forward)(
-            request,
-            route.upstream,
-            target=str(target),
-            headers=upstream_headers,
-            reply_headers=reply_headers,
-            max_body=route.config.max_body,
-            timeouts=route.timeouts,
-            transfer=transfer,
-        )
-        span.end_upstream(response.status)
-        return response
 
-    async def _rate_limit(
-        self, route: _Route, exchange: Exchange, identity: Identity | None
-    ) -> list[tuple[str, str]]:
-        """The route's limit, after the decision and before a token is minted or the
-        upstream contacted: 429 over it; otherwise the RateLimit headers for the reply."""
-        limit, quota = route.config.rate_limit, route.quota
-        if limit is None or quota is None or self._limiter is None:
-            return []
-        key = ratelimit.key_for(
-            limit.key,
-            route=route.name,
-            subject=identity.subject if identity else None,
-            client=exchange.client_ip,
-        )
-        verdict = await self._limiter.hit(key, quota, on_store_error=limit.on_store_error)
-        if verdict.store_error and verdict.allowed:
-            return []  # nothing known to tell the client
-        if verdict.allowed:
-            return ratelimit.headers(
-                limit=quota, remaining=verdict.remaining, reset_after=verdict.reset_after
-            )
-        self._metrics.rate_limited.labels(route.name).inc()
-        exchange.decision = "deny"
-        reason = "rate_limit_store_error" if verdict.store_error else "rate_limited"
-        raise TooManyRequests(
-            reason=reason,
-            headers=ratelimit.headers(
-                limit=quota,
-                remaining=0,
-                reset_after=verdict.reset_after,
-                refused=True,
-            ),
-        )
-
-    async def _forward_auth(
+    async def _reserved(
         self,
         request: web.BaseRequest,
         exchange: Exchange,
         span: RequestSpan,
-        original: forward_auth.Original,
+        path: str,
+        trusted: bool,
     ) -> web.StreamResponse:
-        """``/.iap/auth`` for nginx ``auth_request``, Traefik and Envoy ext_authz (SPEC §3,
-        §5.1): 200 with the identity headers and token, 401, or 403; never forwards.
-
-        ``original`` is the request the front proxy holds (``iap.domain.forward_auth``); it
-        is judged by the same steps as a proxied request, but an anonymous browser gets 401,
-        not a redirect: front proxies treat any answer but 2xx, 401 and 403 as an error.
-        """
-        exchange.method, exchange.path = original.method, original.target.path  # as judged
-        route = self._routes.match(original.host, original.target.path, original.method)
-        if route is None:
-            raise Forbidden(
-                f"forward-auth: no route for {original.host}{original.target.path}",
-                reason="no_route",
-            )
-        exchange.route = route.name
-        answer = web.Response(status=200, headers={"Cache-Control": "no-store"})
-        if route.config.policy.public:
-            exchange.decision, exchange.reason = "allow", "public"
-            return answer
-        caller, presented = await self._admit(
-            request, exchange, route, span, original.method, original.target, redirect=False
-        )
-        assert caller.identity is not None  # _admit raised otherwise
-        for name, value in identity_headers(caller.identity):
-            answer.headers.add(name, value)
-        for cookie in caller.cookies:
-            answer.headers.add("Set-Cookie", cookie)
-        if self._minter is not None:
-            sid = caller.session.sid if caller.session else None
-            audience = route.config.audience or route.name
-            name, value = self._token(caller.identity, presented, audience, sid)
-            answer.headers[name] = value
-        return answer
-
-    async def _admit(
-        self,
-        request: web.BaseRequest,
-        exchange: Exchange,
-        route: _Route,
-        span: RequestSpan,
-        method: str,
-        target: Target,
-        *,
-        redirect: bool = True,
-    ) -> tuple[Caller, str | None]:
-        """SPEC §2 steps 6 and 7: the caller, once the route's policy lets it pass.
-
-        Fail closed: anything unexpected while authenticating or authorizing is logged with
-        the correlation id, counted in ``iap_authn_internal_errors_total`` and answered as
-        for a caller without credentials (401, or 302 to sign-in), never 500, never a pass.
-        """
-        try:
-            caller, presented = await self._authenticate(
-                request, exchange, route.config.audience or route.name
-            )
-            facts = self._facts(route, exchange, caller, method, target.path)
-            self._authorize(request, route, exchange, span, caller, facts, str(target), redirect)
-        except RequestError:
-            raise
-        except Exception:
-            log.exception("authentication error, correlation_id=%s", exchange.correlation_id)
-            self._metrics.authn_internal_errors.inc()
-            exchange.decision, exchange.reason = "deny", "authn_internal_error"
-            if bearer_token(request) is not None:
-                raise refused("authn_internal_error") from None
-            raise challenge(
-                Caller(),
-                html=redirect and prefers_html(request.headers.get("Accept")),
-                method=request.method,
-                target=str(target),
-                reason="authn_internal_error",
-            ) from None
-        return caller, presented
-
-    def _token(
-        self, identity: Identity, presented: str | None, audience: str, sid: str | None
-    ) -> tuple[str, str]:
-        """The token header for the upstream: an iap token the caller presented for this
-        audience goes on as it came; anyone else gets one minted for ``audience``."""
-        assert self._minter is not None
-        if presented is not None:
-            return self._minter.carry(presented)
-        return self._minter.header_for(identity, audience=audience, sid=sid)
-
-    async def _reserved(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
-        """``/.iap/``: the key documents, then the sign-in endpoints; never forwarded."""
+        """``/.iap/``: forward-auth, token exchange, the key documents, then the sign-in
+        endpoints; never forwarded."""
+        exchange.route = "_iap"
+        if path == PATH and self._auth is not None:
+            return await self._auth.headed(request, exchange, span, trusted=trusted)
         if path == "/.iap/token" and self._bearer is not None:
             if request.method != "POST":
                 raise MethodNotAllowed(headers=[("Allow", "POST")])
@@ -476,119 +322,6 @@ class Gateway:
         if self._signin is None:
             raise NotFound("no endpoint under the reserved prefix")
         return await self._signin.endpoint(request, path)
-
-    async def _authenticate(
-        self, request: web.BaseRequest, exchange: Exchange, audience: str
-    ) -> tuple[Caller, str | None]:
-        """SPEC §2 step 6: the session cookie, else ``Authorization: Bearer``.
-
-        Returns the caller and, when it presented an iap token for ``audience``, that token.
-        """
-        assert self._signin is not None  # config refuses protected routes without oidc
-        try:
-            caller = await self._signin.authenticate(request)
-        except StoreUnavailable as exc:
-            raise ServiceUnavailable("session store down", reason="store_unavailable") from exc
-        presented = None
-        token = bearer_token(request) if caller.identity is None and self._bearer else None
-        if token is not None:
-            assert self._bearer is not None
-            verified = await self._verify_bearer(token, audience, exchange)
-            caller = Caller(verified.identity, None, caller.cookies, "bearer", verified.claims)
-            presented = token if verified.method == "iap" else None
-            exchange.authn_method = "bearer"
-        elif caller.identity is not None:
-            exchange.authn_method = "session"
-            self._metrics.observe_authn("session", "ok")
-        else:
-            self._metrics.observe_authn("session", caller.reason)
-        if caller.identity is not None:
-            exchange.subject = caller.identity.subject
-            exchange.tenant = caller.identity.tid
-        return caller, presented
-
-    async def _verify_bearer(self, token: str, audience: str, exchange: Exchange) -> Verified:
-        """The caller of a bearer token; 401 ``invalid_token`` when it is not believed."""
-        assert self._bearer is not None
-        try:
-            verified = await self._bearer.verify(token)
-            if verified.method == "iap" and verified.audience != audience:
-                raise Refused("bearer_audience")  # another service's token: exchange it
-        except Refused as exc:
-            self._metrics.observe_authn("bearer", exc.reason)
-            exchange.decision = "deny"
-            raise refused(exc.reason) from None
-        self._metrics.observe_authn(verified.method, "ok")
-        return verified
-
-    def _authorize(
-        self,
-        request: web.BaseRequest,
-        route: _Route,
-        exchange: Exchange,
-        span: RequestSpan,
-        caller: Caller,
-        facts: Facts,
-        target: str,
-        redirect: bool,
-    ) -> None:
-        """SPEC §2 step 7: the route's policy, deny by default; raises when denied.
-
-        An anonymous caller whom signing in could let through is challenged: a browser with
-        ``redirect`` is sent to sign-in. A deny rule refuses anonymous callers with 403.
-        """
-        decision = decide(route.config.policy, facts)
-        exchange.decision = "allow" if decision.allow else "deny"
-        exchange.reason = decision.reason
-        if caller.identity is None and caller.reason != "no_session":
-            exchange.reason = caller.reason  # e.g. session_invalid: why the cookie did not count
-        self._metrics.observe_authz(route.name, exchange.decision)
-        if span.recording:
-            span.decision(
-                "iap.authz",
-                {
-                    "iap.authn.method": exchange.authn_method or "none",
-                    "iap.authn.result": "ok" if caller.identity else caller.reason,
-                    "iap.authz.decision": exchange.decision,
-                    "iap.authz.reason": decision.reason,
-                    **({"iap.tenant": caller.identity.tid} if caller.identity else {}),
-                },
-            )
-        if decision.allow:
-            return
-        if decision.outcome == "sign_in":
-            html = redirect and prefers_html(request.headers.get("Accept"))
-            raise challenge(
-                caller, html=html, method=request.method, target=target, reason=exchange.reason
-            )
-        raise Forbidden(reason=decision.reason, headers=[("Set-Cookie", c) for c in caller.cookies])
-
-    @staticmethod
-    def _facts(route: _Route, exchange: Exchange, caller: Caller, method: str, path: str) -> Facts:
-        """What the route's policy decides on; the token claims only when a rule reads them."""
-        claims = caller.claims() if route.config.policy.reads_claims else {}
-        auth: Literal["session", "bearer"] = (
-            "bearer" if exchange.authn_method == "bearer" else "session"
-        )
-        return Facts(
-            method=method,
-            path=path,
-            identity=caller.identity,
-            auth=auth if caller.identity is not None else None,
-            client=exchange.client_ip,
-            claims=claims,
-        )
-
-    def _check_bounds(self, request: web.BaseRequest) -> None:
-        """SPEC §2 step 1: bound the request before any other work."""
-        limits = self._limits
-        if len(request.raw_path) > limits.max_url_bytes:
-            raise UriTooLong(f"request target of {len(request.raw_path)} bytes")
-        raw = request.raw_headers
-        if len(raw) > limits.max_headers:
-            raise HeadersTooLarge(f"{len(raw)} header fields")
-        if sum(len(name) + len(value) for name, value in raw) > limits.max_header_bytes:
-            raise HeadersTooLarge("header section over the size limit")
 
     def _refuse(
         self, request: web.BaseRequest, exchange: Exchange, exc: RequestError
@@ -610,6 +343,7 @@ class Gateway:
         return response
 
     def _record(self, exchange: Exchange, transfer: Transfer, response: web.StreamResponse) -> None:
+        """SPEC §2 step 11: the audit line and the metrics, once per request."""
         now = time.perf_counter()
         exchange.status = response.status
         exchange.bytes_in = transfer.bytes_in
@@ -635,19 +369,31 @@ class Gateway:
         return {"accepting": not self.draining, "routes": True}
 
 
-def _failure_key(exchange: Exchange) -> str:
-    """The counter of failed credentials of the request's client address."""
-    return ratelimit.key_for(
-        "client", route="_auth_failures", subject=None, client=exchange.client_ip
+def _documents(minter: Minter | None) -> dict[str, Callable[[], Awaitable[web.Response]]]:
+    """The key documents under ``/.iap/``, served when iap mints tokens."""
+    if minter is None:
+        return {}
+    return {
+        "/.iap/jwks.json": minter.jwks,
+        "/.iap/.well-known/openid-configuration": minter.discovery,
+    }
+
+
+def _request_filter(config: Config, tracing: Tracing) -> HeaderFilter:
+    """What is stripped from a client's headers; with minted tokens the token header is
+    iap's alone: a client's copy never passes."""
+    token_headers = ["authorization", config.tokens.header] if config.tokens else []
+    return HeaderFilter([*config.identity_headers, *token_headers], tracing.propagation_headers)
+
+
+def _reply_headers(
+    exchange: Exchange, caller: Caller | None, limited: list[tuple[str, str]]
+) -> tuple[tuple[str, str], ...]:
+    """What iap adds to the upstream's answer: the correlation id, the session's cookies
+    and the route's RateLimit headers."""
+    cookies = caller.cookies if caller is not None else ()
+    return (
+        ("X-Correlation-ID", exchange.correlation_id),
+        *(("Set-Cookie", cookie) for cookie in cookies),
+        *limited,
     )
-
-
-def _require_trusted(trusted: bool) -> None:
-    """Forward-auth believes the original request only from ``trusted_proxies`` (SPEC §7)."""
-    if not trusted:
-        raise Forbidden("forward-auth from an untrusted peer", reason="untrusted_peer")
-
-
-def headers_say_websocket(request: web.BaseRequest) -> bool:
-    """An RFC 6455 upgrade request."""
-    return request.headers.get("Upgrade", "").lower() == "websocket"

@@ -1,4 +1,4 @@
-"""The upstream hop's HTTP/1.1 client against a scripted upstream (iap.adapters.http1)."""
+"""The upstream hop's HTTP/1.1 client against a scripted upstream (iap.adapters.http1, .pool)."""
 
 from __future__ import annotations
 
@@ -151,7 +151,7 @@ async def test_silence_mid_body_aborts_the_client_connection(scripted: Scripted)
 
 
 async def test_empty_chunks_do_not_end_a_chunked_upload() -> None:
-    from iap.adapters.http1 import Pool
+    from iap.adapters.pool import Pool
 
     received: list[bytes] = []
 

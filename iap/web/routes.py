@@ -1,0 +1,58 @@
+"""The route table of one gateway, each route prepared at startup for request handling.
+
+Invariants:
+- Everything a request needs from its route (upstream, timeouts, quota, audience) is
+  built here once, before a socket is bound; request handling builds none of it.
+- Routes that point at the same origin with the same TLS settings share one upstream
+  (its pool and circuit breaker).
+- TLS material that cannot be loaded is a :class:`~iap.errors.ConfigError` naming
+  ``routes[i].upstream_tls``; every such route is reported, not only the first.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+from iap.adapters.upstream import Timeouts, Upstream, Upstreams
+from iap.config import Config, Route
+from iap.domain import ratelimit
+from iap.domain.routing import RouteTable
+from iap.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRoute:
+    """A route with everything request handling needs, prepared at startup."""
+
+    name: str
+    config: Route
+    upstream: Upstream
+    timeouts: Timeouts
+    quota: ratelimit.Quota | None
+    audience: str
+    """The audience of the tokens minted for this route (``audience``, else its name)."""
+
+
+def route_table(config: Config, upstreams: Upstreams) -> RouteTable[PreparedRoute]:
+    """Every route of ``config``, prepared; raises :class:`ConfigError` listing each route
+    whose upstream TLS material cannot be loaded."""
+    prepared, problems = [], []
+    for index, route in enumerate(config.routes):
+        try:
+            prepared.append((route.match, prepare(route, upstreams)))
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+            problems.append(f"routes[{index}].upstream_tls: cannot load TLS material ({reason})")
+    if problems:
+        raise ConfigError(problems)
+    return RouteTable(prepared)
+
+
+def prepare(route: Route, upstreams: Upstreams) -> PreparedRoute:
+    """One route, with its upstream taken from (or added to) ``upstreams``."""
+    timeouts = Timeouts(connect=route.timeouts.connect, read=route.timeouts.read)
+    limit = route.rate_limit
+    quota = ratelimit.Quota(limit.requests, limit.per, limit.burst) if limit else None
+    upstream = upstreams.for_route(route)
+    return PreparedRoute(route.name, route, upstream, timeouts, quota, route.audience or route.name)
