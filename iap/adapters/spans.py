@@ -6,8 +6,9 @@ Invariants:
   ``recording`` tells callers whether building attributes is worth it.
 - A span records plain values only (ints, strings, flat dicts): no header values, query
   strings, tokens, cookies or emails.
-- :data:`CURRENT` is the span of the request a task serves (each request runs in its own
-  task), so calls made on its behalf, such as the IdP's, find their parent.
+- ``Tracing.current`` (:func:`current_span`) is the span of the request a task serves (each
+  request runs in its own task), so calls made on its behalf, such as the IdP's, find their
+  parent. It belongs to its ``Tracing``; no module holds request state.
 """
 
 from __future__ import annotations
@@ -69,8 +70,12 @@ class RequestSpan:
 
 
 UNTRACED = RequestSpan()
-CURRENT: ContextVar[RequestSpan] = ContextVar("iap_request_span", default=UNTRACED)
-"""The span of the request being served; set by the gateway, read by IdP calls."""
+
+
+def current_span() -> ContextVar[RequestSpan]:
+    """A holder of the span of the request being served, one per :class:`Tracing` (one per
+    process): set by the gateway, read by the IdP calls made for that request."""
+    return ContextVar("iap_request_span", default=UNTRACED)
 
 
 class PassThrough(RequestSpan):

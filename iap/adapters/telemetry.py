@@ -43,17 +43,17 @@ from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from iap.adapters.spans import (
-    CURRENT,
-    PassThrough,
-    RequestSpan,
-    Sampled,
-    Unsampled,
-)
-from iap.adapters.spans import (
     EMPTY_CONTEXT as _EMPTY_CONTEXT,
 )
 from iap.adapters.spans import (
     UNTRACED as _UNTRACED,
+)
+from iap.adapters.spans import (
+    PassThrough,
+    RequestSpan,
+    Sampled,
+    Unsampled,
+    current_span,
 )
 from iap.config import Telemetry as TelemetryConfig
 from iap.environment import Environment
@@ -133,6 +133,7 @@ class Tracing:
         self._pipe: Connection | None = None
         self._reported_drops = 0
         self.enabled = False
+        self.current = current_span()  # the span of the request a task serves
 
     def start(self) -> None:
         """Start the exporter process and its feeder thread (after any fork).
@@ -327,4 +328,4 @@ class Tracing:
 _BAGGAGE = W3CBaggagePropagator()
 
 
-__all__ = ["CURRENT", "RequestSpan", "SpanTuple", "Tracing"]
+__all__ = ["RequestSpan", "SpanTuple", "Tracing"]

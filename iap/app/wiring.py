@@ -21,7 +21,7 @@ from iap.adapters.audit import AuditLog
 from iap.adapters.metrics import Metrics
 from iap.adapters.ratelimit import RateLimiter
 from iap.adapters.store import MemoryStore, RedisStore, SessionStore
-from iap.adapters.telemetry import CURRENT, Tracing
+from iap.adapters.telemetry import Tracing
 from iap.adapters.tls import Material, listener_material
 from iap.app import secrets
 from iap.config import Config
@@ -38,7 +38,8 @@ def build_edge(config: Config, environment: Environment, *, audit: AuditLog | No
     problems: list[str] = []
     listener_tls = _listener_tls(config, problems)
     metrics = Metrics(multiprocess_dir=environment.metrics_dir)
-    signin = _signin(config, environment, metrics, problems)
+    tracing = Tracing(config.telemetry, dropped=metrics.spans_dropped.inc, environment=environment)
+    signin = _signin(config, environment, metrics, tracing, problems)
     minter = bearer = None
     try:
         if config.tokens is not None:
@@ -49,9 +50,7 @@ def build_edge(config: Config, environment: Environment, *, audit: AuditLog | No
     parts = Parts(
         metrics=metrics,
         audit=audit or AuditLog(),
-        tracing=Tracing(
-            config.telemetry, dropped=metrics.spans_dropped.inc, environment=environment
-        ),
+        tracing=tracing,
         limiter=RateLimiter(
             config.redis.url if config.redis is not None else None,
             on_store_error_count=metrics.rate_limit_store_errors.inc,
@@ -80,7 +79,11 @@ def _listener_tls(config: Config, problems: list[str]) -> Material | None:
 
 
 def _signin(
-    config: Config, environment: Environment, metrics: Metrics, problems: list[str]
+    config: Config,
+    environment: Environment,
+    metrics: Metrics,
+    tracing: Tracing,
+    problems: list[str],
 ) -> SignIn | None:
     """Sign-in with the keyring, the client credential and the session store, or None
     (no ``oidc``, or a problem, which is appended)."""
@@ -96,7 +99,7 @@ def _signin(
     def observe_idp(endpoint: str, method: str, result: str, start: int, end: int) -> None:
         """Each IdP call: a metric, and a CLIENT span under the request that made it."""
         metrics.observe_idp(endpoint, result)
-        span = CURRENT.get()
+        span = tracing.current.get()
         if span.recording:
             attributes = {"http.request.method": method, "iap.idp.endpoint": endpoint}
             span.client_call(f"{method} idp {endpoint}", attributes, start, end, result == "error")

@@ -17,15 +17,16 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Awaitable, Callable, ItemsView
+from collections.abc import ItemsView
 
 from aiohttp import web
 
 from iap.adapters.audit import AuditLog
 from iap.adapters.metrics import Metrics
 from iap.adapters.ratelimit import RateLimiter
-from iap.adapters.telemetry import CURRENT, RequestSpan, Tracing
+from iap.adapters.telemetry import RequestSpan, Tracing
 from iap.adapters.tls import Material
 from iap.adapters.upstream import Transfer, Upstreams
 from iap.config import Config
@@ -81,9 +82,10 @@ class Gateway:
         self._signin = signin
         self._minter = minter
         self._bearer = bearer
-        self._documents = _documents(minter)
+        self._documents = minter.documents() if minter is not None else {}
         self._limits = config.limits
         self._trust = TrustedProxies(config.trusted_proxies)
+        self._ids = correlation.CorrelationIds(os.urandom)
         self._tracing = tracing
         self._filter = _request_filter(config, tracing)
         self._metrics = metrics
@@ -112,7 +114,8 @@ class Gateway:
         trusted = self._trust.contains(peer)
         exchange = self._exchange(request, peer, trusted)
         span = self._span(request, exchange, peer, trusted)
-        CURRENT.set(span)  # each request runs in its own task: IdP calls find their parent
+        # Each request runs in its own task: the IdP calls made for it find their parent.
+        self._tracing.current.set(span)
         transfer = Transfer()
         guarded = False
         try:
@@ -143,7 +146,7 @@ class Gateway:
         headers = request.headers
         return Exchange(
             started=time.perf_counter(),
-            correlation_id=correlation.choose(headers.get("X-Correlation-ID"), trusted=trusted),
+            correlation_id=self._ids.choose(headers.get("X-Correlation-ID"), trusted=trusted),
             client_ip=self._trust.client_ip(peer, headers.get("X-Forwarded-For")),
             method=request.method,
             host=headers.get("Host", ""),
@@ -367,16 +370,6 @@ class Gateway:
     def readiness(self) -> dict[str, bool]:
         """Checks for ``/readyz``; every value must be true to receive traffic."""
         return {"accepting": not self.draining, "routes": True}
-
-
-def _documents(minter: Minter | None) -> dict[str, Callable[[], Awaitable[web.Response]]]:
-    """The key documents under ``/.iap/``, served when iap mints tokens."""
-    if minter is None:
-        return {}
-    return {
-        "/.iap/jwks.json": minter.jwks,
-        "/.iap/.well-known/openid-configuration": minter.discovery,
-    }
 
 
 def _request_filter(config: Config, tracing: Tracing) -> HeaderFilter:

@@ -16,7 +16,7 @@ import json
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -124,6 +124,13 @@ class Minter:
         return True
 
     # --- documents for verifiers ------------------------------------------------------
+
+    def documents(self) -> dict[str, Callable[[], Awaitable[web.Response]]]:
+        """The key documents the gateway serves under ``/.iap/``, by path."""
+        return {
+            "/.iap/jwks.json": self.jwks,
+            "/.iap/.well-known/openid-configuration": self.discovery,
+        }
 
     async def jwks(self, _: web.BaseRequest | None = None) -> web.Response:
         """``GET /.iap/jwks.json`` (public) and ``GET /jwks.json`` (admin)."""

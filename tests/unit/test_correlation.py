@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
 
-from iap.domain.correlation import choose
+from iap.domain.correlation import CorrelationIds
+
+choose = CorrelationIds(os.urandom).choose
 
 
 def _is_uuid4(value: str) -> bool:
@@ -49,3 +52,8 @@ def test_generated_ids_are_unique_version_4_uuids() -> None:
         parsed = uuid.UUID(text)
         assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
         assert str(parsed) == text
+
+
+def test_fresh_ids_come_from_the_random_source_given() -> None:
+    ids = CorrelationIds(lambda n: bytes(range(16)) * (n // 16))
+    assert ids.choose(None, trusted=False) == "00010203-0405-4607-8809-0a0b0c0d0e0f"
