@@ -253,7 +253,8 @@ class Upstream:
         """``exc``, raised while obtaining or relaying an answer, as an :class:`UpstreamFailure`;
         the circuit learns whether the upstream was reachable. Re-raises ``exc`` when no
         upstream failure explains it."""
-        if transfer.body_too_large:
+        if transfer.body_too_large:  # the client's failure: no verdict on the upstream
+            self.circuit.abandoned()
             detail = f"streamed body over limit after {transfer.bytes_in} bytes"
             return UpstreamFailure("body_too_large", detail)
         if isinstance(exc, _UNREACHABLE):

@@ -62,12 +62,20 @@ async def forward(
     """Send ``request`` to ``upstream`` at ``target`` and stream the answer back."""
     try:
         upstream.admit()
+    except UpstreamFailure as failure:
+        raise refusal(failure) from failure
+    try:
         body = await _request_body(request, max_body, transfer)
         answer = await upstream.request(
             request.method, target, headers, body, timeouts=timeouts, transfer=transfer
         )
     except UpstreamFailure as failure:
         raise refusal(failure) from failure
+    except BaseException:
+        # The client's side failed first (a body over the limit, a dropped upload): no
+        # verdict on the upstream, so a half-open circuit lets the next trial through.
+        upstream.circuit.abandoned()
+        raise
     response_headers = HeaderFilter.response(answer.headers, _REPLACED)
     response_headers.append(("Server", SERVER))
     response_headers.extend(reply_headers)
@@ -172,6 +180,9 @@ async def forward_websocket(
     offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
     try:
         upstream.admit()
+    except UpstreamFailure as failure:
+        raise refusal(failure) from failure
+    try:
         socket = await upstream.websocket(
             target,
             headers,
@@ -182,6 +193,9 @@ async def forward_websocket(
         )
     except UpstreamFailure as failure:
         raise refusal(failure) from failure
+    except BaseException:  # cancelled during the handshake: no verdict on the upstream
+        upstream.circuit.abandoned()
+        raise
     async with socket:
         client = web.WebSocketResponse(
             protocols=[socket.protocol] if socket.protocol else (),

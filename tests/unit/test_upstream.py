@@ -8,6 +8,7 @@ import ssl
 import aiohttp
 import pytest
 from aiohttp.client_reqrep import ConnectionKey
+from aiohttp.test_utils import make_mocked_request
 
 from iap import config
 from iap.adapters.http1 import (
@@ -27,7 +28,7 @@ from iap.adapters.upstream import (
 )
 from iap.domain.circuit import CircuitBreaker
 from iap.errors import BadGateway, CircuitOpen, GatewayTimeout, IapError, PayloadTooLarge
-from iap.web.relay import refusal
+from iap.web.relay import forward, refusal
 from iap.web.routes import prepare
 
 KEY = ConnectionKey("app.internal", 443, True, True, None, None, None)
@@ -196,3 +197,50 @@ def test_the_web_layer_answers_each_failure_with_its_status_and_a_generic_text(
     assert answer.status == status
     assert answer.detail == "upstream failure (X): detail for the log"
     assert "detail" not in answer.public
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_half_open_trial_the_client_ends_early_leaves_the_next_trial_possible() -> None:
+    """The trial request of a half-open circuit whose body is over the limit (413) told the
+    breaker nothing, which kept the circuit open until a restart."""
+    clock = _Clock()
+    circuit = CircuitBreaker(1, 30.0, clock=clock)
+    upstream = Upstream("http://app.internal:80", "app.internal", 80, None, None, circuit)
+    upstream.admit()
+    upstream.failure(ConnectFailed("refused"), Transfer())  # opens the circuit
+    clock.now = 31.0  # the cooldown is over: the next request is the trial
+    request = make_mocked_request("POST", "/", headers={"Content-Length": "2048"})
+    with pytest.raises(PayloadTooLarge):
+        await forward(
+            request,
+            upstream,
+            target="/",
+            headers=[],
+            reply_headers=[],
+            max_body=1024,
+            timeouts=Timeouts(),
+            transfer=Transfer(),
+        )
+    upstream.admit()  # another trial is let through; it would raise circuit_open before
+    with pytest.raises(UpstreamFailure, match="circuit open"):
+        upstream.admit()  # but only one at a time
+
+
+def test_a_streamed_body_over_the_limit_ends_the_trial_without_a_verdict() -> None:
+    clock = _Clock()
+    upstream = Upstream(
+        "http://app.internal:80", "app.internal", 80, None, None, CircuitBreaker(1, 30.0, clock)
+    )
+    upstream.admit()
+    upstream.failure(ConnectFailed("refused"), Transfer())
+    clock.now = 31.0
+    upstream.admit()  # the trial
+    upstream.failure(ConnectFailed("upload broke"), Transfer(bytes_in=9, body_too_large=True))
+    upstream.admit()  # the next trial
