@@ -1,19 +1,10 @@
 """The tokens iap mints for the upstream, and how they are checked (SPEC §5 ``tokens``, §6);
 the keys that sign them are :mod:`iap.domain.signing` (re-exported here).
 
-Invariants:
-- ES256 only: a signing key is an EC P-256 private key (:func:`load_key` refuses anything
-  else), every token's header is exactly ``{"alg": "ES256", "kid": ..., "typ": "JWT"}`` and
-  every published JWK says ``alg: ES256``, ``use: sig``.
-- ``kid`` is the RFC 7638 JWK thumbprint (SHA-256, base64url) of the public key: every
-  replica derives the same ``kid`` from the same file, and a ``kid`` names one key only.
-- Publish before use: a key signs only once it is at least ``publish_before_use`` old (its
-  ``created`` time), so verifiers that cache the JWKS (istiod refreshes every 20 minutes)
-  know it before its first token. The one exception is a set in which no key is that old.
-- Retention: a key that leaves the set stays published, public part only, for ``ttl``
-  after it left, so every token it signed expires before its key disappears from the JWKS.
-- No private member ever reaches a JWK: published JWKs are built member by member
-  (``kty``, ``crv``, ``x``, ``y``, ``kid``, ``alg``, ``use``), never filtered from a full key.
+Invariants (the keys' own, publish-before-use and retention among them, are in
+:mod:`iap.domain.signing`):
+- ES256 only: every token's header is exactly ``{"alg": "ES256", "kid": ..., "typ": "JWT"}``,
+  signed by a key of :mod:`iap.domain.signing`.
 - Times in claims are integers (RFC 7519 §2 NumericDate).
 - Pure: no IO, no asyncio; the clock is an argument. Errors name the problem, never key
   material. The JWS itself is signed and checked by ``iap.domain.jose``, the one importer of
