@@ -180,6 +180,10 @@ class Keep:
     """The session counts as it is; nothing to write."""
 
 
+KEEP, REFRESH = Keep(), Refresh()
+"""The steps without fields, made once: the session check runs on every signed-in request."""
+
+
 # --- login and callback --------------------------------------------------------------------
 
 
@@ -324,9 +328,9 @@ def session_check(
     if status in ("expired", "idle"):
         return Ended(f"session_{status}")
     if status == "stale":
-        return Refresh()
+        return REFRESH
     touched = sessions.touched(session, now=now, idle_timeout=policy.idle_timeout)
-    return Keep() if touched is None else Touch(touched)
+    return KEEP if touched is None else Touch(touched)
 
 
 def refresh_token(session: Session) -> str:

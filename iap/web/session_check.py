@@ -86,7 +86,7 @@ class SessionCheck:
         if isinstance(step, flow.Ended):
             return self._anonymous(request, step.reason)
         if isinstance(step, flow.Keep):
-            return Caller(session.identity, session, [], "session")
+            return caller  # as loaded: nothing to write, no cookie to set
         if isinstance(step, flow.Touch):
             session = step.session
         else:
