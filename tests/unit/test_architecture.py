@@ -1,6 +1,6 @@
-"""The shape of the code, held in the suite: no import cycles, and the import-linter
-contracts of pyproject.toml (layers, a domain without I/O, the mesh SDK's dependencies),
-which ``make lint`` also runs."""
+"""The shape of the code, held in the suite: the import-linter contracts of pyproject.toml
+(no import cycles, layers, a domain without I/O, one owner per library, the mesh SDK's
+dependencies), which ``make lint`` also runs, and the size budget."""
 
 from __future__ import annotations
 
@@ -9,71 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import grimp
-
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _cycles(graph: grimp.ImportGraph) -> list[list[str]]:
-    """Strongly connected components of more than one module (Tarjan, iteratively)."""
-    modules = sorted(graph.modules)
-    edges = {m: sorted(graph.find_modules_directly_imported_by(m) & set(modules)) for m in modules}
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    found: list[list[str]] = []
-    for start in modules:
-        if start in index:
-            continue
-        work = [(start, 0)]
-        while work:
-            node, child = work.pop()
-            if child == 0:
-                index[node] = low[node] = len(index)
-                stack.append(node)
-                on_stack.add(node)
-            if child < len(edges[node]):
-                work.append((node, child + 1))
-                nxt = edges[node][child]
-                if nxt not in index:
-                    work.append((nxt, 0))
-                elif nxt in on_stack:
-                    low[node] = min(low[node], index[nxt])
-                continue
-            if low[node] == index[node]:
-                component = []
-                while True:
-                    top = stack.pop()
-                    on_stack.discard(top)
-                    component.append(top)
-                    if top == node:
-                        break
-                if len(component) > 1:
-                    found.append(sorted(component))
-            if work:
-                parent = work[-1][0]
-                low[parent] = min(low[parent], low[node])
-    return found
-
-
-def test_no_module_imports_itself_through_others() -> None:
-    # Imports under TYPE_CHECKING name types only; they never run.
-    assert _cycles(grimp.build_graph("iap", exclude_type_checking_imports=True)) == []
-
-
-def test_the_cycle_finder_finds_a_cycle(tmp_path: Path) -> None:
-    package = tmp_path / "loopy"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "a.py").write_text("from loopy import b\n")
-    (package / "b.py").write_text("from loopy import c\n")
-    (package / "c.py").write_text("from loopy import a\n")
-    sys.path.insert(0, str(tmp_path))
-    try:
-        assert _cycles(grimp.build_graph("loopy")) == [["loopy.a", "loopy.b", "loopy.c"]]
-    finally:
-        sys.path.remove(str(tmp_path))
 
 
 def test_the_import_contracts_hold() -> None:
