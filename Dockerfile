@@ -20,18 +20,25 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 
-RUN python -m venv /opt/iap
-
 WORKDIR /src
+COPY requirements/build.lock requirements/runtime.lock requirements/runtime.cdx.json ./requirements/
 COPY pyproject.toml README.md ./
 COPY iap/ ./iap/
 
-# iap itself is pure Python; every dependency must come as a binary wheel
-# (--only-binary), so nothing is compiled here either and no toolchain is needed.
-# pip and setuptools are removed from the runtime environment once they are done.
-RUN /opt/iap/bin/pip wheel --no-deps --wheel-dir /wheels . \
- && /opt/iap/bin/pip install --only-binary=:all: /wheels/iap-*.whl \
- && /opt/iap/bin/python -m pip uninstall --yes pip setuptools \
+# Nothing is resolved here: every package comes from a lock file, pinned and hashed
+# (--require-hashes), as a binary wheel (--only-binary), so nothing is compiled either.
+# The build backend goes into a throwaway venv (/opt/build); /opt/iap gets the runtime
+# lock, then iap's own wheel with --no-deps, and no pip at all. Two builds of one commit
+# therefore install the same package set, the one requirements/runtime.cdx.json lists.
+RUN python -m venv /opt/build \
+ && /opt/build/bin/pip install --require-hashes --no-deps --only-binary=:all: \
+        -r requirements/build.lock \
+ && /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
+ && python -m venv --without-pip /opt/iap \
+ && /opt/build/bin/pip --python /opt/iap/bin/python install --require-hashes --no-deps \
+        --only-binary=:all: -r requirements/runtime.lock \
+ && /opt/build/bin/pip --python /opt/iap/bin/python install --no-deps /wheels/iap-*.whl \
+ && cp requirements/runtime.cdx.json /opt/iap/sbom.cdx.json \
  && /opt/iap/bin/iap --version
 
 # ---------------------------------------------------------------------------------------

@@ -4,13 +4,47 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint types unit bench sysdeps clean
+.PHONY: run test lint types unit bench sysdeps clean lock lock-upgrade sbom
 
-$(STAMP): pyproject.toml
+# Everything installs from the hashed locks in requirements/ (see docs/operations.md): the
+# developer's venv, CI and the image run the same versions. pip's own version does not matter.
+LOCKS := requirements/build.lock requirements/test.lock
+$(STAMP): pyproject.toml requirements/runtime.lock $(LOCKS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps $(addprefix -r ,$(LOCKS))
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# `make lock` re-resolves pyproject.toml for the image (CPython 3.11, glibc Linux, wheels
+# only), keeping every version the locks already allow; `make lock-upgrade` moves them all
+# to the newest. The test lock takes the runtime lock as a constraint, so both agree.
+UV_COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_36 --only-binary :all: \
+	--custom-compile-command 'make lock' $(UPGRADE)
+BUILD_REQUIRES = $(BIN)/python -c 'import tomllib; \
+	print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")'
+
+lock: $(STAMP)
+	$(UV_COMPILE) pyproject.toml -o requirements/runtime.lock
+	$(UV_COMPILE) pyproject.toml --extra test -c requirements/runtime.lock -o requirements/test.lock
+	$(BUILD_REQUIRES) | $(UV_COMPILE) - -o requirements/build.lock
+	$(MAKE) sbom
+
+lock-upgrade:
+	$(MAKE) lock UPGRADE=--upgrade
+
+# The CycloneDX SBOM of the runtime lock, read from a throwaway venv that holds exactly that
+# set (licenses and the dependency graph come from the installed metadata). The image
+# carries it as /opt/iap/sbom.cdx.json.
+SBOM_ENV := $(VENV)/sbom-env
+sbom: $(STAMP)
+	rm -rf $(SBOM_ENV) && $(PYTHON) -m venv --without-pip $(SBOM_ENV)
+	$(BIN)/python -m pip --python $(SBOM_ENV)/bin/python install --quiet --require-hashes \
+		--no-deps -r requirements/runtime.lock
+	$(BIN)/cyclonedx-py environment --pyproject pyproject.toml --mc-type application \
+		--output-reproducible --of JSON --sv 1.6 -o requirements/runtime.cdx.json \
+		$(SBOM_ENV)/bin/python
+	rm -rf $(SBOM_ENV)
 
 run: $(STAMP)
 	$(BIN)/iap dev

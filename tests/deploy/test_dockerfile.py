@@ -1,4 +1,5 @@
-"""Dockerfile and .dockerignore (SPEC §10): multi-stage, non-root, no compilers at runtime.
+"""Dockerfile and .dockerignore (SPEC §10): multi-stage, non-root, no compilers at runtime,
+every package from the hashed locks (docs/operations.md).
 
 No Docker engine is needed: the Dockerfile is read instruction by instruction.
 """
@@ -56,11 +57,12 @@ def instructions(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def stages() -> tuple[dict[str, str], list[Stage]]:
+def stages(text: str | None = None) -> tuple[dict[str, str], list[Stage]]:
     """Global ARG defaults and the build stages, each FROM's image with ARGs substituted."""
     global_args: dict[str, str] = {}
     result: list[Stage] = []
-    for keyword, args in instructions(DOCKERFILE.read_text(encoding="utf-8")):
+    text = DOCKERFILE.read_text(encoding="utf-8") if text is None else text
+    for keyword, args in instructions(text):
         if keyword == "FROM":
             words = [w for w in args.split() if not w.startswith("--")]
             image = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: global_args[m[1] or m[2]], words[0])
@@ -156,3 +158,131 @@ def test_prometheus_multiproc_dir_is_never_set() -> None:
     for stage in built:
         assert "PROMETHEUS_MULTIPROC_DIR" not in env_of(stage)
         assert not any("PROMETHEUS_MULTIPROC_DIR" in a for a in stage.args("ARG"))
+
+
+# --- installs only from the hashed locks ------------------------------------------------------
+
+PIP = re.compile(r"(^|/)pip3?$")
+LOCK = re.compile(r"^requirements/\w+\.lock$")
+OWN_WHEEL = "/wheels/iap-*.whl"
+TAKES_VALUE = ("--python", "--wheel-dir", "-w", "--only-binary", "--root-user-action")
+# Options that would let pip look elsewhere than the locks, or skip their hashes.
+FORBIDDEN = (
+    "--index-url",
+    "-i",
+    "--extra-index-url",
+    "--find-links",
+    "-f",
+    "-e",
+    "--editable",
+    "--pre",
+    "--upgrade",
+    "-U",
+    "--no-binary",
+    "-c",
+    "--constraint",
+)
+
+
+def pip_commands(stage: Stage) -> list[list[str]]:
+    """Every pip invocation in a stage's RUN instructions (`python -m pip` too), as words with
+    the verb first and pip's general options (`--python PATH`) after it."""
+    commands = []
+    for args in stage.args("RUN"):
+        for part in re.split(r"&&|\|\||;", args):
+            words = shlex.split(part)
+            if words[:1] and PIP.search(words[0]):
+                words = words[1:]
+            elif words[1:3] == ["-m", "pip"]:
+                words = words[3:]
+            else:
+                continue
+            _, _, positional = split_options(words)
+            if not positional:
+                commands.append(["", *words])
+                continue
+            at = words.index(positional[0])
+            commands.append([words[at], *words[:at], *words[at + 1 :]])
+    return commands
+
+
+def unlocked_installs(text: str) -> list[str]:
+    """What in a Dockerfile installs a package that is not pinned and hashed by a lock."""
+    problems = []
+    for stage in stages(text)[1]:
+        copied = {w for args in stage.args("COPY") for w in args.split() if LOCK.match(w)}
+        for words in pip_commands(stage):
+            verb, options = words[0], words[1:]
+            given = " ".join(words)
+            if verb in ("download", "index") or any(o.split("=")[0] in FORBIDDEN for o in options):
+                problems.append(f"pip {given}: may fetch what no lock pins")
+            elif verb == "wheel" and not {"--no-deps", "--no-build-isolation"} <= set(options):
+                problems.append(f"pip {given}: builds with unlocked dependencies")
+            elif verb == "install":
+                problems += install_problems(options, copied, given)
+    return problems
+
+
+def split_options(options: list[str]) -> tuple[set[str], list[str], list[str]]:
+    """(flags, requirement files, positional arguments) of a pip command line."""
+    flags: set[str] = set()
+    files: list[str] = []
+    positional: list[str] = []
+    words = iter(options)
+    for word in words:
+        if word in ("-r", "--requirement"):
+            files.append(next(words))
+        elif word in TAKES_VALUE:
+            next(words)
+        elif word.startswith("-"):
+            flags.add(word.split("=")[0])
+        else:
+            positional.append(word)
+    return flags, files, positional
+
+
+def install_problems(options: list[str], copied: set[str], given: str) -> list[str]:
+    flags, files, positional = split_options(options)
+    if "--no-deps" not in flags:
+        return [f"pip {given}: resolves dependencies"]
+    if files:
+        hashed = "--require-hashes" in flags and not positional and set(files) <= copied
+        return [] if hashed else [f"pip {given}: not only hashed locks the stage copies"]
+    return [] if positional == [OWN_WHEEL] else [f"pip {given}: installs without a lock"]
+
+
+def test_every_install_comes_from_a_hashed_lock() -> None:
+    assert unlocked_installs(DOCKERFILE.read_text(encoding="utf-8")) == []
+    builder = stages()[1][0]
+    installs = [" ".join(words) for words in pip_commands(builder) if words[0] == "install"]
+    assert any("/opt/iap/bin/python" in c and "requirements/runtime.lock" in c for c in installs)
+    assert any(c.endswith(OWN_WHEEL) for c in installs), "iap's wheel goes in with --no-deps"
+    for stage in stages()[1][1:]:
+        assert pip_commands(stage) == [], "only the builder runs pip"
+
+
+def test_the_image_carries_the_sbom_of_the_runtime_lock() -> None:
+    builder = stages()[1][0]
+    assert any("requirements/runtime.cdx.json" in args for args in builder.args("COPY"))
+    runs = " ".join(builder.args("RUN"))
+    assert "cp requirements/runtime.cdx.json /opt/iap/sbom.cdx.json" in runs
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        "pip install aiohttp",
+        "/opt/iap/bin/pip install --no-deps aiohttp==3.14.5",
+        "pip install --no-deps -r requirements/runtime.lock",
+        "pip install --require-hashes -r requirements/runtime.lock",
+        "pip install --require-hashes --no-deps -r requirements/other.lock",
+        "pip install --require-hashes --no-deps -i https://x -r requirements/runtime.lock",
+        "python -m pip install /wheels/iap-*.whl",
+        "pip wheel --wheel-dir /wheels .",
+        "pip download aiohttp",
+    ],
+)
+def test_an_unlocked_install_is_found(run: str) -> None:
+    copy = "COPY requirements/runtime.lock ./requirements/"
+    text = f"FROM python:3.11-slim AS builder\n{copy}\nRUN {run}\n"
+    assert unlocked_installs(text) != [], run
