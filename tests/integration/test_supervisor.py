@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 
+from iap.certs import issue_dev_material
 from tests.conftest import Upstream, edge_config, free_port
 from tests.support.process import IapProcess, start_iap, write_config
 
@@ -164,3 +165,36 @@ async def test_replacements_serve_the_last_accepted_reload(
 
 def new_prefix() -> dict[str, Any]:
     return {"match": {"path_prefix": "/new/"}}
+
+
+async def test_a_worker_failing_on_its_config_is_retried_with_backoff_not_in_a_loop(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    """The parent checked the files before forking; a replacement finds one gone, exits 2
+    naming the key, and is tried again later and later until the file is back."""
+    ca_file = issue_dev_material(tmp_path / "certs").ca_cert
+    document = fixed_ports(upstream)
+    document["routes"].append(
+        {
+            "name": "tls",
+            "match": {"path_prefix": "/tls/"},
+            "upstream": "https://127.0.0.1:1",
+            "upstream_tls": {"ca_file": str(ca_file)},
+            "policy": {"public": True},
+        }
+    )
+    iap = await start_workers(write_config(tmp_path, document))
+    try:
+        ca_file.rename(tmp_path / "moved.crt")
+        victim = iap.children()[0]
+        os.kill(victim, signal.SIGKILL)
+        await iap.wait_for_stderr("; restarting in ", count=3)
+        assert restart_delays(iap)[:3] == [0.5, 1.0, 2.0]  # a 4th may come, 4s later
+        assert "exited with 2; restarting in 1s" in "\n".join(iap.stderr_lines)
+        assert [line for line in iap.stderr_lines if line.startswith("config error: routes[1]")]
+        (tmp_path / "moved.crt").rename(ca_file)
+        await iap.wait_for_stderr(LISTENING, count=3)  # the next try finds the file again
+        assert len(iap.children()) == 2
+        assert await statuses(iap, "/") == [200] * 20
+    finally:
+        assert await iap.stop() == 0, iap.stderr_lines
