@@ -58,6 +58,14 @@ async def kill_and_wait_for_replacement(iap: IapProcess, pid: int, listening: in
     return replacement
 
 
+async def metrics(iap: IapProcess) -> str:
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(f"{iap.admin_url}/metrics") as resp,
+    ):
+        return await resp.text()
+
+
 def restart_delays(iap: IapProcess) -> list[float]:
     found = (re.search(r"; restarting in ([0-9.]+)s$", line) for line in iap.stderr_lines)
     return [float(match.group(1)) for match in found if match]
@@ -67,16 +75,13 @@ async def test_a_killed_worker_is_replaced_and_counted(tmp_path: Path, upstream:
     iap = await start_workers(write_config(tmp_path, fixed_ports(upstream)))
     try:
         assert await statuses(iap, "/") == [200] * 20
+        assert "\niap_worker_restarts_total 0.0\n" in await metrics(iap)
         victim, survivor = iap.children()
         replacement = await kill_and_wait_for_replacement(iap, victim, listening=3)
         assert sorted(iap.children()) == sorted([survivor, replacement])
         assert victim not in iap.children()
         assert await statuses(iap, "/") == [200] * 20
-        async with (
-            aiohttp.ClientSession() as client,
-            client.get(f"{iap.admin_url}/metrics") as resp,
-        ):
-            text = await resp.text()
+        text = await metrics(iap)
         assert "\niap_worker_restarts_total 1.0\n" in text, text
         # The dead worker's requests stay in the totals: 40 were answered in all.
         assert 'iap_requests_total{code="200",method="GET",route="app"} 40.0' in text
