@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from iap.certs import issue_dev_material
 from tests.conftest import Upstream, edge_config, free_port
@@ -103,14 +104,15 @@ async def test_a_worker_that_keeps_dying_waits_longer_each_time(
         assert await iap.stop() == 0, iap.stderr_lines
 
 
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
 async def test_sigterm_drains_every_worker_and_the_parent_exits(
-    tmp_path: Path, upstream: Upstream
+    tmp_path: Path, upstream: Upstream, number: signal.Signals
 ) -> None:
     iap = await start_workers(write_config(tmp_path, fixed_ports(upstream)))
     async with aiohttp.ClientSession() as client:
         pending = asyncio.ensure_future(client.get(f"{iap.public_url}/hold"))
         await upstream.seen.arrived.wait()
-        iap.proc.send_signal(signal.SIGTERM)
+        iap.proc.send_signal(number)
         await iap.wait_for_stderr("iap: draining", count=2)
         upstream.seen.release.set()
         async with await pending as resp:
