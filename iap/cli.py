@@ -36,7 +36,12 @@ def _add_serving(commands: Commands) -> None:
     """``iap run``, ``iap dev`` and ``iap check``."""
     run = commands.add_parser("run", help="run the proxy")
     run.add_argument("-c", "--config", required=True, help="path to iap.yaml")
-    run.add_argument("--workers", type=_positive, default=1, help="processes sharing the port")
+    run.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="processes sharing the port, or `auto` for the CPUs this container may use",
+    )
 
     dev = commands.add_parser("dev", help="run iap with a demo upstream on 127.0.0.1")
     dev.add_argument("--port", type=int, default=8080, help="public port (default 8080)")
@@ -119,6 +124,16 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def _workers(text: str) -> int:
+    """A positive count, or ``auto``: the CPUs the affinity mask and the cgroup quota allow."""
+    if text != "auto":
+        return _positive(text)
+    from iap.supervisor.cpus import usable_cpus
+
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return usable_cpus(affinity or 1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -168,3 +168,20 @@ class Metrics:
             MultiProcessCollector(registry, path=self._multiprocess_dir)  # type: ignore[no-untyped-call]
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class WorkerMetrics:
+    """The ``--workers`` parent's own samples. They land in the multiprocess directory, so
+    every worker's ``/metrics`` (which aggregates that directory) shows them."""
+
+    def __init__(self, multiprocess_dir: str) -> None:
+        self._multiprocess_dir = multiprocess_dir
+        self.restarts = Counter(
+            "iap_worker_restarts_total",
+            "Workers the --workers parent started again after one exited unexpectedly.",
+            registry=None,  # the parent serves no /metrics; the directory carries the samples
+        )
+
+    def worker_gone(self, pid: int) -> None:
+        """A worker exited: drop its live-gauge files (its counters stay in the totals)."""
+        mark_process_dead(pid, self._multiprocess_dir)  # type: ignore[no-untyped-call]

@@ -51,7 +51,6 @@ async def serve(
     # walking it again and again (gc.freeze, as pre-fork servers do).
     gc.collect()
     gc.freeze()
-    say(f"iap listening: {edge.describe()}")
     reloads: set[asyncio.Task[None]] = set()
     if config_path is not None:
 
@@ -61,7 +60,10 @@ async def serve(
             task.add_done_callback(reloads.discard)
 
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)
-    await wait_for_signals(signal.SIGTERM, signal.SIGINT)
+    stopped = asyncio.ensure_future(wait_for_signals(signal.SIGTERM, signal.SIGINT))
+    await asyncio.sleep(0)  # it installs its handlers: a signal sent once we say so drains
+    say(f"iap listening: {edge.describe()}")
+    await stopped
     say("iap: draining")
     for task in reloads:
         task.cancel()

@@ -169,6 +169,11 @@ _RESTART_KEYS = (
 store, the minter, tracing): a reload that changes one is refused by name, never half applied."""
 
 
+def restart_changes(running: Config, fresh: Config) -> list[str]:
+    """The keys of :data:`_RESTART_KEYS` that differ between ``running`` and ``fresh``."""
+    return [key for key in _RESTART_KEYS if getattr(fresh, key) != getattr(running, key)]
+
+
 @dataclass(frozen=True)
 class Parts:
     """What one process serves with, built by the composition root (:mod:`iap.app.wiring`)
@@ -288,9 +293,7 @@ class Edge:
         The keys of :data:`_RESTART_KEYS` need a restart: a reload that changes one is
         refused as a whole, naming each, and counted in ``iap_reload_refusals_total``.
         """
-        changed = [
-            key for key in _RESTART_KEYS if getattr(config, key) != getattr(self.config, key)
-        ]
+        changed = restart_changes(self.config, config)
         if changed:
             self.metrics.reload_refusals.inc()
             raise ConfigError([f"{key}: changes need a restart, not a reload" for key in changed])

@@ -108,7 +108,7 @@ def test_tracing_endpoint_comes_from_the_config_first_then_the_variables() -> No
 
 
 ROOT = Path(__file__).resolve().parents[2] / "iap"
-READERS = {"cli.py", "supervisor.py"}
+READERS = {"cli.py", "supervisor/__init__.py"}
 """``iap.cli`` reads the environment once; the supervisor sets PROMETHEUS_MULTIPROC_DIR for
 prometheus-client, which reads it at import."""
 
