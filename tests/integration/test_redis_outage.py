@@ -145,7 +145,8 @@ async def test_redis_down_fails_closed_then_recovers_without_restart(
     assert (await bob.sign_in(user="bob")).status == 302  # sign-in works again
     assert (await bob.get("/app/bob", headers=JSON)).status == 200
     status, body = await readyz(http, stack)
-    assert status == 200 and body["stores"]["session"]["answers"] is True
+    assert status == 200
+    assert body["stores"]["session"]["answers"] is True
 
 
 async def test_a_wrong_redis_password_is_refused_with_503_not_500(
