@@ -58,6 +58,7 @@ from limits.aio.storage import RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter as AsyncSlidingWindow
 from limits.errors import StorageError
 
+from iap.adapters import redis_client
 from iap.adapters.redis_client import connect_url
 from iap.domain.ratelimit import Quota, Verdict
 
@@ -250,4 +251,4 @@ class RateLimiter:
     async def close(self) -> None:
         """Release the Redis connections (memory has nothing to release)."""
         if self._client is not None:
-            await self._client.aclose()  # the pool too; closing a shared one twice is harmless
+            await redis_client.close(self._client)  # shared with the store: twice is harmless

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import redis.asyncio
 import redis.exceptions
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
 from iap.config import Redis as RedisConfig
@@ -91,6 +91,16 @@ def connect(config: RedisConfig, passwords: RedisPasswords) -> redis.asyncio.Red
     )
     client: redis.asyncio.Redis = sentinels.master_for(sentinel.master)
     return client
+
+
+async def close(client: redis.asyncio.Redis) -> None:
+    """Close ``client``, its pool and, through Sentinel, the clients of the sentinels (which
+    redis-py leaves open); closing twice is harmless, so the store and the limiter both may."""
+    await client.aclose()
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        for sentinel in pool.sentinel_manager.sentinels:
+            await sentinel.aclose()
 
 
 def _tls(config: RedisConfig) -> dict[str, Any]:

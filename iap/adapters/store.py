@@ -26,6 +26,7 @@ from typing import Protocol, TypeVar
 import redis.asyncio
 import redis.exceptions
 
+from iap.adapters import redis_client
 from iap.adapters.redis_client import connect_url
 from iap.errors import IapError
 
@@ -298,4 +299,4 @@ class RedisStore:
         return state
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await redis_client.close(self._client)

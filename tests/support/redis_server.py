@@ -109,3 +109,53 @@ async def start_redis_server(*extra: str, port: int | None = None) -> RedisServe
         await server.stop()
         raise
     return server
+
+
+@dataclass
+class Sentinel:
+    proc: asyncio.subprocess.Process
+    port: int
+
+    async def stop(self) -> None:
+        await RedisServer(self.proc, self.port).stop()
+
+
+def sentinel_config(master: str, master_port: int, port: int, directory: str, password: str) -> str:
+    """A sentinel's config file (sentinel rewrites it, so each sentinel has its own)."""
+    conf = os.path.join(directory, f"sentinel-{port}.conf")
+    with open(conf, "w", encoding="utf-8") as file:
+        file.write(
+            f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
+            f"sentinel monitor {master} 127.0.0.1 {master_port} 1\n"
+            f"sentinel auth-pass {master} {password}\n"
+            f"sentinel down-after-milliseconds {master} 1000\n"
+            f"sentinel failover-timeout {master} 10000\n"
+        )
+    return conf
+
+
+async def start_sentinel(master: str, master_port: int, directory: str, password: str) -> Sentinel:
+    """``redis-server --sentinel`` (what Debian's ``redis-sentinel`` runs) on a free port,
+    watching ``master`` on ``master_port`` with a quorum of one; waits until it answers."""
+    binary = redis_server_binary()
+    port = _free_port()
+    conf = sentinel_config(master, master_port, port, directory, password)
+    proc = await asyncio.create_subprocess_exec(
+        binary,
+        conf,
+        "--sentinel",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    sentinel = Sentinel(proc, port)
+    try:
+        async with asyncio.timeout(10):  # a hang guard, not a performance bound
+            while not await _answers_ping(port):
+                if proc.returncode is not None:
+                    raise RuntimeError(f"redis sentinel exited with {proc.returncode}")
+                await asyncio.sleep(0.02)
+    except BaseException:
+        await sentinel.stop()
+        raise
+    return sentinel
