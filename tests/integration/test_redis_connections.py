@@ -18,12 +18,15 @@ from iap import config
 from iap.adapters import redis_client
 from iap.adapters.redis_client import RedisPasswords
 from iap.adapters.store import RedisStore, StoreUnavailable
+from iap.errors import ConfigError
+from tests.conftest import StartEdge, Upstream
 from tests.support.redis_server import (
     RedisServer,
     _free_port,
     start_redis_server,
     start_sentinel,
 )
+from tests.support.signin import running_stack, signin_config
 
 MASTER = "iapmaster"
 
@@ -221,3 +224,27 @@ async def first_write_on(store: RedisStore, primary: redis.asyncio.Redis) -> Non
                 await store.put("after", b"sealed-after", ttl=600)
                 if await primary.get("iap:session:after") == b"sealed-after":
                     return
+
+
+async def test_sessions_and_rate_limits_share_one_client_and_reload_refuses_redis(
+    tmp_path: Path, upstream: Upstream, start_edge: StartEdge
+) -> None:
+    """One pool per process; a changed ``redis`` block on SIGHUP is refused by name."""
+    server = await start_redis_server()
+    try:
+        async with running_stack(
+            upstream, start_edge, tmp_path, redis={"url": server.url}
+        ) as stack:
+            edge = stack.edge.edge
+            assert edge.signin is not None
+            assert edge.limiter._client is edge.signin.store._client  # type: ignore[attr-defined]
+            document = signin_config(upstream.url, stack.idp, stack.edge.port, tmp_path)
+            changed = document | {"redis": {"url": server.url, "timeout": "2s"}}
+            with pytest.raises(ConfigError) as refused:
+                edge.reload(config.parse(changed))
+            assert refused.value.problems == ["redis: changes need a restart, not a reload"]
+            assert edge.config.redis is not None
+            assert edge.config.redis.timeout == 0.5  # the running value stays
+            await edge.stop()
+    finally:
+        await server.stop()
