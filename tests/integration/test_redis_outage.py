@@ -115,6 +115,7 @@ async def test_redis_down_fails_closed_then_recovers_without_restart(
     alice = stack.visitor(http)
     assert (await alice.sign_in()).status == 302
     assert (await alice.get("/app/before", headers=JSON)).status == 200
+    assert "Authorization" in stack.upstream.seen.requests[-1].headers  # alice's minted token
     status, body = await readyz(http, stack)
     assert status == 200, body
     assert body["stores"]["session"]["answers"] is True
@@ -132,6 +133,10 @@ async def test_redis_down_fails_closed_then_recovers_without_restart(
     assert signed.header("Retry-After") == "5"
     assert "iap_session" not in bob.cookies
     assert len(stack.upstream.seen.requests) == forwarded  # nothing went upstream
+    public = await alice.get("/welcome", headers=JSON)  # a public route needs no store
+    assert public.status == 200
+    assert len(stack.upstream.seen.requests) == forwarded + 1
+    assert "Authorization" not in stack.upstream.seen.requests[-1].headers  # and no identity
     status, body = await readyz(http, stack)
     assert status == 503
     assert body["checks"]["session_store"] is False
