@@ -8,7 +8,7 @@ Invariants:
   owner whose lock expired cannot release the next owner's lock.
 - A sid index lives as long as its longest-lived entry; a later, shorter TTL never
   shortens it. Listing may name handles whose sessions are gone; deleting them is harmless.
-- Redis connection failures surface as :class:`StoreUnavailable`, never as a redis-py
+- Every Redis failure surfaces as :class:`StoreUnavailable`, never as a redis-py
   exception, so callers can fail closed (SPEC §9: no request is forwarded unauthenticated).
 - :class:`MemoryStore` serves one process; it expires entries lazily on access, by a
   monotonic clock that tests may inject.

@@ -8,7 +8,8 @@ Invariants:
   are still built to find their problems too).
 - The choices between implementations are made here and only here: the session store
   (Redis when ``redis`` is configured, else process memory), the rate-limit counters
-  (likewise), and whether sign-in, minting and bearer tokens exist at all.
+  (likewise, on the same Redis client: one pool per process), and whether sign-in,
+  minting and bearer tokens exist at all.
 - Each call builds fresh parts: a worker forked by ``--workers`` builds its own after
   the fork, so no connection pool, thread or lock crosses a fork.
 """
