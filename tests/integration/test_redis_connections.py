@@ -16,8 +16,10 @@ import trustme
 
 from iap import config
 from iap.adapters import redis_client
+from iap.adapters.ratelimit import RateLimiter
 from iap.adapters.redis_client import RedisPasswords
 from iap.adapters.store import RedisStore, StoreUnavailable
+from iap.domain.ratelimit import Quota
 from iap.errors import ConfigError
 from tests.conftest import StartEdge, Upstream
 from tests.support.redis_server import (
@@ -195,14 +197,19 @@ async def next_event(events: Any, channel: str) -> bytes:
 async def test_sentinel_failover_keeps_sessions_and_takes_new_writes(tmp_path: Path) -> None:
     password = "sentinel-data-pw"
     async with sentinel_pair(tmp_path, password) as (_, replica, sentinel_port):
-        store = store_for(
-            {"sentinel": {"master": MASTER, "addresses": [f"127.0.0.1:{sentinel_port}"]}},
-            RedisPasswords(password=password),
+        settings = config.Redis.model_validate(
+            {"sentinel": {"master": MASTER, "addresses": [f"127.0.0.1:{sentinel_port}"]}}
         )
+        client = redis_client.connect(settings, RedisPasswords(password=password))
+        store = RedisStore(client, backend=redis_client.backend(settings))
+        limiter = RateLimiter(client)  # the same client, as build_edge wires it
+        quota = Quota(requests=100, per=86400)  # a day: no window boundary mid-test
         on_replica = redis.asyncio.Redis(port=replica.port, password=password)
         try:
             await store.put("before", b"sealed-before", ttl=600)
             assert store.state()["backend"] == "redis-sentinel"
+            counted = await limiter.hit("k", quota, on_store_error="deny")
+            assert (counted.allowed, counted.store_error) == (True, False)
             async with sentinel_events(sentinel_port) as (watcher, events):
                 assert await watcher.execute_command("SENTINEL", "FAILOVER", MASTER)
                 switched = await next_event(events, "+switch-master")
@@ -210,8 +217,12 @@ async def test_sentinel_failover_keeps_sessions_and_takes_new_writes(tmp_path: P
             assert await store.get("before") == b"sealed-before"
             await first_write_on(store, on_replica)
             assert await store.ping()
+            counted = await limiter.hit("k", quota, on_store_error="deny")
+            assert (counted.allowed, counted.store_error) == (True, False)
+            assert counted.remaining == 98  # the count from before the failover replicated
         finally:
             await on_replica.aclose()
+            await limiter.close()
             await store.close()
 
 
