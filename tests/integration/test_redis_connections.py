@@ -21,10 +21,9 @@ from iap.adapters.redis_client import RedisPasswords
 from iap.adapters.store import RedisStore, StoreUnavailable
 from iap.domain.ratelimit import Quota
 from iap.errors import ConfigError
-from tests.conftest import StartEdge, Upstream
+from tests.conftest import StartEdge, Upstream, free_port
 from tests.support.redis_server import (
     RedisServer,
-    _free_port,
     start_redis_server,
     start_sentinel,
 )
@@ -50,7 +49,7 @@ async def tls_redis(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, int, dic
     client_cert = ca.issue_cert("iap-client")
     client_cert.cert_chain_pems[0].write_to_path(str(files["ccert"]))
     client_cert.private_key_pem.write_to_path(str(files["ckey"]))
-    tls_port = _free_port()
+    tls_port = free_port()
     server = await start_redis_server(
         *("--tls-port", str(tls_port), "--tls-auth-clients", "yes"),
         *("--tls-cert-file", str(files["cert"]), "--tls-key-file", str(files["key"])),
@@ -143,10 +142,7 @@ async def sentinel_pair(
     replica = await start_redis_server(*auth, "--replicaof", "127.0.0.1", str(primary.port))
     sentinel = None
     try:
-        direct = redis.asyncio.Redis(port=primary.port, password=password)
-        await direct.set("sync", "1")
-        assert await direct.execute_command("WAIT", 1, 20000) == 1  # the replica acknowledged
-        await direct.aclose()
+        await replicated(primary, password)  # the replica is in sync
         sentinel = await start_sentinel(MASTER, primary.port, str(directory), password)
         async with sentinel_events(sentinel.port) as (watcher, events):
             if not await watcher.execute_command("SENTINEL", "REPLICAS", MASTER):
@@ -196,7 +192,7 @@ async def next_event(events: Any, channel: str) -> bytes:
 
 async def test_sentinel_failover_keeps_sessions_and_takes_new_writes(tmp_path: Path) -> None:
     password = "sentinel-data-pw"
-    async with sentinel_pair(tmp_path, password) as (_, replica, sentinel_port):
+    async with sentinel_pair(tmp_path, password) as (primary, replica, sentinel_port):
         settings = config.Redis.model_validate(
             {"sentinel": {"master": MASTER, "addresses": [f"127.0.0.1:{sentinel_port}"]}}
         )
@@ -210,6 +206,7 @@ async def test_sentinel_failover_keeps_sessions_and_takes_new_writes(tmp_path: P
             assert store.state()["backend"] == "redis-sentinel"
             counted = await limiter.hit("k", quota, on_store_error="deny")
             assert (counted.allowed, counted.store_error) == (True, False)
+            await replicated(primary, password)
             async with sentinel_events(sentinel_port) as (watcher, events):
                 assert await watcher.execute_command("SENTINEL", "FAILOVER", MASTER)
                 switched = await next_event(events, "+switch-master")
@@ -224,6 +221,17 @@ async def test_sentinel_failover_keeps_sessions_and_takes_new_writes(tmp_path: P
             await on_replica.aclose()
             await limiter.close()
             await store.close()
+
+
+async def replicated(primary: RedisServer, password: str) -> None:
+    """Wait until the replica has every write made so far: one more write on the primary,
+    then ``WAIT`` for its acknowledgement (replication keeps the primary's order)."""
+    direct = redis.asyncio.Redis(port=primary.port, password=password)
+    try:
+        await direct.set("fence", "1")
+        assert await direct.execute_command("WAIT", 1, 20000) == 1
+    finally:
+        await direct.aclose()
 
 
 async def first_write_on(store: RedisStore, primary: redis.asyncio.Redis) -> None:
