@@ -137,9 +137,15 @@ async def sentinel_pair(
 ) -> AsyncIterator[tuple[RedisServer, RedisServer, int]]:
     """A primary, its replica in sync (both with ``requirepass``) and one sentinel that has
     found the replica."""
-    auth = ("--requirepass", password, "--masterauth", password)
-    primary = await start_redis_server(*auth)
-    replica = await start_redis_server(*auth, "--replicaof", "127.0.0.1", str(primary.port))
+    auth = ("--requirepass", password, "--masterauth", password, "--repl-diskless-sync-delay", "0")
+    # A directory each: a full sync writes dump.rdb there, never in the working directory.
+    dirs = [directory / name for name in ("primary", "replica")]
+    for path in dirs:
+        path.mkdir()
+    primary = await start_redis_server(*auth, "--dir", str(dirs[0]))
+    replica = await start_redis_server(
+        *auth, "--dir", str(dirs[1]), "--replicaof", "127.0.0.1", str(primary.port)
+    )
     sentinel = None
     try:
         await replicated(primary, password)  # the replica is in sync
@@ -235,8 +241,9 @@ async def replicated(primary: RedisServer, password: str) -> None:
 
 
 async def first_write_on(store: RedisStore, primary: redis.asyncio.Redis) -> None:
-    """Write through the store until a write lands on ``primary``: until the old primary
-    is demoted, a pooled connection may still reach it (and its write is refused or lost)."""
+    """Write through the store until a write lands on ``primary``: until the sentinel
+    demotes the old primary (its next INFO, up to 10 s after a manual failover), a pooled
+    connection may still reach it, and a write there is lost (docs/operations.md)."""
     async with asyncio.timeout(30):  # a hang guard, not a performance bound
         while True:
             with contextlib.suppress(StoreUnavailable):
