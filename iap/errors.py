@@ -136,9 +136,24 @@ class HeadersTooLarge(RequestError):
 
 
 class ServiceUnavailable(RequestError):
+    """Always with ``Retry-After`` (RFC 9110 §10.2.3): the outage is expected to pass."""
+
     status = 503
     public = "Sign-in is temporarily unavailable."
     reason = "unavailable"
+    retry_after = 5
+
+    def __init__(
+        self,
+        detail: str = "",
+        *,
+        public: str | None = None,
+        reason: str | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        if not any(name.lower() == "retry-after" for name, _ in headers):
+            headers = (*headers, ("Retry-After", str(self.retry_after)))
+        super().__init__(detail, public=public, reason=reason, headers=headers)
 
 
 class UpstreamError(RequestError):

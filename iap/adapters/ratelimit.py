@@ -28,13 +28,13 @@ Invariants:
   logs a warning (at most one every ``_WARN_EVERY`` seconds, with how many failures it
   covers) naming only the exception type: never the Redis URL, which may carry a
   password.
-- Every Redis call is bounded by redis-py's socket timeouts: connecting and each reply
-  take at most ``timeout`` seconds (0.5 by default). A refused or reset connection is
-  retried once at once, to step over a pooled connection that died with a Redis
-  restart; a timeout is not retried, so a server that stops answering costs a request
-  about one ``timeout`` before ``on_store_error`` decides.
-- The Redis URL goes to redis-py only (a connection pool); ``limits`` never sees it,
-  so its errors cannot echo it.
+- Every Redis call is bounded by the client of :mod:`iap.adapters.redis_client` (shared
+  with the session store): connecting and each reply take at most ``redis.timeout``
+  (0.5 s by default); a refused or reset connection is retried once, a timeout is not,
+  so a server that stops answering costs a request about one ``timeout`` before
+  ``on_store_error`` decides.
+- ``limits`` gets only the client's connection pool, never a URL or a password, so its
+  errors cannot echo them.
 - Keys come from :func:`iap.domain.ratelimit.key_for`; both stores count per key and
   quota, so changing a route's limit starts its counts afresh. Redis keys live under
   ``key_prefix`` and expire with their window. Timestamps are the workers' wall clocks,
@@ -57,9 +57,9 @@ from limits import RateLimitItemPerSecond, WindowStats
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter as AsyncSlidingWindow
 from limits.errors import StorageError
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
+from iap.adapters import redis_client
+from iap.adapters.redis_client import connect_url
 from iap.domain.ratelimit import Quota, Verdict
 
 log = logging.getLogger("iap.ratelimit")
@@ -161,24 +161,24 @@ class RateLimiter:
 
     def __init__(
         self,
-        redis_url: str | None,
+        redis_client: redis.asyncio.Redis | str | None,
         *,
         timeout: float = 0.5,
         key_prefix: str = "iap:ratelimit",
         on_store_error_count: Callable[[], None] | None = None,
     ) -> None:
         self._count = on_store_error_count
-        self._pool: redis.asyncio.ConnectionPool | None = None
         self._client: redis.asyncio.Redis | None = None
         self._memory: ProcessWindows | None = None
         self._shared: AsyncSlidingWindow | None = None
-        if redis_url is None:
+        if redis_client is None:
             self._memory = ProcessWindows()
         else:
-            self._pool = _pool(redis_url, timeout)
-            self._client = redis.asyncio.Redis(connection_pool=self._pool)
+            if isinstance(redis_client, str):
+                redis_client = connect_url(redis_client, timeout=timeout)
+            self._client = redis_client
             # limits types its pass-through options as scalars; the pool goes to redis-py.
-            options: dict[str, Any] = {"connection_pool": self._pool}
+            options: dict[str, Any] = {"connection_pool": redis_client.connection_pool}
             storage = RedisStorage(
                 "async+redis://",
                 implementation="redispy",
@@ -250,18 +250,5 @@ class RateLimiter:
 
     async def close(self) -> None:
         """Release the Redis connections (memory has nothing to release)."""
-        if self._client is not None and self._pool is not None:
-            await self._client.aclose()
-            await self._pool.aclose()
-
-
-def _pool(url: str, timeout: float) -> redis.asyncio.ConnectionPool:
-    """A pool whose every connect and reply is bounded by ``timeout`` seconds."""
-    retry = Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
-    try:
-        return redis.asyncio.ConnectionPool.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=retry
-        )
-    except ValueError:
-        # redis-py's message may quote the URL, password included.
-        raise ValueError("redis.url is not a valid Redis URL") from None
+        if self._client is not None:
+            await redis_client.close(self._client)  # shared with the store: twice is harmless

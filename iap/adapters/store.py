@@ -8,7 +8,7 @@ Invariants:
   owner whose lock expired cannot release the next owner's lock.
 - A sid index lives as long as its longest-lived entry; a later, shorter TTL never
   shortens it. Listing may name handles whose sessions are gone; deleting them is harmless.
-- Redis connection failures surface as :class:`StoreUnavailable`, never as a redis-py
+- Every Redis failure surfaces as :class:`StoreUnavailable`, never as a redis-py
   exception, so callers can fail closed (SPEC §9: no request is forwarded unauthenticated).
 - :class:`MemoryStore` serves one process; it expires entries lazily on access, by a
   monotonic clock that tests may inject.
@@ -26,6 +26,8 @@ from typing import Protocol, TypeVar
 import redis.asyncio
 import redis.exceptions
 
+from iap.adapters import redis_client
+from iap.adapters.redis_client import connect_url
 from iap.errors import IapError
 
 _T = TypeVar("_T")
@@ -72,6 +74,11 @@ class SessionStore(Protocol):
 
     async def ping(self) -> bool:
         """Whether the store answers (``/readyz``)."""
+        ...
+
+    def state(self) -> dict[str, object]:
+        """``/readyz``'s view: ``backend``, whether the last ping ``answers``, and the
+        ``error`` type when it did not (never a message, which may name hosts)."""
         ...
 
     async def close(self) -> None:
@@ -172,6 +179,9 @@ class MemoryStore:
     async def ping(self) -> bool:
         return True
 
+    def state(self) -> dict[str, object]:
+        return {"backend": "memory", "answers": True}
+
     async def close(self) -> None:
         self._values.clear()
         self._sids.clear()
@@ -198,7 +208,9 @@ end
 return 1
 """
 
-_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+# Every redis-py error fails closed: a refused password (AuthenticationError), a missing
+# permission (NOPERM) or a read-only former primary are outages to the caller, not a pass.
+_UNAVAILABLE = (redis.exceptions.RedisError, OSError)
 
 
 async def _call(operation: Awaitable[_T]) -> _T:
@@ -228,14 +240,22 @@ class _RedisLock:
 class RedisStore:
     """A :class:`SessionStore` shared by every replica, on ``redis.asyncio``.
 
-    ``timeout`` bounds connecting and each command, so a dead server fails fast.
+    ``client`` comes from :mod:`iap.adapters.redis_client` (a URL is built into one, with
+    ``timeout`` bounding connecting and each command, so a dead server fails fast).
     """
 
-    def __init__(self, url: str, *, prefix: str = "iap:", timeout: float = 2.0) -> None:
-        self._client = redis.asyncio.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+    def __init__(
+        self,
+        client: redis.asyncio.Redis | str,
+        *,
+        prefix: str = "iap:",
+        timeout: float = 0.5,
+        backend: str = "redis",
+    ) -> None:
+        self._client = connect_url(client, timeout=timeout) if isinstance(client, str) else client
         self._prefix = prefix
+        self._backend = backend
+        self._error: str | None = "not checked yet"
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self._prefix}{kind}:{name}"
@@ -265,9 +285,18 @@ class RedisStore:
 
     async def ping(self) -> bool:
         try:
-            return bool(await _call(self._client.ping()))
-        except StoreUnavailable:
+            answered = bool(await _call(self._client.ping()))
+        except StoreUnavailable as exc:
+            self._error = type(exc.__cause__).__name__
             return False
+        self._error = None
+        return answered
+
+    def state(self) -> dict[str, object]:
+        state: dict[str, object] = {"backend": self._backend, "answers": self._error is None}
+        if self._error is not None:
+            state["error"] = self._error
+        return state
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await redis_client.close(self._client)

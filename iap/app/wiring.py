@@ -8,7 +8,8 @@ Invariants:
   are still built to find their problems too).
 - The choices between implementations are made here and only here: the session store
   (Redis when ``redis`` is configured, else process memory), the rate-limit counters
-  (likewise), and whether sign-in, minting and bearer tokens exist at all.
+  (likewise, on the same Redis client: one pool per process), and whether sign-in,
+  minting and bearer tokens exist at all.
 - Each call builds fresh parts: a worker forked by ``--workers`` builds its own after
   the fork, so no connection pool, thread or lock crosses a fork.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import ssl
 
+from iap.adapters import redis_client
 from iap.adapters.audit import AuditLog
 from iap.adapters.metrics import Metrics
 from iap.adapters.ratelimit import RateLimiter
@@ -39,7 +41,13 @@ def build_edge(config: Config, environment: Environment, *, audit: AuditLog | No
     listener_tls = _listener_tls(config, problems)
     metrics = Metrics(multiprocess_dir=environment.metrics_dir)
     tracing = Tracing(config.telemetry, dropped=metrics.spans_dropped.inc, environment=environment)
-    signin = _signin(config, environment, metrics, tracing, problems)
+    shared = _redis(config, problems)
+    store: SessionStore = (
+        RedisStore(shared, backend=redis_client.backend(config.redis))
+        if shared is not None and config.redis is not None
+        else MemoryStore()
+    )
+    signin = _signin(config, environment, metrics, tracing, store, problems)
     minter = bearer = None
     try:
         if config.tokens is not None:
@@ -51,10 +59,7 @@ def build_edge(config: Config, environment: Environment, *, audit: AuditLog | No
         metrics=metrics,
         audit=audit or AuditLog(),
         tracing=tracing,
-        limiter=RateLimiter(
-            config.redis.url if config.redis is not None else None,
-            on_store_error_count=metrics.rate_limit_store_errors.inc,
-        ),
+        limiter=RateLimiter(shared, on_store_error_count=metrics.rate_limit_store_errors.inc),
         listener_tls=listener_tls,
         signin=signin,
         minter=minter,
@@ -67,6 +72,19 @@ def build_edge(config: Config, environment: Environment, *, audit: AuditLog | No
     if problems:
         raise ConfigError(problems)
     return edge
+
+
+def _redis(config: Config, problems: list[str]) -> redis_client.Client | None:
+    """The one Redis client of this process (sessions and rate limits), or None without
+    ``redis``; its passwords are read here, once."""
+    if config.redis is None:
+        return None
+    passwords = secrets.redis_passwords(config.redis, problems)
+    try:
+        return redis_client.connect(config.redis, passwords)
+    except ValueError as exc:  # names the key, never the URL
+        problems.append(str(exc))
+        return None
 
 
 def _listener_tls(config: Config, problems: list[str]) -> Material | None:
@@ -83,6 +101,7 @@ def _signin(
     environment: Environment,
     metrics: Metrics,
     tracing: Tracing,
+    store: SessionStore,
     problems: list[str],
 ) -> SignIn | None:
     """Sign-in with the keyring, the client credential and the session store, or None
@@ -92,9 +111,6 @@ def _signin(
     found: list[str] = []
     keyring = secrets.session_keyring(config.session, environment, found)
     credential = secrets.client_credential(config.oidc, environment, found)
-    store: SessionStore = (
-        RedisStore(config.redis.url) if config.redis is not None else MemoryStore()
-    )
 
     def observe_idp(endpoint: str, method: str, result: str, start: int, end: int) -> None:
         """Each IdP call: a metric, and a CLIENT span under the request that made it."""

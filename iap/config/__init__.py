@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from iap.config.fields import Address, Duration, HeaderName, HttpUrl, Size, TLSFiles
 from iap.config.policy import Allow, Policy, Rule
+from iap.config.redis import Redis, RedisSentinel
 from iap.config.routes import (
     Circuit,
     Exchange,
@@ -45,7 +46,6 @@ from iap.config.tree import (
     ForwardAuth,
     Limits,
     Listen,
-    Redis,
     Session,
     Telemetry,
     Tokens,
@@ -78,6 +78,7 @@ __all__ = [
     "Policy",
     "RateLimit",
     "Redis",
+    "RedisSentinel",
     "Route",
     "Rule",
     "Session",

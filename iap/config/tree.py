@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field, FilePath, ValidationInfo, field_validator, model_validator
 
@@ -27,8 +27,8 @@ from iap.config.fields import (
     TLSFiles,
     cidrs,
     to_address,
-    url_field,
 )
+from iap.config.redis import Redis
 from iap.config.routes import Route
 from iap.environment import Environment
 
@@ -109,10 +109,6 @@ class Session(Model):
         if value > 400 * 86400:  # browsers cap cookie lifetimes at 400 days
             raise ValueError("at most 400d")
         return value
-
-
-class Redis(Model):
-    url: Annotated[str, url_field("redis", "rediss", "unix")]
 
 
 class Tokens(Model):

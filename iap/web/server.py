@@ -109,6 +109,7 @@ def admin_app(
     materials: Callable[[], list[Material]],
     minter: Minter | None = None,
     degraded: Callable[[], Awaitable[list[str]]] | None = None,
+    stores: Callable[[], dict[str, object]] | None = None,
 ) -> web.Application:
     """``/healthz``, ``/readyz``, ``/metrics`` and, with minted tokens, ``/jwks.json`` (for
     istiod's ``jwksUri`` inside the cluster); never exposed publicly."""
@@ -124,6 +125,8 @@ def admin_app(
         body: dict[str, object] = {"status": "ready" if ready else "not ready", "checks": checks}
         if degraded is not None:
             body["degraded"] = await degraded()
+        if stores is not None:  # after readiness(): its pings are what the states report
+            body["stores"] = stores()
         return web.json_response(body, status=200 if ready else 503)
 
     async def metrics_text(_: web.Request) -> web.Response:
@@ -232,11 +235,7 @@ class Edge:
         public = web.ServerRunner(
             server, shutdown_timeout=self.config.drain_timeout, handle_signals=False
         )
-        admin = web.AppRunner(
-            admin_app(self.readiness, self.metrics, self.tls_materials, self.minter, self.degraded),
-            access_log=None,
-            shutdown_timeout=1.0,
-        )
+        admin = web.AppRunner(self._admin_app(), access_log=None, shutdown_timeout=1.0)
         for runner in (public, admin):
             await runner.setup()
             self._runners.append(runner)
@@ -248,6 +247,16 @@ class Edge:
         self.public_address = public_sock.getsockname()[:2]
         self.admin_address = admin_sock.getsockname()[:2]
         self._watcher = asyncio.ensure_future(self._watch_tls())
+
+    def _admin_app(self) -> web.Application:
+        return admin_app(
+            self.readiness,
+            self.metrics,
+            self.tls_materials,
+            self.minter,
+            self.degraded,
+            self.store_states,
+        )
 
     def _gateway(self, config: Config) -> Gateway:
         return Gateway(
@@ -269,6 +278,11 @@ class Edge:
         if self.minter is not None:
             checks["signing_key"] = self.minter.ready()
         return checks
+
+    def store_states(self) -> dict[str, object]:
+        """``/readyz``'s ``stores``: the session store's backend and whether its last ping
+        (made by :meth:`readiness`) was answered."""
+        return {"session": self.signin.store.state()} if self.signin is not None else {}
 
     async def degraded(self) -> list[str]:
         """Dependencies that are down without making the pod unready (``/readyz``'s
