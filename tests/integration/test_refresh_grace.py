@@ -26,8 +26,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from iap import config
 from iap.adapters import provider
+from iap.errors import ConfigError
 from tests.conftest import StartEdge, Upstream
+from tests.integration.test_bearer import EDGE_API, call, entra_token, service_routes
 from tests.integration.test_session_lifecycle import (
     API,
     BROWSER,
@@ -40,12 +43,19 @@ from tests.integration.test_session_lifecycle import (
 from tests.integration.test_signin import alice_subject
 from tests.integration.test_signin_attacks import audit_line, session_cookies_set
 from tests.support.redis_server import start_redis_server
-from tests.support.signin import SignInStack, Visitor, http, start_signin_stack
+from tests.support.signin import (
+    SignInStack,
+    Visitor,
+    http,
+    signin_config,
+    start_signin_stack,
+)
 
 __all__ = ["clock", "http"]
 
 HOUR = 3600
 GRACE = 10 * 60
+SESSION = {"lifetime": 8 * HOUR, "idle_timeout": 2 * HOUR}
 TOKEN_PATH = re.compile(r"/oauth2/v2\.0/token$")
 
 
@@ -61,7 +71,7 @@ class Monotonic:
 
 @pytest.fixture
 def monotonic(monkeypatch: pytest.MonkeyPatch) -> Monotonic:
-    fake = Monotonic(time.monotonic())
+    fake = Monotonic(float(int(time.monotonic())))  # whole seconds: ages compare exactly
     monkeypatch.setattr(provider, "time", fake)
     return fake
 
@@ -75,7 +85,7 @@ async def start(
     grace: Any = GRACE,
     **config: Any,
 ) -> tuple[SignInStack, Any]:
-    session = {"lifetime": 8 * HOUR, "idle_timeout": 2 * HOUR, "refresh_grace": grace}
+    session = {**SESSION, "refresh_grace": grace}
     server = None
     if store == "redis":
         server = await start_redis_server()
@@ -253,5 +263,63 @@ async def test_stale_metadata_is_served_its_age_grows_and_past_max_stale_sign_in
         line = await audit_line(stack, correlation_id=refused.header("X-Correlation-ID"))
         assert line["reason"] == "idp_unavailable"
         assert SESSION_COOKIE in visitor.cookies  # nothing about the session changed
+    finally:
+        await stack.idp.stop()
+
+
+async def test_bearer_tokens_verify_with_stale_keys_until_max_stale_then_503(
+    upstream: Upstream,
+    start_edge: StartEdge,
+    tmp_path: Path,
+    monotonic: Monotonic,
+    http: aiohttp.ClientSession,
+) -> None:
+    stack, _ = await start(
+        upstream,
+        start_edge,
+        tmp_path,
+        oidc={"metadata_max_stale": "2h"},
+        bearer={"entra_audiences": [EDGE_API]},
+        extra_routes=service_routes(upstream.url),
+        roles={"Orders.Read": "orders-reader"},
+    )
+    try:
+        visitor = stack.visitor(http)
+        first, second = [await entra_token(http, stack, "orders-service") for _ in range(2)]
+        assert await age(stack, http, "jwks") == 0  # loaded at start
+        stack.idp.idp.outage_status = 503
+        monotonic.now += 2 * HOUR - 1
+        forwarded = len(stack.upstream.seen.requests)
+        assert await call(visitor, "/orders/1", first) == 200  # stale keys
+        assert len(stack.upstream.seen.requests) == forwarded + 1
+        assert await age(stack, http, "jwks") == 2 * HOUR - 1
+
+        monotonic.now += 1
+        answer = await visitor.get("/orders/1", headers={"Authorization": f"Bearer {second}"})
+        assert answer.status == 503
+        assert len(stack.upstream.seen.requests) == forwarded + 1  # nothing more forwarded
+        line = await audit_line(stack, correlation_id=answer.header("X-Correlation-ID"))
+        assert (line["status"], line["reason"]) == (503, "idp_unavailable")
+    finally:
+        await stack.idp.stop()
+
+
+@pytest.mark.parametrize(
+    ("block", "key", "value"),
+    [("session", "refresh_grace", "1m"), ("oidc", "metadata_max_stale", "1h")],
+)
+async def test_a_reload_that_changes_an_outage_key_is_refused_by_name(
+    upstream: Upstream, start_edge: StartEdge, tmp_path: Path, block: str, key: str, value: str
+) -> None:
+    stack, _ = await start(upstream, start_edge, tmp_path)
+    try:
+        running = stack.edge.edge
+        document = signin_config(upstream.url, stack.idp, stack.edge.port, tmp_path)
+        document["session"].update(SESSION, refresh_grace=GRACE)
+        document[block][key] = value
+        with pytest.raises(ConfigError) as refused:
+            running.reload(config.parse(document))
+        assert refused.value.problems == [f"{block}: changes need a restart, not a reload"]
+        assert running.config.session.refresh_grace == GRACE  # the running value stays
     finally:
         await stack.idp.stop()
