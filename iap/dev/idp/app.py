@@ -254,7 +254,10 @@ async def loopback_only(request: web.Request, handler: Handler) -> web.StreamRes
     ``outage_status`` for everything while an outage is staged."""
     if not is_loopback(request.remote):
         return web.Response(status=403, text="dev IdP: loopback peers only\n")
-    idp = request.app[DEV_IDP]
+    try:
+        idp = request.app[DEV_IDP]
+    except KeyError:  # the middleware on its own, outside the dev IdP's app
+        return await handler(request)
     if any(name in request.headers for name in _TRACE_HEADERS):
         idp.trace_headers_seen += 1
     if idp.outage_status is not None:
