@@ -210,6 +210,17 @@ async def test_invalid_grant_ends_the_session_at_once_whatever_the_grace(
     assert await metric(stack, http, "iap_session_refresh_grace_total") == 0
 
 
+async def test_an_unusable_answer_is_no_outage_and_ends_the_session_at_once(
+    stack: SignInStack, visitor: Visitor, clock: Clock, http: aiohttp.ClientSession
+) -> None:
+    signed_in_at = clock.now
+    cookies = await signed_in(stack, visitor)
+    stack.idp.idp.outage_status = 404  # the IdP answers, just not with tokens
+    clock.now = due(stack, signed_in_at)
+    await assert_signed_out(stack, visitor, cookies, "session_refresh_failed")
+    assert await metric(stack, http, "iap_session_refresh_grace_total") == 0
+
+
 async def test_grace_zero_ends_the_session_when_the_idp_is_down(
     upstream: Upstream,
     start_edge: StartEdge,
