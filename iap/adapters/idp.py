@@ -8,17 +8,23 @@ Invariants:
   :class:`aiohttp.DummyCookieJar`, no ``trace_configs`` and no such default headers
   (:func:`new_session` builds one), and requests set only ``Accept``.
 - Every network, HTTP or JSON failure becomes :class:`IdpUnavailable` (``raise ... from
-  exc``); bodies are read up to a size limit, so a hostile IdP cannot exhaust memory.
+  exc``); of those, no connection, a timeout or a 5xx is :class:`IdpUnreachable` (the IdP
+  is down: a session may ride it out, ``iap.domain.outage``), anything else (a malformed or
+  unexpected answer) is not. Bodies are read up to a size limit, so a hostile IdP cannot
+  exhaust memory.
 - Caches are per tenant and never refreshed in the background: an access to an old entry
-  tries one refresh (single-flight per tenant) and keeps the last-known-good on errors.
-  JWKS (``iap.adapters.jwks.KeyCache``, shared with the mesh SDK): refresh after 1 h,
-  expire after 24 h; an unknown ``kid`` refetches at most once per 5 min per tenant, so
-  forged tokens cannot make iap hammer the IdP.
+  (older than 1 h, or half of ``max_stale`` when that is less) tries one refresh
+  (single-flight per tenant) and keeps the last-known-good on errors, but never serves a
+  document older than ``max_stale`` (``oidc.metadata_max_stale``): past it the document
+  counts as absent. After a failed fetch no scheduled refresh is tried for
+  :data:`FAILURE_BACKOFF` seconds, so an IdP outage costs one attempt per tenant in that
+  time, not one per request. JWKS (``iap.adapters.jwks.KeyCache``, shared with the mesh
+  SDK): an unknown ``kid`` refetches at most once per 5 min per tenant, so forged tokens
+  cannot make iap hammer the IdP, down or up.
 """
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import ipaddress
 import json
@@ -34,9 +40,12 @@ from yarl import URL
 from iap.adapters.jwks import KeyCache
 from iap.errors import IapError
 
-DISCOVERY_TTL = 24 * 3600.0
-JWKS_REFRESH_AFTER = 3600.0
-JWKS_MAX_AGE = 24 * 3600.0
+REFRESH_AFTER = 3600.0
+"""Age at which a cached discovery document or JWKS is refreshed on its next use."""
+MAX_STALE = 24 * 3600.0
+"""Default oldest discovery document or JWKS served (``oidc.metadata_max_stale``)."""
+FAILURE_BACKOFF = 5.0
+"""Seconds after a failed fetch during which a stale document is served without retrying."""
 UNKNOWN_KID_INTERVAL = 5 * 60.0
 MAX_DOCUMENT_BYTES = 1024 * 1024
 #: Entra tenant ids are GUIDs or verified domains; also ``organizations`` and ``common``.
@@ -54,6 +63,16 @@ class IdpUnavailable(IapError):
 
     def __init__(self) -> None:
         super().__init__("The identity provider is unavailable.")
+
+
+class IdpUnreachable(IdpUnavailable):
+    """The IdP did not answer: no connection, a timeout, or a 5xx status."""
+
+
+def refresh_interval(max_stale: float) -> float:
+    """When a cached document is refreshed: hourly, or at half of ``max_stale`` if sooner,
+    so a refresh is always tried well before the document stops being served."""
+    return min(REFRESH_AFTER, max_stale / 2)
 
 
 def require_https(url: str) -> None:
@@ -101,6 +120,15 @@ def _check_tenant(tenant: str) -> None:
         raise ValueError("tenant must be a tenant id, a domain, organizations or common")
 
 
+def check_status(status: int) -> None:
+    """:class:`IdpUnreachable` for a 5xx (the IdP is down), :class:`IdpUnavailable` for any
+    other status but 200."""
+    if status >= 500:
+        raise IdpUnreachable
+    if status != 200:
+        raise IdpUnavailable
+
+
 Observe = Callable[[str, str, str, int, int], None]
 """Told of every IdP call: (endpoint, method, result, start ns, end ns); for metrics, spans."""
 
@@ -142,11 +170,12 @@ class Fetcher:
                 allow_redirects=False,
                 timeout=self.timeout,
             ) as response:
-                if response.status != 200:
-                    raise IdpUnavailable
+                check_status(response.status)
                 body = await self.read(response)
             document = json.loads(body)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise IdpUnreachable from exc
+        except ValueError as exc:
             raise IdpUnavailable from exc
         if not isinstance(document, dict):
             raise IdpUnavailable
@@ -164,25 +193,10 @@ class Fetcher:
         return b"".join(chunks)
 
 
-@dataclass
-class _Entry:
-    document: dict[str, Any]
-    fetched_at: float
-    source: str
-
-
-class _TenantLocks:
-    """One lock per tenant, so concurrent accesses cause one fetch (single-flight)."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    def __call__(self, tenant: str) -> asyncio.Lock:
-        return self._locks.setdefault(tenant, asyncio.Lock())
-
-
 class Discovery:
-    """OpenID discovery documents per tenant, cached 24 h, last-known-good kept on errors.
+    """OpenID discovery documents per tenant in a :class:`~iap.adapters.jwks.KeyCache`:
+    refreshed hourly on use, last-known-good served on errors while younger than
+    ``max_stale``.
 
     ``authority`` is the IdP base (``https://login.microsoftonline.com``); the document of
     a tenant is ``{authority}/{tenant}/v2.0/.well-known/openid-configuration``.
@@ -195,7 +209,7 @@ class Discovery:
         *,
         timeout: float = 10.0,
         connect_timeout: float = 5.0,
-        ttl: float = DISCOVERY_TTL,
+        max_stale: float = MAX_STALE,
         clock: Clock = time.monotonic,
         observe: Observe | None = None,
     ) -> None:
@@ -204,10 +218,15 @@ class Discovery:
         self._authority = authority.rstrip("/")
         client_timeout = aiohttp.ClientTimeout(total=timeout, connect=connect_timeout)
         self.fetcher = Fetcher(session, client_timeout, observe=observe)
-        self._ttl = ttl
-        self._clock = clock
-        self._entries: dict[str, _Entry] = {}
-        self._locks = _TenantLocks()
+        self._cache: KeyCache[str, dict[str, Any]] = KeyCache(
+            self._fetch,
+            error=IdpUnavailable,
+            refresh_after=refresh_interval(max_stale),
+            max_stale=max_stale,
+            unknown_kid_interval=max_stale,  # discovery names no kid: never used
+            failure_backoff=FAILURE_BACKOFF,
+            clock=clock,
+        )
 
     def url(self, tenant: str) -> str:
         """Where the discovery document of ``tenant`` lives."""
@@ -215,20 +234,16 @@ class Discovery:
         return f"{self._authority}/{tenant}/v2.0/.well-known/openid-configuration"
 
     async def document(self, tenant: str) -> dict[str, Any]:
-        """The tenant's discovery document; :class:`IdpUnavailable` if never obtained."""
-        url = self.url(tenant)
-        async with self._locks(tenant):
-            entry = self._entries.get(tenant)
-            if entry is not None and self._clock() - entry.fetched_at < self._ttl:
-                return copy.deepcopy(entry.document)
-            try:
-                document = _checked_discovery(await self.fetcher.get_json(url))
-            except IdpUnavailable:
-                if entry is None:
-                    raise
-                return copy.deepcopy(entry.document)  # last-known-good
-            self._entries[tenant] = _Entry(document, self._clock(), url)
-            return copy.deepcopy(document)
+        """The tenant's discovery document; :class:`IdpUnavailable` if none is usable."""
+        self.url(tenant)  # checks the tenant
+        return copy.deepcopy(await self._cache.get(tenant))
+
+    def age(self, tenant: str) -> float | None:
+        """Seconds since the tenant's document was fetched; None if it never was."""
+        return self._cache.age(tenant)
+
+    async def _fetch(self, tenant: str) -> dict[str, Any]:
+        return _checked_discovery(await self.fetcher.get_json(self.url(tenant)))
 
 
 def _checked_discovery(document: dict[str, Any]) -> dict[str, Any]:
@@ -246,18 +261,17 @@ class JwksCache:
     """The JWKS of each tenant's ``jwks_uri`` (from discovery), per tenant, in a
     :class:`~iap.adapters.jwks.KeyCache`.
 
-    Served from cache for 1 h, then refreshed on access; a failed refresh keeps the
-    last-known-good keys until they are 24 h old, after which :class:`IdpUnavailable` is
-    raised. :meth:`for_unknown_kid` refetches at most once per 5 min per tenant. Callers
-    get their own copy of the document.
+    Served from cache for 1 h (or half of ``max_stale``), then refreshed on access; a
+    failed refresh keeps the last-known-good keys until they are ``max_stale`` old, after
+    which :class:`IdpUnavailable` is raised. :meth:`for_unknown_kid` refetches at most once
+    per 5 min per tenant. Callers get their own copy of the document.
     """
 
     def __init__(
         self,
         discovery: Discovery,
         *,
-        refresh_after: float = JWKS_REFRESH_AFTER,
-        max_age: float = JWKS_MAX_AGE,
+        max_stale: float = MAX_STALE,
         unknown_kid_interval: float = UNKNOWN_KID_INTERVAL,
         clock: Clock = time.monotonic,
     ) -> None:
@@ -265,9 +279,10 @@ class JwksCache:
         self._cache: KeyCache[str, dict[str, Any]] = KeyCache(
             self._fetch,
             error=IdpUnavailable,
-            refresh_after=refresh_after,
-            max_stale=max_age,
+            refresh_after=refresh_interval(max_stale),
+            max_stale=max_stale,
             unknown_kid_interval=unknown_kid_interval,
+            failure_backoff=FAILURE_BACKOFF,
             clock=clock,
         )
 
@@ -285,6 +300,10 @@ class JwksCache:
         _check_tenant(tenant)
         fresh = await self._cache.for_unknown_kid(tenant)
         return None if fresh is None else copy.deepcopy(fresh)
+
+    def age(self, tenant: str) -> float | None:
+        """Seconds since the tenant's JWKS was fetched; None if it never was."""
+        return self._cache.age(tenant)
 
     async def _fetch(self, tenant: str) -> dict[str, Any]:
         """The tenant's JWKS from the ``jwks_uri`` of its discovery document."""

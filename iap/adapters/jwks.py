@@ -8,7 +8,8 @@ Invariants:
   one lock per cache key, held across the fetch).
 - A failed fetch keeps the last-known-good value, served while it is younger than
   ``max_stale``; after that, or if there never was one, the fetch's error is raised. For
-  ``failure_backoff`` seconds after a failure no scheduled refresh is tried.
+  ``failure_backoff`` seconds after a failure no scheduled refresh is tried (a new
+  exception of the last failure's type is raised when nothing usable is left).
 - :meth:`KeyCache.for_unknown_kid` fetches at most once per ``unknown_kid_interval`` per
   cache key, so forged tokens cannot make a verifier hammer the key server; the attempt
   spends the budget whether or not it succeeds. Callers that waited while another refetch
@@ -68,7 +69,7 @@ class KeyCache(Generic[K, V]):
         self._failure_backoff = failure_backoff
         self._clock = clock
         self._entries: dict[K, _Entry[V]] = {}
-        self._failed_at: dict[K, float] = {}
+        self._failed_at: dict[K, tuple[float, type[Exception]]] = {}
         self._unknown_kid_at: dict[K, float] = {}
         self._fetches: dict[K, int] = {}  # completed fetches per key, to spot shared ones
         self._locks: dict[K, asyncio.Lock] = {}
@@ -87,7 +88,7 @@ class KeyCache(Generic[K, V]):
                     if not self._usable(entry):
                         raise
             if entry is None or not self._usable(entry):
-                raise self._error()
+                raise self._failed_at.get(key, (0.0, self._error))[1]()
             return entry.value  # last-known-good
 
     async def for_unknown_kid(self, key: K) -> V | None:
@@ -109,6 +110,11 @@ class KeyCache(Generic[K, V]):
             self._unknown_kid_at[key] = now
             return await self._fetch(key)
 
+    def age(self, key: K) -> float | None:
+        """Seconds since the value for ``key`` was last fetched; None if it never was."""
+        entry = self._entries.get(key)
+        return None if entry is None else self._age(entry)
+
     def _lock(self, key: K) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
 
@@ -120,14 +126,14 @@ class KeyCache(Generic[K, V]):
 
     def _may_refresh(self, key: K) -> bool:
         failed = self._failed_at.get(key)
-        return failed is None or self._clock() - failed >= self._failure_backoff
+        return failed is None or self._clock() - failed[0] >= self._failure_backoff
 
     async def _fetch(self, key: K) -> V:
         """Fetch and store the value; the caller holds the key's lock."""
         try:
             value = await self._fetch_value(key)
-        except self._error:
-            self._failed_at[key] = self._clock()
+        except self._error as exc:
+            self._failed_at[key] = (self._clock(), type(exc))
             raise
         self._entries[key] = _Entry(value, self._clock())
         self._failed_at.pop(key, None)

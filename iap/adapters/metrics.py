@@ -7,6 +7,7 @@ same directory as ``multiprocess_dir``, and ``/metrics`` then aggregates every w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import (
@@ -32,6 +33,8 @@ class Metrics:
         # labels() takes a lock and builds a key on every call; the label sets are few.
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
         self._labelled: dict[tuple[Any, ...], Any] = {}
+        self.before_scrape: list[Callable[[], None]] = []
+        """Called at each :meth:`exposition`, to set gauges read from their source then."""
         self._traffic()
         self._certificates()
         self._decisions()
@@ -122,6 +125,20 @@ class Metrics:
             ["endpoint", "result"],
             registry=self.registry,
         )
+        self.refresh_grace = Counter(
+            "iap_session_refresh_grace_total",
+            "Requests let in by a session whose refresh failed because the IdP could not be "
+            "reached (session.refresh_grace); each retried the refresh first.",
+            registry=self.registry,
+        )
+        self.idp_metadata_age = Gauge(
+            "iap_idp_metadata_age_seconds",
+            "Seconds since the IdP's discovery document or JWKS was last fetched; past "
+            "oidc.metadata_max_stale it is no longer used.",
+            ["document"],
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
         self.spans_dropped = Counter(
             "iap_spans_dropped_total",
             "Spans lost because the export queue was full or the export failed.",
@@ -163,6 +180,8 @@ class Metrics:
 
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus text format, across all workers when there are several."""
+        for update in self.before_scrape:
+            update()
         if self._multiprocess_dir:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=self._multiprocess_dir)  # type: ignore[no-untyped-call]

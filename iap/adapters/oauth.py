@@ -7,8 +7,10 @@ Invariants:
 - The client authenticates with ``client_secret_post`` or a certificate (``private_key_jwt``,
   a fresh assertion per call); the form body is built by authlib, never logged.
 - A token endpoint that answers with an OAuth error raises :class:`TokenRefused` (the grant
-  is bad: the login or session ends); anything else that goes wrong raises
-  :class:`~iap.adapters.idp.IdpUnavailable`. Neither message carries a token or secret.
+  is bad: the login or session ends); no connection, a timeout or a 5xx raises
+  :class:`~iap.adapters.idp.IdpUnreachable` (the IdP is down: a session may ride it out);
+  anything else that goes wrong raises :class:`~iap.adapters.idp.IdpUnavailable`. No
+  message carries a token or secret.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from urllib.parse import parse_qsl
 import aiohttp
 from authlib.oauth2.rfc6749.parameters import prepare_token_request
 
-from iap.adapters.idp import Fetcher, IdpUnavailable, require_https
+from iap.adapters.idp import Fetcher, IdpUnavailable, IdpUnreachable, require_https
 from iap.domain.client_auth import ClientCertificate, assertion_form
 from iap.domain.signin_flow import TokenResponse
 from iap.errors import IapError
@@ -142,10 +144,15 @@ class OAuthClient:
                 allow_redirects=False,
                 timeout=fetcher.timeout,
             ) as response:
-                raw = await fetcher.read(response)
                 status = response.status
+                if status >= 500:
+                    raise IdpUnreachable
+                raw = await fetcher.read(response)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise IdpUnreachable from exc
+        try:
             document = json.loads(raw)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        except ValueError as exc:
             raise IdpUnavailable from exc
         if not isinstance(document, dict):
             raise IdpUnavailable

@@ -12,18 +12,29 @@ Invariants:
   during an IdP outage becomes ready once the IdP is back.
 - Tokens are checked with the cached keys; an unknown ``kid`` refetches the JWKS at most
   once (rate-limited per tenant, :func:`iap.adapters.jwks.verify_with_refetch`).
+- While the IdP is down its discovery document and JWKS are served stale, never older than
+  ``max_stale`` (``oidc.metadata_max_stale``); :meth:`Provider.ages` says how old they are.
+  The caches' clock is this module's ``time.monotonic``, looked up on each call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import aiohttp
 
-from iap.adapters.idp import Discovery, IdpUnavailable, JwksCache, Observe, new_session
+from iap.adapters.idp import (
+    MAX_STALE,
+    Discovery,
+    IdpUnavailable,
+    JwksCache,
+    Observe,
+    new_session,
+)
 from iap.adapters.jwks import verify_with_refetch
 from iap.adapters.oauth import ClientCredential, OAuthClient
 
@@ -31,11 +42,21 @@ log = logging.getLogger("iap")
 _R = TypeVar("_R")
 
 
+def _monotonic() -> float:
+    """The metadata caches' clock (``time`` is looked up here on each call)."""
+    return time.monotonic()
+
+
 class Provider:
     """The IdP behind ``issuer`` (an Entra v2.0 issuer URL), for one client credential."""
 
     def __init__(
-        self, issuer: str, credential: ClientCredential, *, observe: Observe | None = None
+        self,
+        issuer: str,
+        credential: ClientCredential,
+        *,
+        observe: Observe | None = None,
+        max_stale: float = MAX_STALE,
     ) -> None:
         base, tenant, _ = issuer.rsplit("/", 2)
         self.authority = base
@@ -43,6 +64,7 @@ class Provider:
         self.tenant = tenant
         self._credential = credential
         self._observe = observe
+        self._max_stale = max_stale
         self._http: aiohttp.ClientSession | None = None
         self._warming: asyncio.Task[None] | None = None
         self.ready = False
@@ -50,8 +72,14 @@ class Provider:
     async def start(self) -> None:
         """Open the IdP client and load its metadata in the background."""
         self._http = new_session()
-        self._discovery = Discovery(self._http, self.authority, observe=self._observe)
-        self._jwks = JwksCache(self._discovery)
+        self._discovery = Discovery(
+            self._http,
+            self.authority,
+            observe=self._observe,
+            max_stale=self._max_stale,
+            clock=_monotonic,
+        )
+        self._jwks = JwksCache(self._discovery, max_stale=self._max_stale, clock=_monotonic)
         self.oauth = OAuthClient(self._discovery.fetcher, self._credential)
         self._warming = asyncio.ensure_future(self._warm())
 
@@ -75,6 +103,14 @@ class Provider:
         if not self.ready and (self._warming is None or self._warming.done()):
             self._warming = asyncio.ensure_future(self._warm())
         return self.ready
+
+    def ages(self) -> dict[str, float]:
+        """Seconds since the discovery document and the JWKS were fetched (``discovery``,
+        ``jwks``); a document never fetched is left out."""
+        if self._http is None:
+            return {}
+        ages = {"discovery": self._discovery.age(self.tenant), "jwks": self._jwks.age(self.tenant)}
+        return {name: age for name, age in ages.items() if age is not None}
 
     async def metadata(self) -> dict[str, Any]:
         """The tenant's discovery document (cached); :class:`IdpUnavailable`."""

@@ -122,9 +122,22 @@ def _signin(
 
     try:
         signin = SignIn(
-            config, keyring=keyring, credential=credential, store=store, observe=observe_idp
+            config,
+            keyring=keyring,
+            credential=credential,
+            store=store,
+            observe=observe_idp,
+            on_grace=metrics.refresh_grace.inc,
         )
     except ConfigError as exc:
         found += exc.problems
+    else:
+        metrics.before_scrape.append(lambda: _publish_ages(metrics, signin))
     problems += found
     return None if found else signin
+
+
+def _publish_ages(metrics: Metrics, signin: SignIn) -> None:
+    """``iap_idp_metadata_age_seconds`` of this process, as of now."""
+    for document, age in signin.metadata_ages().items():
+        metrics.idp_metadata_age.labels(document).set(age)

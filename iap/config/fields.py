@@ -57,6 +57,8 @@ def _size(value: object) -> int:
 
 
 Duration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
+DurationOrZero = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
+"""A duration where 0 is meaningful (it turns the feature off)."""
 Size = Annotated[int, BeforeValidator(_size), Field(gt=0)]
 
 

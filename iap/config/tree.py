@@ -20,6 +20,7 @@ from pydantic import Field, FilePath, ValidationInfo, field_validator, model_val
 from iap.config.fields import (
     AddressField,
     Duration,
+    DurationOrZero,
     HeaderName,
     HttpUrl,
     Model,
@@ -66,6 +67,14 @@ class OIDC(Model):
     graph_url: HttpUrl = "https://graph.microsoft.com"
     response_mode: Literal["query", "form_post"] = "query"
     clock_skew: Duration = 120.0
+    metadata_max_stale: Duration = 24 * 3600.0
+
+    @field_validator("metadata_max_stale")
+    @classmethod
+    def _stale_bounded(cls, value: float) -> float:
+        if not 60 <= value <= 7 * 86400:
+            raise ValueError("between 1m and 7d")
+        return value
 
     @field_validator("issuer")
     @classmethod
@@ -102,6 +111,14 @@ class Session(Model):
     keys_file: FilePath | None = None
     lifetime: Duration = 8 * 3600.0
     idle_timeout: Duration = 3600.0
+    refresh_grace: DurationOrZero = 300.0
+
+    @field_validator("refresh_grace")
+    @classmethod
+    def _grace_bounded(cls, value: float) -> float:
+        if value > 3600:
+            raise ValueError("at most 1h (0 turns the grace off)")
+        return value
 
     @field_validator("lifetime")
     @classmethod

@@ -24,6 +24,7 @@ from iap.adapters.metrics import Metrics
 from iap.adapters.store import StoreUnavailable
 from iap.adapters.telemetry import RequestSpan
 from iap.domain.negotiation import prefers_html
+from iap.domain.outage import GRACE_REASON
 from iap.domain.paths import Target
 from iap.domain.policy import Facts, decide
 from iap.errors import Forbidden, RequestError, ServiceUnavailable
@@ -164,6 +165,8 @@ class Admission:
         exchange.reason = decision.reason
         if caller.identity is None and caller.reason != "no_session":
             exchange.reason = caller.reason  # e.g. session_invalid: why the cookie did not count
+        elif decision.allow and caller.reason == GRACE_REASON:
+            exchange.reason = GRACE_REASON  # let in by a session the IdP could not refresh
         self._metrics.observe_authz(route.name, exchange.decision)
         if span.recording:
             span.decision(

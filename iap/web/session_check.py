@@ -5,9 +5,14 @@ Invariants:
 - A session cookie that does not open (tampered, foreign key, revoked, expired) is cleared
   in the same response and logged with its reason; the caller is treated as anonymous.
 - What a session needs (end, refresh, write back, nothing) is decided by
-  ``iap.domain.signin_flow.session_check``; a refresh that fails for any reason ends the
-  session (``session_refresh_failed``), and a refresh happens once per session across
+  ``iap.domain.signin_flow.session_check``, and a refresh happens once per session across
   tasks and replicas (``Sessions.refresh_once``).
+- What a failed refresh leads to is decided by ``iap.domain.outage``: a refusal
+  (``invalid_grant``...) or a bad answer ends the session (``session_refresh_failed``); an
+  IdP that does not answer (:class:`~iap.adapters.idp.IdpUnreachable`) lets the session go
+  on as it was loaded, never rewritten as refreshed, for at most ``session.refresh_grace``
+  past the moment it became due (reason ``refresh_grace``, counted by ``on_grace``), after
+  which it ends (``session_refresh_unavailable``). Every other error ends it too.
 - A store that does not answer raises :class:`~iap.adapters.store.StoreUnavailable`: the
   caller fails closed.
 """
@@ -22,10 +27,12 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from iap.adapters.idp import IdpUnavailable
+from iap.adapters.idp import IdpUnavailable, IdpUnreachable
 from iap.adapters.oauth import TokenRefused
 from iap.adapters.sessions import SessionRejected, Sessions
 from iap.domain import claims as read
+from iap.domain import outage
+from iap.domain import session as sessions
 from iap.domain import signin_flow as flow
 from iap.domain.session import Session
 from iap.errors import RequestError, SignInRequired, Unauthenticated
@@ -68,12 +75,16 @@ class SessionCheck:
         cookies: Cookies,
         driver: FlowDriver,
         clock: Callable[[], int],
+        refresh_grace: float = 0.0,
+        on_grace: Callable[[], None] | None = None,
     ) -> None:
         self._policy = policy
         self._sessions = sessions
         self._cookies = cookies
         self._driver = driver
         self._clock = clock
+        self._grace = refresh_grace
+        self._on_grace = on_grace
 
     async def authenticate(self, request: web.BaseRequest) -> Caller:
         """The caller behind the session cookie, refreshed when due; anonymous otherwise."""
@@ -88,19 +99,44 @@ class SessionCheck:
         if isinstance(step, flow.Keep):
             return caller  # as loaded: nothing to write, no cookie to set
         if isinstance(step, flow.Touch):
-            session = step.session
-        else:
-            try:
-                session = await self._sessions.refresh_once(session, self._driver.refresh, now=now)
-            except (TokenRefused, IdpUnavailable, SessionRejected, ValueError) as exc:
-                log.info("session refresh failed (%s); sign-in required", type(exc).__name__)
-                return self._anonymous(request, "session_refresh_failed")
+            return await self._saved(request, step.session, now, "session")
+        try:
+            fresh = await self._sessions.refresh_once(session, self._driver.refresh, now=now)
+        except (TokenRefused, IdpUnavailable, SessionRejected, ValueError) as exc:
+            return await self._refresh_failed(request, caller, _failure(exc), now)
+        return await self._saved(request, fresh, now, "session")
+
+    async def _refresh_failed(
+        self, request: web.BaseRequest, caller: Caller, failure: outage.RefreshFailure, now: int
+    ) -> Caller:
+        """The session goes on under the grace, or ends (``iap.domain.outage``)."""
+        assert caller.session is not None
+        session = caller.session
+        step = outage.after_failed_refresh(session, failure, grace=self._grace, now=now)
+        if isinstance(step, outage.RefreshEnded):
+            log.info("session refresh failed (%s); sign-in required", step.reason)
+            return self._anonymous(request, step.reason)
+        log.warning(
+            "session refresh failed: the IdP is unreachable; session goes on for %ds more",
+            step.until - now,
+        )
+        if self._on_grace is not None:
+            self._on_grace()
+        touched = sessions.touched(session, now=now, idle_timeout=self._policy.idle_timeout)
+        if touched is None:  # refresh_at stays as it was: the next request tries again
+            return Caller(session.identity, session, [], outage.GRACE_REASON)
+        return await self._saved(request, touched, now, outage.GRACE_REASON)
+
+    async def _saved(
+        self, request: web.BaseRequest, session: Session, now: int, reason: str
+    ) -> Caller:
+        """``session`` written back, with its cookie to set."""
         value = await self._sessions.save(session, now=now)
         return Caller(
             session.identity,
             session,
             self._cookies.session(request, value, session, now),
-            "session",
+            reason,
         )
 
     async def load(self, request: web.BaseRequest, now: int) -> Caller:
@@ -120,6 +156,13 @@ class SessionCheck:
 
     def _anonymous(self, request: web.BaseRequest, reason: str) -> Caller:
         return Caller(cookies=self._cookies.clear(request), reason=reason)
+
+
+def _failure(exc: Exception) -> outage.RefreshFailure:
+    """Why a refresh failed, for :func:`iap.domain.outage.after_failed_refresh`."""
+    if isinstance(exc, IdpUnreachable):
+        return "unreachable"
+    return "refused" if isinstance(exc, TokenRefused) else "invalid"
 
 
 def unauthenticated(caller: Caller, reason: str | None = None) -> RequestError:

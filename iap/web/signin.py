@@ -20,6 +20,7 @@ Invariants:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -78,9 +79,11 @@ class SignIn:
         credential: ClientCredential,
         store: SessionStore,
         observe: Observe | None = None,
+        on_grace: Callable[[], None] | None = None,
     ) -> None:
         """``keyring``, ``credential`` and ``store`` come from the composition root
-        (:mod:`iap.app.wiring`), which read the secrets and chose the store."""
+        (:mod:`iap.app.wiring`), which read the secrets and chose the store; ``on_grace``
+        is told of each request let in under ``session.refresh_grace``."""
         assert config.oidc is not None
         rp = relying_party(config)
         lifetime = config.session.lifetime
@@ -90,7 +93,12 @@ class SignIn:
         cookies = Cookies(
             keyring, lifetime=lifetime, form_post=config.oidc.response_mode == "form_post"
         )
-        self._provider = Provider(config.oidc.issuer, credential, observe=observe)
+        self._provider = Provider(
+            config.oidc.issuer,
+            credential,
+            observe=observe,
+            max_stale=config.oidc.metadata_max_stale,
+        )
         driver = FlowDriver(rp, self._provider, graph_url=config.oidc.graph_url, clock=_now)
         self._check = SessionCheck(
             policy=SessionPolicy(lifetime, config.session.idle_timeout),
@@ -98,6 +106,8 @@ class SignIn:
             cookies=cookies,
             driver=driver,
             clock=_now,
+            refresh_grace=config.session.refresh_grace,
+            on_grace=on_grace,
         )
         self._endpoints = Endpoints(
             rp,
@@ -124,6 +134,10 @@ class SignIn:
     def ready(self) -> bool:
         """The IdP's metadata has been loaded."""
         return self._provider.ready
+
+    def metadata_ages(self) -> dict[str, float]:
+        """Seconds since the IdP's ``discovery`` document and ``jwks`` were fetched."""
+        return self._provider.ages()
 
     async def readiness(self) -> dict[str, bool]:
         """``idp``: metadata loaded; ``session_store``: the store answers.

@@ -67,12 +67,12 @@ async def test_discovery_is_fetched_once_and_cached(
     idp: RunningDevIdP, discovery: Discovery, clock: FakeClock
 ) -> None:
     first = await discovery.document(TENANT_A)
-    clock.now += 23 * 3600
+    clock.now += 59 * 60
     second = await discovery.document(TENANT_A)
     assert first == second
     assert first["jwks_uri"] == f"{idp.url}/{TENANT_A}/discovery/v2.0/keys"
     assert idp.idp.discovery_fetches == 1
-    clock.now += 2 * 3600
+    clock.now += 2 * 60  # refreshed hourly on use, like the JWKS
     await discovery.document(TENANT_A)
     assert idp.idp.discovery_fetches == 2
 
@@ -180,11 +180,14 @@ async def test_last_known_good_when_idp_is_down(
 
     clock.now += 2 * 3600  # due for refresh: the refresh fails, the old keys are served
     assert await jwks.keys(TENANT_A) == cached
-    clock.now += 25 * 3600  # discovery too is past its TTL: last-known-good
+    clock.now += 21 * 3600  # discovery too is past its refresh: last-known-good
     assert (await discovery.document(TENANT_A))["issuer"] == idp.idp.issuer(TENANT_A)
 
+    clock.now += 2 * 3600
     with pytest.raises(IdpUnavailable):
         await jwks.keys(TENANT_A)  # older than 24 h: no longer served
+    with pytest.raises(IdpUnavailable):
+        await discovery.document(TENANT_A)  # nor is discovery (oidc.metadata_max_stale)
     with pytest.raises(IdpUnavailable):
         await jwks.keys(TENANT_B)  # never fetched
     with pytest.raises(IdpUnavailable):

@@ -250,11 +250,19 @@ _TRACE_HEADERS = ("traceparent", "tracestate", "baggage", "b3", "x-b3-traceid", 
 
 @web.middleware
 async def loopback_only(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """403 for any peer that is not a loopback address; counts trace context received."""
+    """403 for any peer that is not a loopback address; counts trace context received;
+    ``outage_status`` for everything while an outage is staged."""
     if not is_loopback(request.remote):
         return web.Response(status=403, text="dev IdP: loopback peers only\n")
+    try:
+        idp = request.app[DEV_IDP]
+    except KeyError:  # the middleware on its own, outside the dev IdP's app
+        return await handler(request)
     if any(name in request.headers for name in _TRACE_HEADERS):
-        request.app[DEV_IDP].trace_headers_seen += 1
+        idp.trace_headers_seen += 1
+    if idp.outage_status is not None:
+        idp.outage_requests.append(request.path)
+        return web.Response(status=idp.outage_status, text="dev IdP: outage\n")
     return await handler(request)
 
 

@@ -120,6 +120,11 @@ class DevIdP:
     #: seconds the token endpoint waits before answering a refresh grant (widens races)
     refresh_delay: float = 0.0
     clock: Callable[[], float] = time.time
+    #: when set, every endpoint answers with this status and no body (an IdP behind a load
+    #: balancer that is down: 502, 503...); tests of IdP outages set it
+    outage_status: int | None = None
+    #: requests answered with ``outage_status``, by path
+    outage_requests: list[str] = field(default_factory=list)
     #: when set, builds the compact ID token from (header, claims) instead of signing them;
     #: relying-party tests use it to forge bad tokens (``sign`` is available to it)
     id_token_hook: IdTokenHook | None = None
