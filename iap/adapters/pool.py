@@ -56,6 +56,11 @@ class Pool:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._authority = host if port in (80, 443) else f"{host}:{port}"
 
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a connection, the pool being full."""
+        return sum(not waiter.done() for waiter in self._waiters)
+
     async def request(
         self,
         method: str,
