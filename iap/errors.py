@@ -17,10 +17,12 @@
         ├── TooManyRequests      429 over the route's rate limit
         ├── HeadersTooLarge      431 too many or too large headers
         ├── ServiceUnavailable   503 the session store or the IdP cannot be reached
+        ├── Overloaded           503 more requests in flight than limits.max_in_flight
         └── UpstreamError        the upstream could not answer
             ├── BadGateway       502 refused, reset, TLS failure
             ├── CircuitOpen      503 upstream marked unhealthy
-            └── GatewayTimeout   504 connect or read timeout
+            ├── UpstreamBusy     503 every pooled connection stayed busy
+            └── GatewayTimeout   504 connect, read or total timeout
 
 ``public`` is what a client may see; ``detail`` is for the log and the span only.
 Foreign exceptions are translated at the adapter boundary with ``raise ... from exc``.
@@ -156,6 +158,17 @@ class ServiceUnavailable(RequestError):
         super().__init__(detail, public=public, reason=reason, headers=headers)
 
 
+class Overloaded(RequestError):
+    """Shed before any work: the process has ``limits.max_in_flight`` requests in flight."""
+
+    status = 503
+    public = "The service is busy. Please try again shortly."
+    reason = "overloaded"
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail, headers=[("Retry-After", "1")])
+
+
 class UpstreamError(RequestError):
     """The upstream did not give an answer; the client learns only which kind of failure."""
 
@@ -170,6 +183,17 @@ class CircuitOpen(UpstreamError):
     status = 503
     public = "The upstream service is temporarily unavailable."
     reason = "circuit_open"
+
+
+class UpstreamBusy(UpstreamError):
+    """Every connection the route's pool may open stayed busy for ``timeouts.connect``."""
+
+    status = 503
+    public = "The upstream service is busy. Please try again shortly."
+    reason = "upstream_pool_full"
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail, headers=[("Retry-After", "1")])
 
 
 class GatewayTimeout(UpstreamError):

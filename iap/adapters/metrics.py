@@ -39,6 +39,7 @@ class Metrics:
         self._certificates()
         self._decisions()
         self._dependencies()
+        self._load()
 
     def _traffic(self) -> None:
         """Requests and their durations (SPEC §8)."""
@@ -142,6 +143,20 @@ class Metrics:
         self.spans_dropped = Counter(
             "iap_spans_dropped_total",
             "Spans lost because the export queue was full or the export failed.",
+            registry=self.registry,
+        )
+
+    def _load(self) -> None:
+        """Load shedding and slow clients (docs/operations.md, "Load shedding")."""
+        self.shed = Counter(
+            "iap_requests_shed_total",
+            "Requests answered 503 at once because limits.max_in_flight were in flight.",
+            registry=self.registry,
+        )
+        self.header_timeouts = Counter(
+            "iap_header_timeouts_total",
+            "Connections closed (408) because a request head took longer than "
+            "limits.header_timeout to arrive.",
             registry=self.registry,
         )
 

@@ -2,7 +2,9 @@
 
 Invariants:
 - At most ``limit`` connections are open to the origin; a request past the limit waits
-  for one to be returned or closed.
+  for one to be returned or closed, at most ``connect_timeout`` seconds in all, then fails
+  with :class:`PoolFull` (no verdict on the upstream: nothing was sent).
+- At most ``max_idle`` connections are kept idle; one returned past that is closed.
 - An idle connection is reused only while younger than ``keepalive`` seconds; one that
   closed, or spoke while idle, is never handed out again.
 - A request that failed on a reused connection before any response byte arrived is sent
@@ -18,11 +20,16 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import suppress
 
 from iap.adapters.http1 import Answer, ConnectFailed, Connection, ConnectTimeout, UpstreamClosed
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _CRLF = "\r\n"
+
+
+class PoolFull(TimeoutError):
+    """Every connection of the pool stayed busy for as long as a request may wait."""
 
 
 class Pool:
@@ -36,17 +43,23 @@ class Pool:
         tls: Callable[[], ssl.SSLContext | None],
         server_name: str | None,
         limit: int = 1000,
+        max_idle: int = 100,
         keepalive: float = 30.0,
     ) -> None:
         """``tls`` is asked for the current context at every new connection (rotation)."""
         self.loop = asyncio.get_running_loop()
         self._host, self._port = host, port
         self._tls, self._server_name = tls, server_name
-        self._limit, self._keepalive = limit, keepalive
+        self._limit, self._max_idle, self._keepalive = limit, max_idle, keepalive
         self._idle: deque[Connection] = deque()
         self._open = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._authority = host if port in (80, 443) else f"{host}:{port}"
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a connection, the pool being full."""
+        return sum(not waiter.done() for waiter in self._waiters)
 
     async def request(
         self,
@@ -92,13 +105,32 @@ class Pool:
             if not connection.closed and now - connection.idle_since < self._keepalive:
                 return connection, True
             connection.abort()
-        while self._open >= self._limit:
-            waiter = self.loop.create_future()
-            self._waiters.append(waiter)
-            await waiter
-            if self._idle:
-                return self._idle.pop(), True
+        if self._open >= self._limit:
+            try:
+                async with asyncio.timeout(connect_timeout):
+                    while self._open >= self._limit:
+                        await self._wait_turn()
+                        if self._idle:
+                            return self._idle.pop(), True
+            except TimeoutError as exc:
+                raise PoolFull(f"all {self._limit} connections to {self._authority} busy") from exc
         return await self._connect(connect_timeout), False
+
+    async def _wait_turn(self) -> None:
+        """Until a connection is returned or closed; a turn given to a request that stopped
+        waiting (timed out, cancelled) passes to the next one."""
+        waiter = self.loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._wake_one()
+            else:
+                waiter.cancel()
+                with suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
 
     async def _connect(self, connect_timeout: float | None) -> Connection:
         self._open += 1
@@ -121,6 +153,9 @@ class Pool:
         return connection
 
     def put(self, connection: Connection) -> None:
+        if len(self._idle) >= self._max_idle and not self._waiters:
+            connection.abort()  # forget() wakes a waiter, if one came meanwhile
+            return
         connection.idle_since = self.loop.time()
         self._idle.append(connection)
         self._wake_one()

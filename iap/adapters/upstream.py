@@ -34,7 +34,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from iap.adapters.http1 import Answer, BadResponse, ConnectFailed, ConnectTimeout, UpstreamClosed
-from iap.adapters.pool import Pool
+from iap.adapters.pool import Pool, PoolFull
 from iap.adapters.tls import Material, upstream_material
 from iap.config import Route, UpstreamTLS
 from iap.domain.circuit import CircuitBreaker
@@ -56,6 +56,7 @@ FailureKind = Literal[
     "certificate",  # the upstream's certificate was refused
     "tls",  # any other TLS failure
     "timeout",  # connect, read or total timeout
+    "pool_full",  # not attempted: every pooled connection stayed busy past timeouts.connect
     "broken",  # the connection worked, the answer did not (closed early, malformed)
     "handshake",  # the upstream answered a WebSocket upgrade without upgrading
     "body_too_large",  # the request body went over the route's limit as it streamed
@@ -75,9 +76,11 @@ class UpstreamFailure(IapError):
 class Timeouts:
     """How long the forwarder waits, in seconds; ``None`` is no bound.
 
-    ``connect`` bounds opening a plain HTTP connection (TCP and TLS); ``read`` bounds the
-    upstream's silence while it answers, and a WebSocket's closing handshake; ``total``
-    bounds the whole wait for an answer's head or a WebSocket handshake.
+    ``connect`` bounds opening a plain HTTP connection (TCP and TLS) and the wait for a
+    free one when the pool is full, and a WebSocket's whole opening handshake (TCP, TLS and
+    the upstream's 101); ``read`` bounds the upstream's silence while it answers, and a
+    WebSocket's closing handshake; ``total`` bounds the whole wait for an answer's head or
+    a WebSocket handshake (the web layer bounds the rest of the exchange with it).
     """
 
     connect: float | None = None
@@ -121,6 +124,7 @@ class Upstream:
     server_name: str | None
     circuit: CircuitBreaker
     limit: int = 1000
+    max_idle: int = 100
     _session: aiohttp.ClientSession | None = field(default=None, init=False)
     _pool: Pool | None = field(default=None, init=False)
 
@@ -134,6 +138,7 @@ class Upstream:
                 tls=lambda: self.tls.context if self.tls is not None else None,
                 server_name=self.server_name,
                 limit=self.limit,
+                max_idle=self.max_idle,
             )
         return self._pool
 
@@ -235,10 +240,9 @@ class Upstream:
             autoping=False,
             max_msg_size=max_message,
         )
+        bounds = [t for t in (timeouts.connect, timeouts.total) if t is not None]
         try:
-            socket = await (
-                call if timeouts.total is None else asyncio.wait_for(call, timeouts.total)
-            )
+            socket = await (asyncio.wait_for(call, min(bounds)) if bounds else call)
         except aiohttp.WSServerHandshakeError as exc:
             self.circuit.succeeded()
             detail = f"upstream refused the WebSocket handshake ({exc.status})"
@@ -257,6 +261,9 @@ class Upstream:
             self.circuit.abandoned()
             detail = f"streamed body over limit after {transfer.bytes_in} bytes"
             return UpstreamFailure("body_too_large", detail)
+        if isinstance(exc, PoolFull):  # nothing was sent: no verdict on the upstream
+            self.circuit.abandoned()
+            return UpstreamFailure("pool_full", str(exc))
         if isinstance(exc, _UNREACHABLE):
             self.circuit.failed()
         else:  # the connection worked; a slow or broken answer says nothing about reachability
@@ -369,6 +376,8 @@ class Upstreams:
                 tls=_material(route) if https else None,
                 server_name=route.upstream_tls.server_name if route.upstream_tls else None,
                 circuit=CircuitBreaker(route.circuit.failures, route.circuit.cooldown, self._clock),
+                limit=route.pool.max_connections,
+                max_idle=route.pool.max_idle,
             )
         return self._pools[key]
 

@@ -64,6 +64,14 @@ class RateLimit(Model):
 class Timeouts(Model):
     connect: Duration = 2.0
     read: Duration = 30.0
+    total: Duration | None = None
+
+
+class Pool(Model):
+    """The keep-alive pool of connections to the route's upstream."""
+
+    max_connections: int = Field(1000, gt=0, le=100_000)
+    max_idle: int = Field(100, ge=0, le=100_000)
 
 
 class Circuit(Model):
@@ -97,6 +105,7 @@ class Route(Model):
     rate_limit: RateLimit | None = None
     exchange: Exchange | None = None
     timeouts: Timeouts = Timeouts()
+    pool: Pool = Pool()
     circuit: Circuit = Circuit()
     max_body: Size = 10 * 2**20
     preserve_host: bool = True

@@ -44,11 +44,15 @@ class Admin(Model):
 
 
 class Limits(Model):
-    """Request bounds applied before any other work (SPEC §2 step 1)."""
+    """Request bounds applied before any other work (SPEC §2 step 1), the load a process
+    takes on at once, and how long a client may take to send a request head or stay idle."""
 
     max_headers: int = Field(100, gt=0, le=1000)
     max_header_bytes: Size = 32 * 1024
     max_url_bytes: Size = 8 * 1024
+    max_in_flight: int = Field(1000, gt=0, le=1_000_000)
+    header_timeout: Duration = 10.0
+    keepalive_timeout: Duration = 75.0
 
 
 class ClientCertificate(Model):

@@ -47,6 +47,7 @@ from iap.web.admission import Admission
 from iap.web.bearer import BearerAuth
 from iap.web.errorpage import SERVER, error_response
 from iap.web.forward_auth import PATH, PREFIX, ForwardAuth
+from iap.web.load import Load
 from iap.web.minting import Minter
 from iap.web.routes import PreparedRoute, route_table
 from iap.web.signin import Caller, SignIn
@@ -78,12 +79,14 @@ class Gateway:
         minter: Minter | None = None,
         bearer: BearerAuth | None = None,
         limiter: RateLimiter | None = None,
+        load: Load | None = None,
     ) -> None:
         self._signin = signin
         self._minter = minter
         self._bearer = bearer
         self._documents = minter.documents() if minter is not None else {}
         self._limits = config.limits
+        self._load = load or Load(config.limits.max_in_flight, None)  # no edge: none counted
         self._trust = TrustedProxies(config.trusted_proxies)
         self._ids = correlation.CorrelationIds(os.urandom)
         self._tracing = tracing
@@ -185,6 +188,7 @@ class Gateway:
     ) -> web.StreamResponse:
         """SPEC §2 steps 1 and 4 to 10, in order; raises what iap answers itself."""
         self._bound(request, exchange)
+        self._load.admit()  # sheds past limits.max_in_flight, before any auth work
         if self._auth is not None and request.raw_path.startswith(PREFIX):
             return await self._auth.prefixed(request, exchange, span, trusted=trusted)
         target = normalise(request.raw_path)
@@ -356,7 +360,9 @@ class Gateway:
         if transfer.client_gone:
             exchange.reason = "client_closed"
         elif transfer.aborted:
-            exchange.reason = "upstream_aborted"
+            exchange.reason = (
+                "deadline_exceeded" if transfer.aborted == "deadline" else "upstream_aborted"
+            )
         route = exchange.route or "_none"
         self._metrics.observe_request(
             route, exchange.method, exchange.status, now - exchange.started

@@ -3,7 +3,8 @@
 The upstream client (``iap.adapters.upstream``) speaks in values; this module reads the
 client's body for it, turns its :class:`~iap.adapters.http1.Answer` into a response, relays
 a WebSocket, and turns each :class:`~iap.adapters.upstream.UpstreamFailure` into iap's error
-(:func:`refusal`): 502, 503 (circuit open), 504, or 413 for a body over the route's limit.
+(:func:`refusal`): 502, 503 (circuit open, pool full), 504, or 413 for a body over the
+route's limit.
 
 Invariants:
 - Bodies stream both ways in chunks; only bodies known to be small are read whole.
@@ -13,10 +14,15 @@ Invariants:
   banner leaks, as Envoy does by default).
 - A failure after the response started aborts the client connection: a status already
   sent cannot be taken back.
+- ``timeouts.total`` is one deadline for the whole exchange, from the first byte of the
+  request body read to the last byte of the answer: 504 while no status was sent, an
+  aborted client connection after. An event stream's body (``text/event-stream``) and a
+  WebSocket after its upgrade are not bounded by it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
@@ -30,13 +36,21 @@ from iap.adapters.upstream import (
     UpstreamFailure,
 )
 from iap.domain.headers import HeaderFilter
-from iap.errors import BadGateway, CircuitOpen, GatewayTimeout, PayloadTooLarge, RequestError
+from iap.errors import (
+    BadGateway,
+    CircuitOpen,
+    GatewayTimeout,
+    PayloadTooLarge,
+    RequestError,
+    UpstreamBusy,
+)
 from iap.web.errorpage import SERVER
 
 _NO_BODY_STATUS = frozenset({204, 304})
 _REPLACED = frozenset({"server", "x-correlation-id"})
 _REFUSALS: dict[str, type[RequestError]] = {
     "circuit_open": CircuitOpen,
+    "pool_full": UpstreamBusy,
     "timeout": GatewayTimeout,
     "body_too_large": PayloadTooLarge,
 }
@@ -64,13 +78,20 @@ async def forward(
         upstream.admit()
     except UpstreamFailure as failure:
         raise refusal(failure) from failure
+    deadline = (
+        None if timeouts.total is None else asyncio.get_running_loop().time() + timeouts.total
+    )
     try:
-        body = await _request_body(request, max_body, transfer)
-        answer = await upstream.request(
-            request.method, target, headers, body, timeouts=timeouts, transfer=transfer
-        )
+        async with asyncio.timeout_at(deadline):
+            body = await _request_body(request, max_body, transfer)
+            answer = await upstream.request(
+                request.method, target, headers, body, timeouts=timeouts, transfer=transfer
+            )
     except UpstreamFailure as failure:
         raise refusal(failure) from failure
+    except TimeoutError as exc:  # the deadline passed before the answer's head
+        upstream.circuit.abandoned()
+        raise GatewayTimeout(f"request deadline of {timeouts.total}s passed") from exc
     except BaseException:
         # The client's side failed first (a body over the limit, a dropped upload): no
         # verdict on the upstream, so a half-open circuit lets the next trial through.
@@ -83,8 +104,10 @@ async def forward(
         return web.Response(
             status=answer.status, reason=answer.reason, headers=response_headers, body=answer.body
         )
+    if _event_stream(answer):
+        deadline = None  # an event stream is long-lived by design
     try:
-        return await _stream(request, answer, response_headers, transfer)
+        return await _stream(request, answer, response_headers, transfer, deadline)
     except (ConnectionError, TimeoutError) as exc:  # the client's side broke before the head
         raise refusal(upstream.failure(exc, transfer)) from exc
     finally:
@@ -124,8 +147,10 @@ async def _stream(
     answer: Answer,
     headers: list[tuple[str, str]],
     transfer: Transfer,
+    deadline: float | None,
 ) -> web.StreamResponse:
-    """An answer without a body (HEAD, 204, 304) or one too large to read whole."""
+    """An answer without a body (HEAD, 204, 304) or one too large to read whole, streamed
+    until ``deadline`` (the event loop's clock) at most."""
     response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
     length = answer.content_length
     if request.method == "HEAD" or answer.status in _NO_BODY_STATUS:
@@ -136,7 +161,7 @@ async def _stream(
     if length is not None:
         response.content_length = length
     await response.prepare(request)
-    await _pump(request, answer, response, transfer)
+    await _pump(request, answer, response, transfer, deadline)
     return response
 
 
@@ -145,19 +170,23 @@ async def _pump(
     answer: Answer,
     response: web.StreamResponse,
     transfer: Transfer,
+    deadline: float | None,
 ) -> None:
-    """Copy the body; on a failure mid-way, abort the client connection (status is sent)."""
+    """Copy the body; on a failure mid-way or past ``deadline``, abort the client
+    connection (the status is sent)."""
+    timer = asyncio.timeout_at(deadline)
     try:
-        async for chunk in answer.chunks():
-            try:
-                await response.write(chunk)
-            except ConnectionError:
-                transfer.client_gone = True
-                return
-            transfer.bytes_out += len(chunk)
-        await response.write_eof()
+        async with timer:
+            async for chunk in answer.chunks():
+                try:
+                    await response.write(chunk)
+                except ConnectionError:
+                    transfer.client_gone = True
+                    return
+                transfer.bytes_out += len(chunk)
+            await response.write_eof()
     except (ConnectionError, TimeoutError) as exc:
-        transfer.aborted = type(exc).__name__
+        transfer.aborted = "deadline" if timer.expired() else type(exc).__name__
         if request.transport is not None:
             request.transport.abort()
 
@@ -207,6 +236,14 @@ async def forward_websocket(
         await client.prepare(request)
         await socket.relay(client, transfer)
     return client
+
+
+def _event_stream(answer: Answer) -> bool:
+    """A ``text/event-stream`` answer (Server-Sent Events)."""
+    return any(
+        name.lower() == "content-type" and value.lower().startswith("text/event-stream")
+        for name, value in answer.headers
+    )
 
 
 def upgrades(request: web.BaseRequest) -> bool:

@@ -5,6 +5,8 @@ Invariants:
   built here once, before a socket is bound; request handling builds none of it.
 - Routes that point at the same origin with the same TLS settings share one upstream
   (its pool and circuit breaker).
+- Routes that share an upstream agree on its ``pool``: a route that sets another is a
+  :class:`~iap.errors.ConfigError` naming ``routes[i].pool``, never silently ignored.
 - TLS material that cannot be loaded is a :class:`~iap.errors.ConfigError` naming
   ``routes[i].upstream_tls``; every such route is reported, not only the first.
 """
@@ -36,8 +38,9 @@ class PreparedRoute:
 
 def route_table(config: Config, upstreams: Upstreams) -> RouteTable[PreparedRoute]:
     """Every route of ``config``, prepared; raises :class:`ConfigError` listing each route
-    whose upstream TLS material cannot be loaded."""
-    prepared, problems = [], []
+    whose upstream TLS material cannot be loaded or whose pool differs from a route sharing
+    its upstream."""
+    prepared, problems = [], _pool_conflicts(config.routes)
     for index, route in enumerate(config.routes):
         try:
             prepared.append((route.match, prepare(route, upstreams)))
@@ -49,9 +52,22 @@ def route_table(config: Config, upstreams: Upstreams) -> RouteTable[PreparedRout
     return RouteTable(prepared)
 
 
+def _pool_conflicts(routes: list[Route]) -> list[str]:
+    first: dict[tuple[str, str], int] = {}
+    problems = []
+    for index, route in enumerate(routes):
+        shared = first.setdefault((route.upstream, repr(route.upstream_tls)), index)
+        if routes[shared].pool != route.pool:
+            problems.append(
+                f"routes[{index}].pool: differs from routes[{shared}].pool, which shares "
+                "its upstream and upstream_tls (one pool per upstream)"
+            )
+    return problems
+
+
 def prepare(route: Route, upstreams: Upstreams) -> PreparedRoute:
     """One route, with its upstream taken from (or added to) ``upstreams``."""
-    timeouts = Timeouts(connect=route.timeouts.connect, read=route.timeouts.read)
+    timeouts = Timeouts(route.timeouts.connect, route.timeouts.read, route.timeouts.total)
     limit = route.rate_limit
     quota = ratelimit.Quota(limit.requests, limit.per, limit.burst) if limit else None
     upstream = upstreams.for_route(route)

@@ -3,8 +3,10 @@
 Invariants:
 - Everything that can fail from configuration (TLS material, routes) is built before
   a socket is bound (:meth:`Edge.__init__`); binding is :meth:`Edge.start`.
-- Malformed HTTP that never reaches the gateway still gets iap's generic error page,
-  an audit line and no library banner.
+- Malformed or slow HTTP that never reaches the gateway is answered by
+  :mod:`iap.web.listener`.
+- Requests in flight are counted across reloads (:class:`~iap.web.load.Load`): past
+  ``limits.max_in_flight`` the gateway sheds them. The admin listener is never counted.
 - :meth:`Edge.stop` drains: readiness turns false, listeners close, in-flight requests
   get up to ``drain_timeout`` to finish.
 """
@@ -15,15 +17,10 @@ import asyncio
 import json
 import logging
 import socket
-import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
-from aiohttp.web_protocol import RequestHandler
 
 from iap.adapters.audit import AuditLog
 from iap.adapters.metrics import Metrics
@@ -32,75 +29,14 @@ from iap.adapters.telemetry import Tracing
 from iap.adapters.tls import Material, expiry_in
 from iap.config import Address, Config
 from iap.errors import ConfigError
-from iap.model import Exchange
 from iap.web.bearer import BearerAuth
-from iap.web.errorpage import error_response
 from iap.web.gateway import Gateway
+from iap.web.listener import PublicServer
+from iap.web.load import Load
 from iap.web.minting import Minter
 from iap.web.signin import SignIn
 
 log = logging.getLogger("iap")
-
-
-class _Protocol(RequestHandler):
-    """aiohttp's connection handler, with iap's error page for unparseable requests."""
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if request.writer.output_size > 0:
-            raise ConnectionError("response already started")
-        server: _PublicServer = self._manager  # type: ignore[assignment]
-        status, code, public = _parser_error(exc, status, server.line_limit)
-        correlation_id = str(uuid.uuid4())
-        server.audit.record(
-            Exchange(
-                started=time.perf_counter(),
-                correlation_id=correlation_id,
-                client_ip=request.remote or "",
-                method=request.method,
-                host="",
-                path="",
-                status=status,
-                reason="malformed_request",
-            )
-        )
-        response = error_response(status, code, public, correlation_id, None)
-        response.force_close()
-        return response
-
-
-def _parser_error(exc: BaseException | None, status: int, line_limit: int) -> tuple[int, str, str]:
-    """What to answer for a request aiohttp's parser refused."""
-    # LineTooLong carries the limit it hit: the request line's differs from a header's.
-    if isinstance(exc, LineTooLong) and exc.args[1:2] == (line_limit,):
-        return 414, "uri_too_long", "Request URI too long."
-    if isinstance(exc, LineTooLong) or (
-        isinstance(exc, BadHttpMessage) and "headers" in str(exc.message)
-    ):
-        return 431, "headers_too_large", "Request header fields too large."
-    if status < 500:
-        return status, "bad_request", "Bad request."
-    return 500, "internal_error", "Internal error."
-
-
-class _PublicServer(web.Server):
-    def __init__(
-        self,
-        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
-        audit: AuditLog,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(handler, **kwargs)
-        self.audit = audit
-        self.line_limit = int(kwargs.get("max_line_size", 8190))
-
-    def __call__(self) -> RequestHandler:
-        return _Protocol(self, loop=self._loop, **self._kwargs)
 
 
 def admin_app(
@@ -202,6 +138,7 @@ class Edge:
         self.limiter = parts.limiter
         self._tls = parts.listener_tls
         self.signin, self.minter, self.bearer = parts.signin, parts.minter, parts.bearer
+        self.load = Load(config.limits.max_in_flight, self.metrics.shed)
         self.gateway = self._gateway(config)
         self._runners: list[web.BaseRunner] = []
         self._watcher: asyncio.Task[None] | None = None
@@ -221,9 +158,12 @@ class Edge:
         if self.signin is not None:
             await self.signin.start()
         limits = self.config.limits
-        server = _PublicServer(
+        server = PublicServer(
             self._dispatch,
             self.audit,
+            self.metrics,
+            header_timeout=limits.header_timeout,
+            keepalive_timeout=limits.keepalive_timeout,
             max_headers=limits.max_headers * 2,
             max_field_size=limits.max_header_bytes,
             # Generous, so that our own check answers 414 with an audit line.
@@ -268,6 +208,7 @@ class Edge:
             minter=self.minter,
             bearer=self.bearer,
             limiter=self.limiter,
+            load=self.load,
         )
 
     async def readiness(self) -> dict[str, bool]:
@@ -297,8 +238,14 @@ class Edge:
         return []
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
-        # One indirection so SIGHUP can swap the gateway under open keep-alive connections.
-        return await self.gateway.handle(request)
+        # One indirection so SIGHUP can swap the gateway under open keep-alive connections;
+        # the count of requests in flight lives here, so it survives the swap.
+        load = self.load
+        load.in_flight += 1
+        try:
+            return await self.gateway.handle(request)
+        finally:
+            load.in_flight -= 1
 
     def reload(self, config: Config) -> Gateway:
         """SIGHUP: new routes and policies for new requests; returns the old gateway, which

@@ -15,6 +15,8 @@ EXPECTED = [
     (errors.HeadersTooLarge, 431),
     (errors.BadGateway, 502),
     (errors.CircuitOpen, 503),
+    (errors.Overloaded, 503),
+    (errors.UpstreamBusy, 503),
     (errors.GatewayTimeout, 504),
 ]
 CANARY = "s3cr3t-canary-value at /internal/path, aiohttp 3.10 traceback"
@@ -42,6 +44,11 @@ def test_default_detail_is_the_reason(cls: type[errors.RequestError]) -> None:
     assert str(error) == cls.reason
 
 
+@pytest.mark.parametrize("cls", [errors.Overloaded, errors.UpstreamBusy])
+def test_a_busy_refusal_says_when_to_retry(cls: type[errors.RequestError]) -> None:
+    assert cls("detail").headers == (("Retry-After", "1"),)
+
+
 def test_public_override_is_per_instance() -> None:
     error = errors.BadRequest("detail", public="Path not allowed.")
     assert error.public == "Path not allowed."
@@ -52,7 +59,7 @@ def test_tree() -> None:
     for cls, _ in EXPECTED:
         assert issubclass(cls, errors.RequestError)
         assert issubclass(cls, errors.IapError)
-    for cls in (errors.BadGateway, errors.CircuitOpen, errors.GatewayTimeout):
+    for cls in (errors.BadGateway, errors.CircuitOpen, errors.UpstreamBusy, errors.GatewayTimeout):
         assert issubclass(cls, errors.UpstreamError)
     assert not issubclass(errors.ConfigError, errors.RequestError)
     assert issubclass(errors.ConfigError, errors.IapError)
