@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint types unit bench sysdeps clean lock lock-upgrade sbom
+.PHONY: run test lint types unit bench soak sysdeps clean lock lock-upgrade sbom
 
 # Everything installs from the hashed locks in requirements/ (see docs/operations.md): the
 # developer's venv, CI and the image run the same versions. pip's own version does not matter.
@@ -68,6 +68,11 @@ test: $(STAMP) sysdeps lint types unit
 bench: $(STAMP)
 	bash scripts/sysdeps.sh wrk
 	$(BIN)/python bench/run.py
+
+# Not part of `make test`: SOAK_MINUTES (default 10) of mixed traffic, written to docs/PERFORMANCE.md.
+soak: $(STAMP)
+	bash scripts/sysdeps.sh
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage
