@@ -17,7 +17,7 @@
         ├── TooManyRequests      429 over the route's rate limit
         ├── HeadersTooLarge      431 too many or too large headers
         ├── ServiceUnavailable   503 the session store or the IdP cannot be reached
-        ├── Overloaded           503 more requests in flight than limits.max_in_flight
+        │   └── Overloaded       503 more requests in flight than limits.max_in_flight
         └── UpstreamError        the upstream could not answer
             ├── BadGateway       502 refused, reset, TLS failure
             ├── CircuitOpen      503 upstream marked unhealthy
@@ -158,15 +158,12 @@ class ServiceUnavailable(RequestError):
         super().__init__(detail, public=public, reason=reason, headers=headers)
 
 
-class Overloaded(RequestError):
+class Overloaded(ServiceUnavailable):
     """Shed before any work: the process has ``limits.max_in_flight`` requests in flight."""
 
-    status = 503
     public = "The service is busy. Please try again shortly."
     reason = "overloaded"
-
-    def __init__(self, detail: str = "") -> None:
-        super().__init__(detail, headers=[("Retry-After", "1")])
+    retry_after = 1
 
 
 class UpstreamError(RequestError):
