@@ -75,12 +75,16 @@ async def test_a_client_trickling_its_head_byte_by_byte_is_cut_off_with_408(
                 await writer.drain()  # listener: the trickle is paced by events, not a clock
                 async with admin.get(f"{edge.admin_url}/healthz") as health:
                     assert health.status == 200
-        answer = await closed
+        try:
+            answer: bytes | None = await closed
+        except ConnectionResetError:  # a byte written after the close made the kernel send
+            answer = None  # RST, which may discard the 408 unread; the audit line still shows it
     writer.close()
     # Each byte arrived well within the timeout of the one before: only a deadline counted
     # from the head's first byte ends this, an idle timer would be reset forever.
-    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
-    assert b"Server: iap\r\n" in answer
+    if answer is not None:
+        assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+        assert b"Server: iap\r\n" in answer
     first, line = edge.audit_lines()
     assert first["status"] == 200
     assert (line["status"], line["reason"], line["client_ip"]) == (
