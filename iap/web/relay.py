@@ -81,16 +81,19 @@ async def forward(
     deadline = (
         None if timeouts.total is None else asyncio.get_running_loop().time() + timeouts.total
     )
+    scope = asyncio.timeout_at(deadline)
     try:
-        async with asyncio.timeout_at(deadline):
+        async with scope:
             body = await _request_body(request, max_body, transfer)
             answer = await upstream.request(
                 request.method, target, headers, body, timeouts=timeouts, transfer=transfer
             )
     except UpstreamFailure as failure:
         raise refusal(failure) from failure
-    except TimeoutError as exc:  # the deadline passed before the answer's head
+    except TimeoutError as exc:
         upstream.circuit.abandoned()
+        if not scope.expired():  # another timeout, not the deadline: not a 504 of ours
+            raise
         raise GatewayTimeout(f"request deadline of {timeouts.total}s passed") from exc
     except BaseException:
         # The client's side failed first (a body over the limit, a dropped upload): no
