@@ -78,9 +78,7 @@ async def forward(
         upstream.admit()
     except UpstreamFailure as failure:
         raise refusal(failure) from failure
-    deadline = (
-        None if timeouts.total is None else asyncio.get_running_loop().time() + timeouts.total
-    )
+    deadline = _deadline(timeouts.total)
     scope = asyncio.timeout_at(deadline)
     try:
         async with scope:
@@ -115,6 +113,11 @@ async def forward(
         raise refusal(upstream.failure(exc, transfer)) from exc
     finally:
         answer.release()
+
+
+def _deadline(total: float | None) -> float | None:
+    """The loop time ``timeouts.total`` from now; None without one."""
+    return None if total is None else asyncio.get_running_loop().time() + total
 
 
 async def _request_body(
