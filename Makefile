@@ -2,17 +2,24 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
+RUNTIME := $(VENV)/.runtime
 STAMP := $(VENV)/.installed
 
 .PHONY: run test lint types unit bench soak sysdeps clean lock lock-upgrade sbom
 
 # Everything installs from the hashed locks in requirements/ (see docs/operations.md): the
 # developer's venv, CI and the image run the same versions. pip's own version does not matter.
-LOCKS := requirements/build.lock requirements/test.lock
-$(STAMP): pyproject.toml requirements/runtime.lock $(LOCKS)
+# Two stamps: `make run` needs the runtime only ($(RUNTIME): runtime.lock and iap); the test
+# tools (pytest, ruff, mypy, playwright...) come with test.lock ($(STAMP)) for everything else.
+$(RUNTIME): pyproject.toml requirements/runtime.lock requirements/build.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --require-hashes --no-deps $(addprefix -r ,$(LOCKS))
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps \
+		-r requirements/build.lock -r requirements/runtime.lock
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME) requirements/test.lock
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements/test.lock
 	touch $(STAMP)
 
 # `make lock` re-resolves pyproject.toml for the image (CPython 3.11, glibc Linux, wheels
@@ -46,7 +53,7 @@ sbom: $(STAMP)
 		$(SBOM_ENV)/bin/python
 	rm -rf $(SBOM_ENV)
 
-run: $(STAMP)
+run: $(RUNTIME)
 	$(BIN)/iap dev
 
 sysdeps:
