@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from iap.config import wording
 from iap.config.fields import Address, Duration, HeaderName, HttpUrl, Size, TLSFiles
 from iap.config.policy import Allow, Policy, Rule
 from iap.config.redis import Redis, RedisSentinel
@@ -108,11 +109,9 @@ def _location(loc: tuple[int | str, ...]) -> str:
 
 def _problems(error: ValidationError) -> list[str]:
     problems = []
-    for item in error.errors(include_input=False, include_url=False):
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown key"
-        problems.append(f"{_location(item['loc'])}: {message}")
+    # The input is read for its kind only ("got a string"); no message repeats it.
+    for item in error.errors(include_url=False):
+        problems.append(f"{_location(item['loc'])}: {wording.message(item)}")
     return problems
 
 
@@ -159,6 +158,8 @@ def _policy_problems(key: str, policy: object, document: Mapping[str, object]) -
     """Refuse what this build cannot enforce rather than serve it openly."""
     if not isinstance(policy, Mapping) or policy.get("public") is True:
         return []
+    if not isinstance(policy.get("public", False), bool):
+        return []  # a type error, which the model reports in its own words
     if document.get("oidc") is None:
         return [f"{key}: a route that is not `public: true` needs sign-in; configure oidc"]
     return []
@@ -192,5 +193,6 @@ def load(path: str | os.PathLike[str], environment: Environment | None = None) -
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([f"{path}: not valid YAML{where}"]) from None
+        problem = wording.yaml_problem(getattr(exc, "problem", None))
+        raise ConfigError([f"{path}: not valid YAML{where}: {problem}"]) from None
     return parse(document, environment)

@@ -19,6 +19,7 @@ from pydantic import (
     BeforeValidator,
     Discriminator,
     Field,
+    StrictBool,
     Tag,
     field_validator,
     model_validator,
@@ -65,7 +66,7 @@ class Allow(Model):
     domains: Domains = []
     tenants: list[str] = []
     claims: dict[str, list[str]] = {}
-    authenticated: bool = False
+    authenticated: StrictBool = False
 
 
 class Rule(Model):
@@ -110,7 +111,7 @@ class Policy(Model):
     """``public: true``, or ``allow`` (a list of rules, or the single-mapping form) and ``deny``
     (a list of rules that refuse before ``allow`` is read)."""
 
-    public: bool = False
+    public: StrictBool = False
     allow: (
         Annotated[
             Annotated[list[Rule], Tag("rules")] | Annotated[Allow, Tag("mapping")],

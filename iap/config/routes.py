@@ -12,7 +12,14 @@ import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, FilePath, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    FilePath,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
 
 from iap.config.fields import Duration, HttpUrl, Model, Size, absolute_prefix
 from iap.config.policy import Policy
@@ -108,7 +115,7 @@ class Route(Model):
     pool: Pool = Pool()
     circuit: Circuit = Circuit()
     max_body: Size = 10 * 2**20
-    preserve_host: bool = True
+    preserve_host: StrictBool = True
 
     @model_validator(mode="after")
     def _tls_needs_https(self) -> Route:

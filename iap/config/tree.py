@@ -12,10 +12,16 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, FilePath, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    DirectoryPath,
+    Field,
+    FilePath,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from iap.config.fields import (
     AddressField,
@@ -134,7 +140,7 @@ class Session(Model):
 
 class Tokens(Model):
     issuer: HttpUrl
-    keys_dir: Path
+    keys_dir: DirectoryPath
     ttl: Duration = 300.0
     publish_before_use: Duration = 1500.0
     header: HeaderName = "authorization"

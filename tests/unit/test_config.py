@@ -471,7 +471,7 @@ def test_load_reports_validation_problems(tmp_path: Path) -> None:
         config.load(path)
     assert sorted(info.value.problems) == [
         "listen.adress: unknown key",
-        "routes: List should have at least 1 item after validation, not 0",
+        "routes: must not be empty",
     ]
 
 
