@@ -22,24 +22,45 @@ def routed(**route: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("document", "problem"),
     [
-        (routed(policy={"public": "yes"}), "routes[0].policy.public: expected true or false, got a string"),
-        (routed(policy={"public": 1}), "routes[0].policy.public: expected true or false, got a number"),
-        (routed(match={"methods": "GET"}), "routes[0].match.methods: expected a list, got a string"),
+        (
+            routed(policy={"public": "yes"}),
+            "routes[0].policy.public: expected true or false, got a string",
+        ),
+        (
+            routed(policy={"public": 1}),
+            "routes[0].policy.public: expected true or false, got a number",
+        ),
+        (
+            routed(match={"methods": "GET"}),
+            "routes[0].match.methods: expected a list, got a string",
+        ),
         (routed(policy=[1]), "routes[0].policy: expected a mapping of keys, got a list"),
         (routed(name=5), "routes[0].name: expected text, got a number"),
-        (routed(preserve_host="no"), "routes[0].preserve_host: expected true or false, got a string"),
+        (
+            routed(preserve_host="no"),
+            "routes[0].preserve_host: expected true or false, got a string",
+        ),
         (minimal(listen=5), "listen: expected a mapping of keys, got a number"),
         (minimal(limits=None), "limits: expected a mapping of keys, got nothing (null)"),
-        (minimal(limits={"max_headers": "many"}), "limits.max_headers: expected a whole number, got a string"),
-        (minimal(limits={"max_headers": 1.5}), "limits.max_headers: expected a whole number, got a fractional number"),
+        (
+            minimal(limits={"max_headers": "many"}),
+            "limits.max_headers: expected a whole number, got a string",
+        ),
+        (
+            minimal(limits={"max_headers": 1.5}),
+            "limits.max_headers: expected a whole number, got a fractional number",
+        ),
         (minimal(limits={"max_headers": 0}), "limits.max_headers: must be greater than 0"),
         (minimal(limits={"max_headers": 5000}), "limits.max_headers: must be at most 1000"),
         (minimal(routes="x"), "routes: expected a list, got a string"),
         (minimal(routes=[]), "routes: must not be empty"),
-        (minimal(telemetry={"protocol": "udp"}), "telemetry.protocol: expected http/protobuf or grpc"),
+        (
+            minimal(telemetry={"protocol": "udp"}),
+            "telemetry.protocol: expected http/protobuf or grpc",
+        ),
         ({"routes": minimal()["routes"]}, "public_url: required"),
     ],
-)  # fmt: skip
+)
 def test_each_problem_in_iaps_words(document: dict[str, Any], problem: str) -> None:
     problems = problems_of(document)
     assert problems == [problem]
