@@ -18,6 +18,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -35,20 +36,49 @@ _TIMED_OUT = (
 )
 
 
+_METHOD_PREFIX = 8  # "OPTIONS " is the longest method the metrics name
+
+
+@dataclass(slots=True)
+class _Head:
+    """What a refusal reports of a request head: its first bytes, its size, its start."""
+
+    start: bytes = b""
+    size: int = 0
+    began: float = 0.0
+
+    def feed(self, data: bytes) -> None:
+        if len(self.start) < _METHOD_PREFIX:
+            self.start += data[: _METHOD_PREFIX - len(self.start)]
+            self.began = self.began or time.perf_counter()
+        self.size += len(data)
+
+    @property
+    def method(self) -> str:
+        """The method, when the request line got that far ("" otherwise); metrics fold
+        any but the usual ones into ``OTHER``, and the audit line is JSON-escaped."""
+        name, space, _ = self.start.partition(b" ")
+        return name.decode("ascii") if space and name.isalpha() and name.isupper() else ""
+
+
 class _Protocol(RequestHandler):
     """aiohttp's connection handler, with iap's error page for unparseable requests and a
     deadline for each request head."""
 
     _head_timer: asyncio.TimerHandle | None = None
-
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._head = _Head()  # the head being read (its start, size and first byte's time)
+        self._last_head = _Head()  # the last one parsed, refused or not: for handle_error
         super().connection_made(transport)
         self._arm()
 
     def data_received(self, data: bytes) -> None:
         before = self._request_count
+        if self._reading_head():
+            self._head.feed(data)
         super().data_received(data)
-        if self._request_count != before:  # a whole head arrived
+        if self._request_count != before:  # a whole head arrived (or was refused)
+            self._last_head, self._head = self._head, _Head()
             self._disarm()
         elif data and self._head_timer is None and self._reading_head():
             self._arm()  # the first bytes of the next head
@@ -76,7 +106,8 @@ class _Protocol(RequestHandler):
         if server is None or transport is None or not self._reading_head():
             return
         peer = transport.get_extra_info("peername")
-        server.record_refusal(peer[0] if isinstance(peer, tuple) else "", "", 408, "header_timeout")
+        client_ip = peer[0] if isinstance(peer, tuple) else ""
+        server.record_refusal(client_ip, self._head, 408, "header_timeout", 0)
         server.metrics.header_timeouts.inc()
         transport.write(_TIMED_OUT)
         self.force_close()
@@ -92,11 +123,18 @@ class _Protocol(RequestHandler):
             raise ConnectionError("response already started")
         server: PublicServer = self._manager  # type: ignore[assignment]
         status, code, public = _parser_error(exc, status, server.line_limit)
-        correlation_id = server.record_refusal(
-            request.remote or "", request.method, status, "malformed_request"
-        )
+        correlation_id = str(uuid.uuid4())
         response = error_response(status, code, public, correlation_id, None)
         response.force_close()
+        sent = len(response.body) if isinstance(response.body, bytes) else 0
+        server.record_refusal(
+            request.remote or "",
+            self._last_head,
+            status,
+            "malformed_request",
+            sent,
+            correlation_id=correlation_id,
+        )
         return response
 
 
@@ -135,19 +173,30 @@ class PublicServer(web.Server):
     def __call__(self) -> RequestHandler:
         return _Protocol(self, loop=self._loop, **self._kwargs)
 
-    def record_refusal(self, client_ip: str, method: str, status: int, reason: str) -> str:
-        """The audit line of a request refused before the gateway saw it; its correlation id."""
-        correlation_id = str(uuid.uuid4())
-        self.audit.record(
-            Exchange(
-                started=time.perf_counter(),
-                correlation_id=correlation_id,
-                client_ip=client_ip,
-                method=method,
-                host="",
-                path="",
-                status=status,
-                reason=reason,
-            )
+    def record_refusal(
+        self,
+        client_ip: str,
+        head: _Head,
+        status: int,
+        reason: str,
+        bytes_out: int,
+        *,
+        correlation_id: str | None = None,
+    ) -> None:
+        """The audit line and the request metrics (route ``_none``, as every request that
+        matched no route) of a request refused before the gateway saw it."""
+        now = time.perf_counter()
+        exchange = Exchange(
+            started=head.began or now,
+            correlation_id=correlation_id or str(uuid.uuid4()),
+            client_ip=client_ip,
+            method=head.method,
+            host="",
+            path="",
+            status=status,
+            reason=reason,
+            bytes_in=head.size,
+            bytes_out=bytes_out,
         )
-        return correlation_id
+        self.metrics.observe_request("_none", head.method, status, now - exchange.started)
+        self.audit.record(exchange, now=now)
