@@ -18,9 +18,37 @@ if TYPE_CHECKING:
     Commands = argparse._SubParsersAction[argparse.ArgumentParser]  # the subcommands' parser
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples as written; every option's default shown where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS)
+        if shown and action.option_strings and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _command(
+    commands: Commands, name: str, summary: str, example: str, description: str = ""
+) -> argparse.ArgumentParser:
+    """A subcommand with its one-line summary, a description and an example."""
+    return commands.add_parser(
+        name,
+        help=summary,
+        description=description or summary[0].upper() + summary[1:] + ".",
+        epilog="Example:\n  " + example.replace("\n", "\n  "),
+        formatter_class=_Help,
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="iap", description="Identity-aware proxy for the mesh edge."
+        prog="iap",
+        description="Identity-aware proxy for the mesh edge.",
+        epilog="Example:\n  iap dev            # try it: a dev IdP, demo users and a demo app\n"
+        "  iap COMMAND --help # what a command does, with an example",
+        formatter_class=_Help,
     )
     parser.add_argument("--version", action="version", version=f"iap {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -34,7 +62,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_serving(commands: Commands) -> None:
     """``iap run``, ``iap dev`` and ``iap check``."""
-    run = commands.add_parser("run", help="run the proxy")
+    run = _command(
+        commands,
+        "run",
+        "run the proxy",
+        "iap run -c /etc/iap/iap.yaml --workers auto",
+        "Serve the routes of a config until SIGTERM (drains) or SIGINT; SIGHUP reloads it.",
+    )
     run.add_argument("-c", "--config", required=True, help="path to iap.yaml")
     run.add_argument(
         "--workers",
@@ -42,34 +76,67 @@ def _add_serving(commands: Commands) -> None:
         default=1,
         help="processes sharing the port, or `auto` for the CPUs this container may use",
     )
-
-    dev = commands.add_parser("dev", help="run iap with a demo upstream on 127.0.0.1")
-    dev.add_argument("--port", type=int, default=8080, help="public port (default 8080)")
-
-    check = commands.add_parser("check", help="validate a config and print every problem")
+    _add_dev(commands)
+    check = _command(
+        commands,
+        "check",
+        "validate a config and print every problem",
+        "iap check -c iap.yaml && echo ok",
+        "Validate a config, read its secrets and TLS files, and print every problem with its"
+        "\nkey; binds nothing. Exit 0 when it is good, 2 when it is not.",
+    )
     check.add_argument("-c", "--config", required=True, help="path to iap.yaml")
+
+
+def _add_dev(commands: Commands) -> None:
+    dev = _command(
+        commands,
+        "dev",
+        "run iap with a dev IdP and a demo upstream on 127.0.0.1",
+        "iap dev --port 8080 --otlp http://127.0.0.1:4318",
+        "Run iap in front of a demo upstream, with a dev IdP shaped like Entra ID and demo"
+        "\nusers, all on 127.0.0.1 and with no config. Prints the URLs to open.",
+    )
+    dev.add_argument("--port", type=int, default=8080, help="the public port")
+    dev.add_argument("--admin-port", type=int, default=9090, help="the admin listener's port")
+    dev.add_argument(
+        "--otlp",
+        metavar="URL",
+        help="send spans to this OTLP/HTTP endpoint (Jaeger: http://127.0.0.1:4318); "
+        "without it, OTEL_EXPORTER_OTLP_ENDPOINT when set",
+    )
 
 
 def _add_tools(commands: Commands) -> None:
     """``iap certs dev`` and ``iap keys new``."""
-    certs = commands.add_parser("certs", help="certificate tooling")
+    certs = _command(commands, "certs", "certificate tooling", "iap certs dev --out ./certs")
     certs_commands = certs.add_subparsers(dest="certs_command", required=True, metavar="COMMAND")
-    certs_dev = certs_commands.add_parser(
-        "dev", help="write a development CA and the edge and ingress certificates"
+    certs_dev = _command(
+        certs_commands,
+        "dev",
+        "write a development CA and the edge and ingress certificates",
+        "iap certs dev --out ./certs --server-name api.mesh.internal --days 30",
     )
     certs_dev.add_argument("--out", required=True, help="directory to write the files into")
     certs_dev.add_argument(
         "--server-name",
         default="api.mesh.internal",
-        help="the ingress gateway's name (upstream_tls.server_name; default api.mesh.internal)",
+        help="the ingress gateway's name (upstream_tls.server_name)",
     )
     certs_dev.add_argument(
-        "--days", type=_positive, default=30, help="certificate lifetime in days (default 30)"
+        "--days", type=_positive, default=30, help="certificate lifetime in days"
     )
 
-    keys = commands.add_parser("keys", help="signing keys for the tokens iap mints")
+    keys = _command(
+        commands, "keys", "signing keys for the tokens iap mints", "iap keys new --dir ./keys"
+    )
     keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
-    keys_new = keys_commands.add_parser("new", help="add an ES256 signing key; print its kid")
+    keys_new = _command(
+        keys_commands,
+        "new",
+        "add an ES256 signing key; print its kid",
+        "iap keys new --dir /etc/iap/signing-keys",
+    )
     keys_new.add_argument(
         "--dir", required=True, help="the keys directory (tokens.keys_dir); created if missing"
     )
@@ -77,46 +144,61 @@ def _add_tools(commands: Commands) -> None:
 
 def _add_mesh(commands: Commands) -> None:
     """``iap mesh render``."""
-    mesh = commands.add_parser("mesh", help="Istio resources derived from the routes")
+    mesh = _command(
+        commands, "mesh", "Istio resources derived from the routes", "iap mesh render -c iap.yaml"
+    )
     mesh_commands = mesh.add_subparsers(dest="mesh_command", required=True, metavar="COMMAND")
-    mesh_render = mesh_commands.add_parser(
+    mesh_render = _command(
+        mesh_commands,
         "render",
-        help="print the RequestAuthentication and AuthorizationPolicies that make the mesh"
+        "print the RequestAuthentication and AuthorizationPolicies that make the mesh"
         " trust and enforce iap's tokens",
+        "iap mesh render -c iap.yaml --namespace istio-system | kubectl apply -f -",
     )
     mesh_render.add_argument("-c", "--config", required=True, help="path to iap.yaml")
-    mesh_render.add_argument(
-        "--namespace", default="istio-system", help="the gateway's namespace (istio-system)"
-    )
+    mesh_render.add_argument("--namespace", default="istio-system", help="the gateway's namespace")
     mesh_render.add_argument(
         "--selector",
         action="append",
         type=_label,
         metavar="KEY=VALUE",
-        help="a label of the gateway's pods; repeatable (default istio=ingressgateway)",
+        help="a label of the gateway's pods; repeatable (default: istio=ingressgateway)",
     )
     mesh_render.add_argument(
         "--jwks-uri",
         help="where istiod fetches iap's keys"
-        " (default http://iap-admin.iap.svc.cluster.local:<admin port>/jwks.json)",
+        " (default: http://iap-admin.iap.svc.cluster.local:<admin port>/jwks.json)",
     )
 
 
 def _add_policy(commands: Commands) -> None:
     """``iap policy explain``."""
-    policy = commands.add_parser("policy", help="route policies")
+    policy = _command(
+        commands,
+        "policy",
+        "route policies",
+        "iap policy explain -c iap.yaml --url https://edge/admin/ --user bob",
+    )
     policy_commands = policy.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
-    explain = policy_commands.add_parser(
-        "explain", help="print the decision for one request and the rule; exit 0 allow, 1 deny"
+    explain = _command(
+        policy_commands,
+        "explain",
+        "print the decision for one request and the rule; exit 0 allow, 1 deny",
+        "iap policy explain -c iap.yaml --url https://edge.contoso.com/admin/ --user alice\n"
+        "iap policy explain -c iap.yaml --method POST --url https://edge/api/ --claims id.json",
     )
     explain.add_argument("-c", "--config", required=True, help="path to iap.yaml")
-    explain.add_argument("--method", default="GET", help="the request method (GET)")
+    explain.add_argument("--method", default="GET", help="the request method")
     explain.add_argument("--url", required=True, help="the request URL, e.g. https://h/p?q")
     caller = explain.add_mutually_exclusive_group()
     caller.add_argument("--claims", metavar="FILE", help="the caller's ID-token claims (JSON)")
     caller.add_argument("--user", metavar="NAME", help="a dev IdP demo user (alice, bob, ...)")
-    explain.add_argument("--auth", choices=["session", "bearer"], default="session")
-    explain.add_argument("--client", default="", help="the client address, for `source` rules")
+    explain.add_argument(
+        "--auth", choices=["session", "bearer"], default="session", help="how the caller came in"
+    )
+    explain.add_argument(
+        "--client", default="", help="the client address, for `source` rules (default: none)"
+    )
 
 
 def _positive(text: str) -> int:
@@ -152,9 +234,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(cfg, args.config, environment, workers=args.workers)
         if args.command == "dev":
             from iap.app.serving import run_loop
-            from iap.dev.run import run_dev
+            from iap.dev.run import DevOptions, run_dev
 
-            return run_loop(run_dev(args.port, environment))
+            options = DevOptions(port=args.port, admin_port=args.admin_port, otlp=args.otlp)
+            return run_loop(run_dev(options, environment))
         if args.command == "certs":
             return _certs_dev(args.out, server_name=args.server_name, days=args.days)
         if args.command == "keys":

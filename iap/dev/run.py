@@ -18,6 +18,9 @@ import signal
 import ssl
 import sys
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ from aiohttp import web
 
 from iap import config
 from iap.adapters.signing_keys import write_new_key
-from iap.app import EXIT_FAILURE, EXIT_OK
+from iap.app import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 from iap.app.wiring import build_edge
 from iap.certs import GATEWAY_SPIFFE_ID, SERVER_NAME, SPIFFE_ID, DevMaterial, issue_dev_material
 from iap.dev.echo import echo_app
@@ -48,18 +51,57 @@ def upstream_server_context(material: DevMaterial) -> ssl.SSLContext:
     return context
 
 
-async def run_dev(port: int, environment: Environment) -> int:
+DEFAULT_PORT = 8080
+DEFAULT_ADMIN_PORT = 9090  # the default of admin.address, so the URL is the same every run
+
+
+@dataclass(frozen=True, slots=True)
+class DevOptions:
+    """What ``iap dev`` was asked for on its command line."""
+
+    port: int = DEFAULT_PORT
+    admin_port: int = DEFAULT_ADMIN_PORT
+    otlp: str | None = None
+    """An OTLP/HTTP endpoint for spans (``telemetry.otlp_endpoint``); else ``OTEL_*``."""
+
+
+async def run_dev(options: DevOptions, environment: Environment) -> int:
     """``iap dev``: the edge, the dev IdP and the demo upstream until SIGTERM or SIGINT;
-    ``environment`` turns tracing on as for ``iap run`` (``OTEL_*``)."""
+    ``--otlp`` or ``environment`` (``OTEL_*``, as for ``iap run``) turns tracing on."""
+    taken = _taken_port(options)
+    if taken is not None:
+        print(f"iap dev: {taken}", file=sys.stderr)
+        return EXIT_CONFIG
     directory = Path(tempfile.mkdtemp(prefix="iap-dev-"))
     try:
-        return await _run(port, directory, issue_dev_material(directory / "certs"), environment)
+        material = issue_dev_material(directory / "certs")
+        return await _run(options, directory, material, environment)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def _taken_port(options: DevOptions) -> str | None:
+    """Which port is in use and which option chooses another, before anything starts."""
+    for port, option, what in (
+        (options.port, "--port", "port"),
+        (options.admin_port, "--admin-port", "admin port"),
+    ):
+        try:
+            bind(config.Address("127.0.0.1", port)).close()
+        except OSError:
+            return f"{what} {port} is in use; choose another with {option}"
+    return None
+
+
 def dev_config(
-    *, port: int, idp_url: str, upstream_port: int, material: DevMaterial, directory: Path
+    *,
+    port: int,
+    idp_url: str,
+    upstream_port: int,
+    material: DevMaterial,
+    directory: Path,
+    admin_port: int = 0,
+    otlp: str | None = None,
 ) -> dict[str, Any]:
     """The ``iap.yaml`` that ``iap dev`` runs: sign-in with the dev IdP, three demo routes."""
     keys, secret, signing = _dev_secrets(directory / "secrets")
@@ -77,7 +119,7 @@ def dev_config(
     return {
         "public_url": public,
         "listen": {"address": f"127.0.0.1:{port}"},
-        "admin": {"address": "127.0.0.1:0"},
+        "admin": {"address": f"127.0.0.1:{admin_port}"},
         "oidc": {
             "issuer": f"{idp_url}/organizations/v2.0",
             "allowed_tenants": [TENANT_A],
@@ -92,6 +134,7 @@ def dev_config(
             "roles": {"Edge.Admin": "admin", STAFF_GROUP_ID: "staff"},
         },
         "routes": _dev_routes(upstream),
+        **({"telemetry": {"otlp_endpoint": otlp}} if otlp else {}),
     }
 
 
@@ -128,47 +171,74 @@ def _dev_secrets(directory: Path) -> tuple[Path, Path, Path]:
     return keys, secret, signing
 
 
-async def _run(port: int, directory: Path, material: DevMaterial, environment: Environment) -> int:
+async def _run(
+    options: DevOptions, directory: Path, material: DevMaterial, environment: Environment
+) -> int:
     upstream = web.AppRunner(echo_app(), access_log=None)
     await upstream.setup()
     sock = bind(config.Address("127.0.0.1", 0))
     await web.SockSite(upstream, sock, ssl_context=upstream_server_context(material)).start()
     upstream_port = sock.getsockname()[1]
-    public = f"http://127.0.0.1:{port}"
+    public = f"http://127.0.0.1:{options.port}"
     idp = await start_dev_idp(
         client_id=DEV_CLIENT_ID,
         client_secret=DEV_CLIENT_SECRET,
         redirect_uris=[f"{public}/.iap/callback"],
         post_logout_redirect_uris=[f"{public}/"],
     )
-    document = dev_config(
-        port=port,
-        idp_url=idp.url,
-        upstream_port=upstream_port,
-        material=material,
-        directory=directory,
-    )
-    edge = build_edge(config.parse(document, environment), environment)
     try:
-        await edge.start()
-    except OSError as exc:
-        print(f"iap dev: cannot listen on 127.0.0.1:{port}: {exc.strerror}", file=sys.stderr)
-        await edge.stop()
+        document = dev_config(
+            port=options.port,
+            idp_url=idp.url,
+            upstream_port=upstream_port,
+            material=material,
+            directory=directory,
+            admin_port=options.admin_port,
+            otlp=options.otlp,
+        )
+        edge = build_edge(config.parse(document, environment), environment)
+        described = partial(_describe, edge, idp.url, upstream_port, material)
+        return await _serve(edge, partial(described, tracing=_tracing(options, environment)))
+    finally:
         await idp.stop()
         await upstream.cleanup()
+
+
+async def _serve(edge: Edge, describe: Callable[[], None]) -> int:
+    try:
+        await edge.start()
+    except OSError as exc:  # taken since _taken_port looked
+        print(
+            f"iap dev: cannot listen ({exc.strerror}); choose other ports with --port and "
+            "--admin-port",
+            file=sys.stderr,
+        )
+        await edge.stop()
         return EXIT_FAILURE
-    _describe(edge, idp.url, upstream_port, material)
+    describe()
     await wait_for_signals(signal.SIGTERM, signal.SIGINT)
     await edge.stop()
-    await idp.stop()
-    await upstream.cleanup()
     return EXIT_OK
 
 
-def _describe(edge: Edge, idp_url: str, upstream_port: int, material: DevMaterial) -> None:
+def _tracing(options: DevOptions, environment: Environment) -> str:
+    endpoint = options.otlp or environment.otlp_traces_endpoint or environment.otlp_endpoint
+    if endpoint is None:
+        return "off (turn on with --otlp http://127.0.0.1:4318 or OTEL_EXPORTER_OTLP_ENDPOINT)"
+    return f"spans to {endpoint}; each audit line's trace_id finds its trace"
+
+
+def _describe(
+    edge: Edge, idp_url: str, upstream_port: int, material: DevMaterial, *, tracing: str
+) -> None:
+    admin = edge.admin_address or ("127.0.0.1", 0)
     lines = [
         f"iap dev ready: {edge.public_url}/",
-        f"  admin: {edge.describe()}",
+        "",
+        f"  open        {edge.public_url}/   (sign in as one of the demo users below)",
+        f"  admin       http://{admin[0]}:{admin[1]}/   (metrics, healthz, readyz, jwks.json)",
+        f"  tracing     {tracing}",
+        "",
         f"  dev IdP (Entra ID v2.0 shapes, loopback only): {idp_url}/organizations/v2.0",
         "  demo users (pick one on the dev IdP's sign-in page):",
         "    alice   Contoso (tenant A), app role Edge.Admin -> admin: / and /admin/",

@@ -66,6 +66,7 @@ class _Protocol(RequestHandler):
     deadline for each request head."""
 
     _head_timer: asyncio.TimerHandle | None = None
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._head = _Head()  # the head being read (its start, size and first byte's time)
         self._last_head = _Head()  # the last one parsed, refused or not: for handle_error

@@ -17,7 +17,6 @@ import asyncio
 import json
 import logging
 import socket
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -29,6 +28,7 @@ from iap.adapters.telemetry import Tracing
 from iap.adapters.tls import Material, expiry_in
 from iap.config import Address, Config
 from iap.errors import ConfigError
+from iap.web.admin import admin_app
 from iap.web.bearer import BearerAuth
 from iap.web.gateway import Gateway
 from iap.web.listener import PublicServer
@@ -37,49 +37,6 @@ from iap.web.minting import Minter
 from iap.web.signin import SignIn
 
 log = logging.getLogger("iap")
-
-
-def admin_app(
-    readiness: Callable[[], Awaitable[dict[str, bool]]],
-    metrics: Metrics,
-    materials: Callable[[], list[Material]],
-    minter: Minter | None = None,
-    degraded: Callable[[], Awaitable[list[str]]] | None = None,
-    stores: Callable[[], dict[str, object]] | None = None,
-) -> web.Application:
-    """``/healthz``, ``/readyz``, ``/metrics`` and, with minted tokens, ``/jwks.json`` (for
-    istiod's ``jwksUri`` inside the cluster); never exposed publicly."""
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(_: web.Request) -> web.Response:
-        checks = await readiness()
-        for material in materials():
-            checks[f"tls:{material.name}"] = material.usable()
-        ready = all(checks.values())
-        body: dict[str, object] = {"status": "ready" if ready else "not ready", "checks": checks}
-        if degraded is not None:
-            body["degraded"] = await degraded()
-        if stores is not None:  # after readiness(): its pings are what the states report
-            body["stores"] = stores()
-        return web.json_response(body, status=200 if ready else 503)
-
-    async def metrics_text(_: web.Request) -> web.Response:
-        body, content_type = metrics.exposition()
-        return web.Response(body=body, headers={"Content-Type": content_type})
-
-    async def server_header(_: web.Request, response: web.StreamResponse) -> None:
-        response.headers["Server"] = "iap"
-
-    app = web.Application()
-    app.on_response_prepare.append(server_header)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_text)
-    if minter is not None:
-        app.router.add_get("/jwks.json", minter.jwks)
-    return app
 
 
 def bind(address: Address, *, reuse_port: bool = False) -> socket.socket:
