@@ -173,7 +173,10 @@ async def stdout_line(iap: IapProcess, prefix: str) -> str:
 
 async def test_dev_serves_the_demo_page(tmp_path: Path) -> None:
     port = free_port()
-    iap = await start_iap("dev", "--port", str(port), ready_marker="iap dev ready: ")
+    admin = str(free_port())
+    iap = await start_iap(
+        "dev", "--port", str(port), "--admin-port", admin, ready_marker="iap dev ready: "
+    )
     try:
         assert iap.public_url == f"http://127.0.0.1:{port}"
         async with (

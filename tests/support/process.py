@@ -38,6 +38,13 @@ class IapProcess:
                 self._changed.clear()
                 await self._changed.wait()
 
+    async def wait_for_stdout(self, text: str) -> None:
+        """Until ``text`` has appeared on a line of the child's stdout."""
+        async with asyncio.timeout(60):  # a hang guard, not a performance bound
+            while not any(text in line for line in self.stdout_lines):
+                self._changed.clear()
+                await self._changed.wait()
+
     @property
     def pid(self) -> int:
         return self.proc.pid
