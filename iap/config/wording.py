@@ -45,6 +45,8 @@ _EXPECTED = {
     "union_tag_invalid": "expected a list of rules or a mapping of conditions",
     "union_tag_not_found": "expected a list of rules or a mapping of conditions",
 }
+_PATTERNS = {r"^[A-Za-z0-9_.-]+$": "use only letters, digits and _ . -"}
+"""What each ``pattern=`` of the model asks for, in words."""
 _TYPE_ERRORS = {key for key in _EXPECTED if key.endswith(("_type", "_parsing", "_from_float"))}
 
 
@@ -74,6 +76,8 @@ def message(item: Any) -> str:
         return str(item["msg"]).removeprefix("Value error, ")
     if kind == "too_short" and item.get("ctx", {}).get("min_length") == 1:
         return "must not be empty"
+    if kind == "string_pattern_mismatch":
+        return _PATTERNS.get(item.get("ctx", {}).get("pattern"), "not in the expected form")
     template = _EXPECTED.get(kind)
     if template is None:
         return "not a valid value here"
@@ -88,8 +92,8 @@ def message(item: Any) -> str:
 
 
 def _quoted(value: object) -> str:
-    """pydantic's ``'a' or 'b'`` lists as iap writes choices: ``a or b``."""
-    return str(value).replace("'", "")
+    """pydantic's ``'a' or 'b'`` lists as iap writes choices: ``a or b``; YAML's booleans."""
+    return str(value).replace("'", "").replace("True", "true").replace("False", "false")
 
 
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")

@@ -59,12 +59,22 @@ def routed(**route: Any) -> dict[str, Any]:
             "telemetry.protocol: expected http/protobuf or grpc",
         ),
         ({"routes": minimal()["routes"]}, "public_url: required"),
+        (routed(name="a b"), "routes[0].name: use only letters, digits and _ . -"),
+        (
+            minimal(redis={"url": "redis://r:6379/0"}, session={"store": "memcached"}),
+            "session.store: expected cookie or redis",
+        ),
     ],
 )
 def test_each_problem_in_iaps_words(document: dict[str, Any], problem: str) -> None:
     problems = problems_of(document)
     assert problems == [problem]
     assert not any(word in problem for word in LIBRARY_WORDS)
+
+
+def test_a_literal_true_is_written_as_yaml_writes_it() -> None:
+    problems = problems_of(routed(policy={"allow": [{"authenticated": False}]}))
+    assert "routes[0].policy.allow[0].authenticated: expected true" in problems
 
 
 def test_public_given_as_a_string_is_a_type_error_not_a_missing_oidc() -> None:
