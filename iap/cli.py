@@ -226,11 +226,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from iap.app.wiring import build_edge
 
             # Also loads the secrets and the TLS material; binds nothing.
-            build_edge(config.load(args.config, environment), environment)
+            build_edge(config.load(args.config, environment, serving=True), environment)
             print(f"{args.config}: ok")
             return EXIT_OK
         if args.command == "run":
-            cfg = config.load(args.config, environment)
+            cfg = config.load(args.config, environment, serving=True)
             return _run(cfg, args.config, environment, workers=args.workers)
         if args.command == "dev":
             from iap.app.serving import run_loop

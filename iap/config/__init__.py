@@ -165,16 +165,20 @@ def _policy_problems(key: str, policy: object, document: Mapping[str, object]) -
     return []
 
 
-def parse(document: object, environment: Environment | None = None) -> Config:
+def parse(
+    document: object, environment: Environment | None = None, *, serving: bool = False
+) -> Config:
     """Build a :class:`Config` from a parsed YAML document, or raise :class:`ConfigError`.
 
-    ``environment`` says which secrets come from variables (none when omitted)."""
+    ``environment`` says which secrets come from variables (none when omitted); ``serving``
+    also checks the files only serving reads (``tokens.keys_dir``), with the others."""
     if not isinstance(document, Mapping):
         raise ConfigError(["(top level): expected a mapping of keys"])
     environment = environment or Environment()
     problems = _route_problems(document) + _session_problems(document, environment)
     try:
-        config = Config.model_validate(document, context={"environment": environment})
+        context = {"environment": environment, "serving": serving}
+        config = Config.model_validate(document, context=context)
     except ValidationError as exc:
         problems = _problems(exc) + problems
     if problems:
@@ -182,8 +186,11 @@ def parse(document: object, environment: Environment | None = None) -> Config:
     return config
 
 
-def load(path: str | os.PathLike[str], environment: Environment | None = None) -> Config:
-    """Read and validate ``path``; every problem is collected into one :class:`ConfigError`."""
+def load(
+    path: str | os.PathLike[str], environment: Environment | None = None, *, serving: bool = False
+) -> Config:
+    """Read and validate ``path``; every problem is collected into one :class:`ConfigError`.
+    ``serving``: as for :func:`parse`."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -195,4 +202,4 @@ def load(path: str | os.PathLike[str], environment: Environment | None = None) -
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = wording.yaml_problem(getattr(exc, "problem", None))
         raise ConfigError([f"{path}: not valid YAML{where}: {problem}"]) from None
-    return parse(document, environment)
+    return parse(document, environment, serving=serving)

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import (
-    DirectoryPath,
     Field,
     FilePath,
     ValidationInfo,
@@ -140,11 +140,20 @@ class Session(Model):
 
 class Tokens(Model):
     issuer: HttpUrl
-    keys_dir: DirectoryPath
+    keys_dir: Path
     ttl: Duration = 300.0
     publish_before_use: Duration = 1500.0
     header: HeaderName = "authorization"
     roles: dict[str, str] = {}
+
+    @field_validator("keys_dir")
+    @classmethod
+    def _keys_dir_exists(cls, value: Path, info: ValidationInfo) -> Path:
+        """Checked with the other files when the config is to serve (``iap check``, ``iap
+        run``); ``iap mesh render`` and ``iap policy explain`` never read the keys."""
+        if (info.context or {}).get("serving") and not value.is_dir():
+            raise ValueError("no such directory")
+        return value
 
 
 class Bearer(Model):
