@@ -215,3 +215,20 @@ def listener_material(cert_file: Path, key_file: Path) -> Material:
 
 def expiry_in(material: Material) -> float:
     return material.expires - datetime.now(UTC).timestamp()
+
+
+_LOAD_REASONS = {
+    "KEY_VALUES_MISMATCH": "the private key does not match the certificate",
+    "NO_CERTIFICATE_OR_CRL_FOUND": "no PEM certificate in the file",
+}
+
+
+def load_problem(exc: BaseException) -> str:
+    """Why TLS files could not be loaded, in iap's words (never OpenSSL's ``[SSL] PEM lib
+    (_ssl.c:3905)``), for ``iap check`` and startup."""
+    if isinstance(exc, ssl.SSLError):
+        default = "not a PEM certificate, or not an unencrypted PEM private key"
+        return _LOAD_REASONS.get(exc.reason or "", default)
+    if isinstance(exc, OSError):
+        return (exc.strerror or "cannot be read").lower()
+    return str(exc)  # iap's own ValueError, already in its words

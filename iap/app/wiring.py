@@ -24,7 +24,7 @@ from iap.adapters.metrics import Metrics
 from iap.adapters.ratelimit import RateLimiter
 from iap.adapters.store import MemoryStore, RedisStore, SessionStore
 from iap.adapters.telemetry import Tracing
-from iap.adapters.tls import Material, listener_material
+from iap.adapters.tls import Material, listener_material, load_problem
 from iap.app import secrets
 from iap.config import Config
 from iap.environment import Environment
@@ -92,7 +92,7 @@ def _listener_tls(config: Config, problems: list[str]) -> Material | None:
     try:
         return listener_material(tls.cert_file, tls.key_file) if tls else None
     except (OSError, ssl.SSLError, ValueError) as exc:
-        problems.append(f"listen.tls: cannot load certificate or key ({exc})")
+        problems.append(f"listen.tls: cannot load certificate or key ({load_problem(exc)})")
         return None
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 
+from iap.adapters.tls import load_problem
 from iap.adapters.upstream import Timeouts, Upstream, Upstreams
 from iap.config import Config, Route
 from iap.domain import ratelimit
@@ -45,7 +46,7 @@ def route_table(config: Config, upstreams: Upstreams) -> RouteTable[PreparedRout
         try:
             prepared.append((route.match, prepare(route, upstreams)))
         except (OSError, ssl.SSLError) as exc:
-            reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+            reason = load_problem(exc)
             problems.append(f"routes[{index}].upstream_tls: cannot load TLS material ({reason})")
     if problems:
         raise ConfigError(problems)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from iap import config
+from iap.environment import Environment
 from iap.errors import ConfigError
 from tests.unit.test_config import CANARY, minimal, problems_of
 
@@ -128,3 +129,38 @@ def test_yaml_errors_name_the_problem_and_the_position(
         config.load(path)
     assert info.value.problems == [f"{path}: not valid YAML {problem}"]
     assert CANARY not in info.value.problems[0]
+
+
+def test_tls_files_that_do_not_load_are_explained_in_iaps_words(tmp_path: Path) -> None:
+    from iap.app.wiring import build_edge
+    from iap.certs import issue_dev_material
+
+    material = issue_dev_material(tmp_path / "dev")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    document = minimal(
+        listen={"tls": {"cert_file": str(garbage), "key_file": str(garbage)}},
+        route={"upstream": "https://127.0.0.1:8081", "upstream_tls": {"ca_file": str(garbage)}},
+    )
+    document["routes"].append(
+        {
+            "name": "mismatched",
+            "match": {"path_prefix": "/m/"},
+            "upstream": "https://127.0.0.1:8082",
+            "upstream_tls": {
+                "cert_file": str(material.edge_client_cert),
+                "key_file": str(material.ingress_server_key),
+            },
+            "policy": {"public": True},
+        }
+    )
+    with pytest.raises(ConfigError) as info:
+        build_edge(config.parse(document, serving=True), Environment())
+    assert info.value.problems == [
+        "listen.tls: cannot load certificate or key "
+        "(not a PEM certificate, or not an unencrypted PEM private key)",
+        "routes[0].upstream_tls: cannot load TLS material (no PEM certificate in the file)",
+        "routes[1].upstream_tls: cannot load TLS material "
+        "(the private key does not match the certificate)",
+    ]
+    assert not any("_ssl.c" in problem or "[SSL" in problem for problem in info.value.problems)
