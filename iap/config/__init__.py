@@ -11,7 +11,8 @@ Invariants:
 
 The value types are in :mod:`iap.config.fields`, policies in :mod:`iap.config.policy`, routes
 in :mod:`iap.config.routes` and the other sections in :mod:`iap.config.tree`; this module
-collects every problem (:func:`parse`) and re-exports the names the rest of iap imports.
+collects every problem (:func:`parse`), worded by :mod:`iap.config.wording`, and re-exports
+the names the rest of iap imports.
 """
 
 from __future__ import annotations
