@@ -66,7 +66,7 @@ unit: $(STAMP)
 test: $(STAMP) sysdeps lint types unit
 
 bench: $(STAMP)
-	bash scripts/sysdeps.sh wrk
+	bash scripts/sysdeps.sh wrk nginx haproxy caddy redis-server
 	$(BIN)/python bench/run.py
 
 # Not part of `make test`: SOAK_MINUTES (default 10) of mixed traffic, written to docs/PERFORMANCE.md.

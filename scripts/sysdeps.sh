@@ -15,6 +15,8 @@ for pkg in "${want[@]}"; do
     chromium) command -v chromium >/dev/null || missing+=(chromium) ;;
     # /usr/sbin is not on every user's PATH
     nginx) command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx) ;;
+    haproxy) command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy) ;;
+    caddy) command -v caddy >/dev/null || missing+=(caddy) ;;
     *) echo "sysdeps: unknown package $pkg" >&2; exit 2 ;;
   esac
 done
