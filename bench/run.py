@@ -121,15 +121,22 @@ def direct_target(env: Env) -> Iterator[str]:
 
 
 def naive_target(loop: Literal["asyncio", "uvloop"]) -> Start:
+    return script_target("naive_proxy.py", "--loop", loop)
+
+
+def script_target(script: str, *args: str) -> Start:
+    """A proxy in bench/ started as ``script --port P --upstream URL *args``."""
+
     @contextlib.contextmanager
     def start(env: Env) -> Iterator[str]:
         port = free_port()
-        log = env.workdir / f"naive-{loop}.log"
-        argv = [sys.executable, str(BENCH / "naive_proxy.py"), "--port", str(port)]
-        argv += ["--upstream", env.upstream, "--loop", loop]
+        log = env.workdir / f"{script}-{port}.log"
+        argv = [sys.executable, str(BENCH / script), "--port", str(port)]
+        argv += ["--upstream", env.upstream, *args]
         with spawn(argv, log) as proc:
             url = f"http://{HOST}:{port}/"
             wait_ready(url, proc, log)
+            env.pids.append(proc.pid)
             yield url
 
     return start
@@ -446,6 +453,12 @@ SCENARIOS: list[Scenario] = [
     ),
     Scenario("naive (asyncio loop)", naive_target("asyncio"), "naive", "naive (asyncio)"),
     Scenario("naive (uvloop)", naive_target("uvloop"), "naive", "naive (uvloop)"),
+    Scenario(
+        "floor: aiohttp web.Server + iap's upstream client",
+        script_target("floor_proxy.py"),
+        "naive",
+        "floor",
+    ),
     Scenario("iap public route", iap_target(public_route)),
     Scenario("iap --workers 2, public route", iap_target(public_route, workers=2)),
     Scenario("iap cookie session", signed_in_target("cookie")),
