@@ -987,38 +987,7 @@ def report(
     return "\n\n".join(parts)
 
 
-INTRO = """\
-# Performance
-
-`make bench` (bench/run.py) measures requests per second and p50/p99 latency of
-
-- `direct`: [wrk](https://github.com/wg/wrk) straight to a fast upstream (bench/upstream.py,
-  a minimal keep-alive HTTP/1.1 server on uvloop that answers every request with the same
-  100-byte 200 response), the ceiling of this machine;
-- `naive`: bench/naive_proxy.py, the ~40-line aiohttp passthrough proxy a user would write
-  (one shared `ClientSession`, whole body buffered, no authentication, no audit log), once on
-  the default asyncio event loop and once on uvloop;
-- `iap`: the real proxy, `iap run` as a single process, with the configurations listed in
-  `SCENARIOS` in bench/run.py: a public route (no authentication; the JSON audit line iap
-  prints on stdout for every request goes to /dev/null), with tracing off (no
-  `otlp_endpoint`: iap makes no spans), and the same route with tracing on at sample ratios
-  0.1 and 1.0 (`iap tracing 0.1`, `iap tracing 1.0`), each exporting over OTLP/HTTP to its own
-  bench/otlp_sink.py, a minimal uvloop receiver that decodes every
-  `ExportTraceServiceRequest`, counts its spans and answers 200. The sink's span count is
-  reported, so the tables show that the exporter really ran.
-
-Every target is measured one after another with the same wrk settings after a short warm-up.
-Reproduce with `make bench`; `BENCH_DURATION` (seconds per target), `BENCH_CONNECTIONS`,
-`BENCH_WARMUP` and `BENCH_THREADS` change the wrk settings. The run rewrites the section
-between the markers below. `BENCH_ONLY=tracing` (parts of scenario names) runs a subset, and
-`BENCH_PROFILE=DIR` runs iap under cProfile on every thread (bench/profiled_iap.py); both
-print their tables and leave this file alone.
-
-The figures are from one run on the machine described below. wrk, the upstream and the proxy
-under test share its 2 cores, so the absolute numbers are low and move between runs and
-machines; only the ratios within one run mean something.
-
-"""
+INTRO = "# Performance\n\n"  # when docs/PERFORMANCE.md is missing; its prose lives there
 
 
 def write_doc(section: str, path: Path = DOC) -> None:
