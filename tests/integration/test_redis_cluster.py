@@ -7,6 +7,7 @@ store failing closed (503 with ``Retry-After``, nothing forwarded) when the clus
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,8 +23,9 @@ from iap.adapters.ratelimit import RateLimiter
 from iap.adapters.store import RedisStore, StoreUnavailable
 from iap.app import secrets
 from iap.domain.ratelimit import Quota
-from tests.conftest import StartEdge, Upstream, edge_config
-from tests.support.redis_server import RedisClusterNodes, start_redis_cluster
+from tests.conftest import StartEdge, Upstream, edge_config, free_port
+from tests.support.process import start_iap, write_config
+from tests.support.redis_server import RedisClusterNodes, cluster_ok, start_redis_cluster
 from tests.support.signin import http, running_stack
 
 __all__ = ["http"]
@@ -166,7 +168,45 @@ async def test_sign_in_through_the_cluster_then_fail_closed_when_it_is_down(
         assert body["stores"]["session"]["answers"] is False
         assert PASSWORD not in json.dumps(body)
         assert PASSWORD not in stack.edge.audit.getvalue()
+
+        # Back on the same ports (the nodes keep their nodes.conf, not their data): sign-in
+        # works again with no restart of iap.
+        cluster.servers = [await server.restart() for server in cluster.servers]
+        for server in cluster.servers:
+            await cluster_ok(server.port, ADMIN)
+        async with asyncio.timeout(20):  # a hang guard, not a performance bound
+            while (signed := await bob.sign_in(user="bob")).status != 302:
+                assert signed.status == 503
+        assert (await bob.get("/app/bob", headers=JSON)).status == 200
+        assert stack.upstream.seen.requests[-1].path == "/app/bob"
         await stack.edge.edge.stop()
+
+
+async def test_two_worker_processes_share_a_rate_limit_through_the_cluster(
+    cluster: RedisClusterNodes, upstream: Upstream, tmp_path: Path
+) -> None:
+    """``iap run --workers 2``: exactly ``requests`` pass in all, whichever worker process
+    each new connection lands on (counting per worker would let about twice through)."""
+    document = edge_config(
+        upstream.url,
+        listen={"address": f"127.0.0.1:{free_port()}"},
+        admin={"address": f"127.0.0.1:{free_port()}"},
+        route={"rate_limit": {"requests": 10, "per": "60s", "key": "route"}},
+    )
+    document["redis"] = cluster_block(cluster, tmp_path)
+    iap = await start_iap("run", "-c", str(write_config(tmp_path, document)), "--workers", "2")
+    try:
+        await iap.wait_for_stderr("iap listening: ", count=2)
+        statuses = []
+        async with aiohttp.ClientSession() as client:
+            for _ in range(40):  # a new connection each: SO_REUSEPORT spreads them
+                async with client.get(iap.public_url, headers={"Connection": "close"}) as resp:
+                    statuses.append(resp.status)
+        assert statuses == [200] * 10 + [429] * 30
+        assert len(upstream.seen.requests) == 10
+    finally:
+        assert await iap.stop() == 0, iap.stderr_lines
+    assert PASSWORD not in "\n".join(iap.stderr_lines + iap.stdout_lines)
 
 
 async def test_two_edges_share_a_rate_limit_through_the_cluster(

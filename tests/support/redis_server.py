@@ -220,14 +220,14 @@ async def start_redis_cluster(
         if create.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {output.decode()[-2000:]}")
         for server in nodes.servers:
-            await _cluster_ok(server.port, admin_password)
+            await cluster_ok(server.port, admin_password)
     except BaseException:
         await nodes.stop()
         raise
     return nodes
 
 
-async def _cluster_ok(port: int, password: str | None) -> None:
+async def cluster_ok(port: int, password: str | None) -> None:
     """Poll ``CLUSTER INFO`` on the node at ``port`` until it says ``cluster_state:ok``."""
     client = redis.asyncio.Redis(port=port, password=password)
     try:
