@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio
+import trustme
 
 from iap import config
 from iap.adapters import redis_client
@@ -25,7 +26,12 @@ from iap.app import secrets
 from iap.domain.ratelimit import Quota
 from tests.conftest import StartEdge, Upstream, edge_config, free_port
 from tests.support.process import start_iap, write_config
-from tests.support.redis_server import RedisClusterNodes, cluster_ok, start_redis_cluster
+from tests.support.redis_server import (
+    ClusterTLS,
+    RedisClusterNodes,
+    cluster_ok,
+    start_redis_cluster,
+)
 from tests.support.signin import http, running_stack
 
 __all__ = ["http"]
@@ -111,6 +117,36 @@ async def test_the_store_and_the_limiter_use_every_master(
     finally:
         await limiter.close()
         await store.close()
+
+
+async def test_a_tls_cluster_with_the_ca_file(tmp_path: Path) -> None:
+    """``rediss://`` with ``cluster: true``: every node, found through the seed's slot map, is
+    reached over TLS and verified against ``ca_file``; a client without that CA fails closed."""
+    ca = trustme.CA()
+    files = ClusterTLS(tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem")
+    ca.cert_pem.write_to_path(str(files.ca_file))
+    issued = ca.issue_cert("127.0.0.1")
+    issued.cert_chain_pems[0].write_to_path(str(files.cert_file))
+    issued.private_key_pem.write_to_path(str(files.key_file))
+    nodes = await start_redis_cluster(tmp_path, *ACL, admin_password=ADMIN, tls=files)
+    block = cluster_block(nodes, tmp_path) | {"ca_file": str(files.ca_file)}
+    store = RedisStore(client_of(block), backend="redis-cluster-tls")
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    untrusting = RedisStore(client_of(block | {"ca_file": str(other)}))
+    try:
+        handles = [f"handle-{n}" for n in range(12)]
+        for handle in handles:
+            await store.put(handle, handle.encode(), ttl=60)
+        assert [await store.get(handle) for handle in handles] == [h.encode() for h in handles]
+        assert all(keys for keys in await keys_per_node(nodes))  # over every master
+        assert await store.ping()
+        with pytest.raises(StoreUnavailable):
+            await untrusting.get("handle-0")
+    finally:
+        await untrusting.close()
+        await store.close()
+        await nodes.stop()
 
 
 async def test_a_wrong_password_fails_closed(cluster: RedisClusterNodes, tmp_path: Path) -> None:

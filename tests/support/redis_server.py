@@ -173,16 +173,41 @@ async def start_sentinel(master: str, master_port: int, directory: str, password
     return sentinel
 
 
+@dataclass(frozen=True)
+class ClusterTLS:
+    """PEM files for a TLS cluster: clients and the cluster bus speak TLS (``tls-cluster``)."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    def server_args(self) -> tuple[str, ...]:
+        return (
+            *("--tls-port", str(_free_port()), "--tls-cluster", "yes"),
+            *("--tls-cert-file", str(self.cert_file), "--tls-key-file", str(self.key_file)),
+            *("--tls-ca-cert-file", str(self.ca_file), "--tls-auth-clients", "no"),
+        )
+
+
 @dataclass
 class RedisClusterNodes:
-    """The masters of a Redis Cluster, each a :class:`RedisServer` with its own directory."""
+    """The masters of a Redis Cluster, each a :class:`RedisServer` with its own directory
+    (and, with TLS, a TLS port beside the plain one the fixture polls)."""
 
     servers: list[RedisServer]
+    tls: ClusterTLS | None = None
+
+    def client_port(self, server: RedisServer) -> int:
+        """The port clients use: the TLS port with TLS, else the plain one."""
+        if self.tls is None:
+            return server.port
+        return int(server.extra[server.extra.index("--tls-port") + 1])
 
     @property
     def url(self) -> str:
         """A seed node, as ``redis.url`` names it with ``cluster: true``."""
-        return self.servers[0].url
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://127.0.0.1:{self.client_port(self.servers[0])}/0"
 
     async def stop(self) -> None:
         for server in self.servers:
@@ -190,13 +215,16 @@ class RedisClusterNodes:
 
 
 async def start_redis_cluster(
-    directory: Path, *extra: str, admin_password: str | None = None, masters: int = 3
+    directory: Path,
+    *extra: str,
+    admin_password: str | None = None,
+    masters: int = 3,
+    tls: ClusterTLS | None = None,
 ) -> RedisClusterNodes:
     """``masters`` redis-servers with ``--cluster-enabled yes`` joined by
     ``redis-cli --cluster create`` (no replicas), returned once every node reports
     ``cluster_state:ok``. ``admin_password`` is the ``default`` user's, for redis-cli."""
-    cli = _binary("redis-cli", "redis-tools")
-    nodes = RedisClusterNodes([])
+    nodes = RedisClusterNodes([], tls)
     try:
         for index in range(masters):
             home = directory / f"cluster-node-{index}"
@@ -205,26 +233,35 @@ async def start_redis_cluster(
             bus = ("--cluster-port", str(_free_port()))
             enabled = ("--cluster-enabled", "yes", "--cluster-node-timeout", "2000", *bus)
             conf = ("--cluster-config-file", str(home / "nodes.conf"), "--dir", str(home))
-            nodes.servers.append(await start_redis_server(*enabled, *conf, *extra))
-        addresses = [f"127.0.0.1:{server.port}" for server in nodes.servers]
-        env = os.environ | ({"REDISCLI_AUTH": admin_password} if admin_password else {})
-        create = await asyncio.create_subprocess_exec(
-            *(cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-        )
-        async with asyncio.timeout(30):  # a hang guard, not a performance bound
-            output, _ = await create.communicate()
-        if create.returncode != 0:
-            raise RuntimeError(f"redis-cli --cluster create failed: {output.decode()[-2000:]}")
+            tls_args = tls.server_args() if tls else ()
+            nodes.servers.append(await start_redis_server(*enabled, *conf, *tls_args, *extra))
+        await _create(nodes, admin_password)
         for server in nodes.servers:
             await cluster_ok(server.port, admin_password)
     except BaseException:
         await nodes.stop()
         raise
     return nodes
+
+
+async def _create(nodes: RedisClusterNodes, admin_password: str | None) -> None:
+    """``redis-cli --cluster create`` over the nodes' client ports (TLS with TLS)."""
+    cli = _binary("redis-cli", "redis-tools")
+    addresses = [f"127.0.0.1:{nodes.client_port(server)}" for server in nodes.servers]
+    tls = ("--tls", "--cacert", str(nodes.tls.ca_file)) if nodes.tls else ()
+    env = os.environ | ({"REDISCLI_AUTH": admin_password} if admin_password else {})
+    create = await asyncio.create_subprocess_exec(
+        *(cli, *tls, "--cluster", "create", *addresses),
+        *("--cluster-replicas", "0", "--cluster-yes"),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
+    async with asyncio.timeout(30):  # a hang guard, not a performance bound
+        output, _ = await create.communicate()
+    if create.returncode != 0:
+        raise RuntimeError(f"redis-cli --cluster create failed: {output.decode()[-2000:]}")
 
 
 async def cluster_ok(port: int, password: str | None) -> None:
