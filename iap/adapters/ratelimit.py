@@ -151,7 +151,9 @@ class ProcessWindows:
 class _SharedClusterStorage(RedisClusterStorage):
     """``limits``' cluster storage on a cluster client that already exists (the session
     store's), rather than one it would build from a URL with the password in it. Its
-    sliding-window scripts name two keys under one ``{hash tag}``, so each runs on one node."""
+    sliding-window scripts name two keys under one ``{hash tag}``, so each runs on one node.
+    It sets the two attributes ``limits``' redis-py bridge keeps its client in (``storage``,
+    ``connection_getter``; limits 5.x, pinned by the locks), which ``use_cluster`` would set."""
 
     def __init__(self, client: RedisCluster, key_prefix: str) -> None:
         self._shared_client = client
