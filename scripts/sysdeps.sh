@@ -5,12 +5,14 @@
 set -euo pipefail
 
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(redis-server chromium nginx)
+[ ${#want[@]} -gt 0 ] || want=(redis-server redis-sentinel chromium nginx)
 
 missing=()
 for pkg in "${want[@]}"; do
   case "$pkg" in
     redis-server) command -v redis-server >/dev/null || missing+=(redis-server) ;;
+    # Debian's redis-sentinel: /usr/bin/redis-sentinel, the tests' Sentinel
+    redis-sentinel) command -v redis-sentinel >/dev/null || [ -x /usr/bin/redis-sentinel ] || missing+=(redis-sentinel) ;;
     wrk) command -v wrk >/dev/null || missing+=(wrk) ;;
     chromium) command -v chromium >/dev/null || missing+=(chromium) ;;
     # /usr/sbin is not on every user's PATH
