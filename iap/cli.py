@@ -107,6 +107,12 @@ def _add_mesh(commands: Commands) -> None:
         help="where istiod fetches iap's keys"
         " (default http://iap-admin.iap.svc.cluster.local:<admin port>/jwks.json)",
     )
+    mesh_render.add_argument(
+        "--out-dir",
+        metavar="DIR",
+        help="write a kustomize Component there (<part>.yaml and kustomization.yaml)"
+        " instead of printing",
+    )
     _add_mesh_wiring(mesh_render)
 
 
@@ -288,7 +294,7 @@ def _mesh_render(args: argparse.Namespace, environment: Environment) -> int:
     import yaml
 
     from iap.mesh_render import DEFAULT_SELECTOR
-    from iap.mesh_render.parts import PARTS, render_mesh
+    from iap.mesh_render.parts import PARTS, render_parts
     from iap.mesh_render.wiring import Wiring
 
     wiring = Wiring(
@@ -307,10 +313,33 @@ def _mesh_render(args: argparse.Namespace, environment: Environment) -> int:
         provider=args.tracing_provider,
     )
     cfg = config.load(args.config, environment)
-    documents, warnings = render_mesh(cfg, wiring, jwks_uri=args.jwks_uri, parts=args.only or PARTS)
+    by_part, warnings = render_parts(cfg, wiring, jwks_uri=args.jwks_uri, parts=args.only or PARTS)
     for warning in warnings:
         print(f"iap mesh render: warning: {warning}", file=sys.stderr)
-    sys.stdout.write(yaml.safe_dump_all(documents, explicit_start=True, width=1000))
+    if args.out_dir is None:
+        documents = [document for found in by_part.values() for document in found]
+        sys.stdout.write(yaml.safe_dump_all(documents, explicit_start=True, width=1000))
+        return EXIT_OK
+    return _write_component(Path(args.out_dir), by_part)
+
+
+def _write_component(out: Path, by_part: dict[str, list[dict[str, object]]]) -> int:
+    """The Component's files; a part's file that no longer has documents is removed."""
+    from iap.mesh_render.parts import component_files
+
+    files = component_files(by_part)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for part in by_part:
+            (out / f"{part}.yaml").unlink(missing_ok=True)
+        for name, text in files.items():
+            (out / name).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        where = exc.filename or out
+        print(f"iap mesh render: cannot write {where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    for name in files:
+        print(out / name)
     return EXIT_OK
 
 

@@ -40,6 +40,7 @@ Document = dict[str, Any]
 _DNS_NAME = re.compile(
     r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*"
 )
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 # RFC 3986 pchar and "/", without "%": what Envoy's prefix match compares byte for byte with
 # the normalised paths iap compares (a `?` would reach into the query string).
 _PATH = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*")
@@ -107,7 +108,7 @@ def route_problems(config: Config, wiring: Wiring) -> list[str]:
                 f"routes[{index}].match.path_prefix: Istio compares the raw path, so a prefix"
                 " may hold only letters, digits and -._~!$&'()*+,;=:@/"
             )
-        if route.name not in wiring.destinations and not is_dns_name(_service(route.name, wiring)):
+        if route.name not in wiring.destinations and not _DNS_LABEL.fullmatch(route.name):
             problems.append(
                 f"routes[{index}].name: {route.name!r} is not a Service name; pass"
                 f" --destination {route.name}=HOST[:PORT]"
