@@ -5,6 +5,7 @@ schemas' README says, so a misspelt field fails."""
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,11 @@ def load_schemas() -> Schemas:
             f"Istio CRD schemas not found at {path}: set IAP_ISTIO_CRDS to"
             " istio-crds.gen.yaml (see ../shared/schemas/README.md)"
         )
+    return _parsed(path)
+
+
+@functools.cache
+def _parsed(path: Path) -> Schemas:
     schemas: Schemas = {}
     for crd in yaml.safe_load_all(path.read_text(encoding="utf-8")):
         if not crd or crd.get("kind") != "CustomResourceDefinition":
