@@ -1,6 +1,5 @@
 """`make mesh`: the kustomize Component deploy/k8s/istio/ from the iap.yaml that the
-Deployment runs (the ConfigMap in deploy/k8s/configmap.yaml), with `iap mesh render`'s
-default options.
+Deployment runs (the ConfigMap in deploy/k8s/configmap.yaml), with the options in OPTIONS.
 
     python scripts/mesh_component.py [OUT_DIR]     (default deploy/k8s/istio)
 
@@ -21,6 +20,10 @@ import yaml
 from iap import cli
 from iap.mesh_render.parts import PARTS, POLICY_PARTS
 
+# `iap mesh render` options for this deployment (docs/mesh.md#options); the defaults fit
+# deploy/k8s. Name your services here, e.g. "--destination", "public=web.shop.svc:8080".
+OPTIONS: list[str] = []
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGMAP = ROOT / "deploy" / "k8s" / "configmap.yaml"
 COMPONENT = ROOT / "deploy" / "k8s" / "istio"
@@ -35,7 +38,7 @@ def main(argv: list[str]) -> int:
         path = Path(scratch) / "iap.yaml"
         path.write_text(text, encoding="utf-8")
         argv = ["mesh", "render", "-c", str(path), "--only", ",".join(parts)]
-        return cli.main([*argv, "--out-dir", str(out)])
+        return cli.main([*argv, *OPTIONS, "--out-dir", str(out)])
 
 
 if __name__ == "__main__":
