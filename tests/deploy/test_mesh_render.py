@@ -997,3 +997,41 @@ def test_out_dir_writes_a_kustomize_component(
         for document in yaml.safe_load_all((out / name).read_text())
     ]
     assert written == printed
+
+
+def test_iap_istio_crds_names_the_schema_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("IAP_ISTIO_CRDS", str(tmp_path / "absent.yaml"))
+    with pytest.raises(pytest.skip.Exception) as info:
+        load_schemas()
+    assert f"{tmp_path / 'absent.yaml'}: set IAP_ISTIO_CRDS" in str(info.value)
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "spec": {
+            "group": "networking.istio.io",
+            "names": {"kind": "Gateway"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "spec": {"type": "object", "properties": {"servers": {}}}
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+    (tmp_path / "crds.yaml").write_text(yaml.safe_dump(crd))
+    monkeypatch.setenv("IAP_ISTIO_CRDS", str(tmp_path / "crds.yaml"))
+    schemas = load_schemas()
+    assert list(schemas) == [("networking.istio.io/v1", "Gateway")]
+    document = {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "spec": {"servers": []}}
+    assert schema_errors(schemas, document) == []
+    document["spec"]["server"] = document["spec"].pop("servers")
+    assert schema_errors(schemas, document)  # strict: additionalProperties false below the root
