@@ -69,16 +69,14 @@ def is_dns_name(name: str) -> bool:
 
 def wiring_problems(wiring: Wiring, routes: Sequence[Route]) -> list[str]:
     """The options that Istio could not carry."""
-    names = {
-        "--gateway-name": wiring.gateway,
-        "--credential-name": wiring.credential,
-        "--workload-namespace": wiring.workloads,
-    }
+    names = {"--gateway-name": wiring.gateway, "--credential-name": wiring.credential}
     problems = [
         f"{flag}: expected a Kubernetes name (lower-case letters, digits, `-`, `.`)"
         for flag, value in names.items()
         if not is_dns_name(value)
     ]
+    if not _DNS_LABEL.fullmatch(wiring.workloads):
+        problems.append("--workload-namespace: expected a namespace name (an RFC 1123 label)")
     if not 0.0 <= wiring.sampling <= 100.0:
         problems.append("--sampling: expected a percentage from 0 to 100")
     if not wiring.provider:

@@ -918,6 +918,7 @@ def test_a_route_name_that_is_not_a_service_takes_a_destination(tmp_path: Path) 
         (["--sampling", "100.5"], "--sampling"),
         (["--sampling", "-1"], "--sampling"),
         (["--workload-namespace", "Shop"], "--workload-namespace"),
+        (["--workload-namespace", "shop.prod"], "--workload-namespace"),
         (["--gateway-name", "edge_gw"], "--gateway-name"),
         (["--credential-name", "My Secret"], "--credential-name"),
         (["--destination", "nosuch=svc.ns:80"], "--destination nosuch=..."),
