@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint types unit bench soak sysdeps clean lock lock-upgrade sbom
+.PHONY: run test lint types unit bench soak sysdeps clean lock lock-upgrade sbom mesh
 
 # Everything installs from the hashed locks in requirements/ (see docs/operations.md): the
 # developer's venv, CI and the image run the same versions. pip's own version does not matter.
@@ -48,6 +48,11 @@ sbom: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/iap dev
+
+# deploy/k8s/istio/ (a kustomize Component) from the ConfigMap's iap.yaml by `iap mesh render`;
+# tests/deploy/test_mesh_component.py fails when the checked-in files drift from it.
+mesh: $(STAMP)
+	$(BIN)/python scripts/mesh_component.py
 
 sysdeps:
 	bash scripts/sysdeps.sh

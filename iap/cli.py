@@ -81,10 +81,17 @@ def _add_mesh(commands: Commands) -> None:
     mesh_commands = mesh.add_subparsers(dest="mesh_command", required=True, metavar="COMMAND")
     mesh_render = mesh_commands.add_parser(
         "render",
-        help="print the RequestAuthentication and AuthorizationPolicies that make the mesh"
-        " trust and enforce iap's tokens",
+        help="print the Istio wiring: Gateway, VirtualServices, PeerAuthentication,"
+        " RequestAuthentication, AuthorizationPolicies and Telemetry",
     )
     mesh_render.add_argument("-c", "--config", required=True, help="path to iap.yaml")
+    mesh_render.add_argument(
+        "--only",
+        type=_parts,
+        metavar="PARTS",
+        help="comma-separated parts to print (default all): gateway, virtualservice,"
+        " peerauthentication, authn, authz, telemetry",
+    )
     mesh_render.add_argument(
         "--namespace", default="istio-system", help="the gateway's namespace (istio-system)"
     )
@@ -99,6 +106,46 @@ def _add_mesh(commands: Commands) -> None:
         "--jwks-uri",
         help="where istiod fetches iap's keys"
         " (default http://iap-admin.iap.svc.cluster.local:<admin port>/jwks.json)",
+    )
+    mesh_render.add_argument(
+        "--out-dir",
+        metavar="DIR",
+        help="write a kustomize Component there (<part>.yaml and kustomization.yaml)"
+        " instead of printing",
+    )
+    _add_mesh_wiring(mesh_render)
+
+
+def _add_mesh_wiring(render: argparse.ArgumentParser) -> None:
+    """The options of the Gateway, VirtualServices, PeerAuthentication and Telemetry."""
+    add = render.add_argument
+    add("--gateway-name", default="iap", help="the Gateway's name (iap)")
+    add("--gateway-port", type=_port, default=443, help="the Gateway's HTTPS port (443)")
+    add(
+        "--credential-name",
+        default="iap-ingress-mtls",
+        help="the Secret with the gateway's certificate and the CA of iap's client"
+        " certificate, as `iap certs dev` writes it (iap-ingress-mtls)",
+    )
+    add(
+        "--workload-namespace",
+        default="default",
+        help="the services' namespace: PeerAuthentication STRICT, default destinations (default)",
+    )
+    add(
+        "--destination",
+        action="append",
+        type=_destination,
+        metavar="ROUTE=HOST[:PORT]",
+        help="the Service a route's requests go to; repeatable"
+        " (default <route>.<workload namespace>.svc.cluster.local:<destination port>)",
+    )
+    add("--destination-port", type=_port, default=80, help="default destination port (80)")
+    add("--sampling", type=float, default=100.0, help="tracing sampling percentage (100)")
+    add(
+        "--tracing-provider",
+        default="jaeger",
+        help="the meshConfig extension provider that receives the spans (jaeger)",
     )
 
 
@@ -218,22 +265,81 @@ def _label(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _parts(text: str) -> tuple[str, ...]:
+    from iap.mesh_render.parts import parse_parts
+
+    try:
+        return parse_parts(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError("expected a port from 1 to 65535")
+    return value
+
+
+def _destination(text: str) -> tuple[str, tuple[str, int | None]]:
+    route, sep, target = text.partition("=")
+    host, colon, port = target.rpartition(":") if ":" in target else (target, "", "")
+    if not sep or not route or not host or (colon and not port.isdigit()):
+        raise argparse.ArgumentTypeError("expected ROUTE=HOST[:PORT], e.g. orders=orders.shop.svc")
+    return route, (host, int(port) if colon else None)
+
+
 def _mesh_render(args: argparse.Namespace, environment: Environment) -> int:
     """Parse the config only (no key files, no ports): YAML on stdout, warnings on stderr."""
     import yaml
 
-    from iap.mesh_render import DEFAULT_SELECTOR, render
+    from iap.mesh_render import DEFAULT_SELECTOR
+    from iap.mesh_render.parts import PARTS, render_parts
+    from iap.mesh_render.wiring import Wiring
 
-    selector = dict(args.selector) if args.selector else dict(DEFAULT_SELECTOR)
-    documents, warnings = render(
-        config.load(args.config, environment),
+    wiring = Wiring(
         namespace=args.namespace,
-        selector=selector,
-        jwks_uri=args.jwks_uri,
+        selector=dict(args.selector) if args.selector else dict(DEFAULT_SELECTOR),
+        gateway=args.gateway_name,
+        port=args.gateway_port,
+        credential=args.credential_name,
+        workloads=args.workload_namespace,
+        destinations={
+            route: (host, args.destination_port if port is None else port)
+            for route, (host, port) in args.destination or ()
+        },
+        destination_port=args.destination_port,
+        sampling=args.sampling,
+        provider=args.tracing_provider,
     )
+    cfg = config.load(args.config, environment)
+    by_part, warnings = render_parts(cfg, wiring, jwks_uri=args.jwks_uri, parts=args.only or PARTS)
     for warning in warnings:
         print(f"iap mesh render: warning: {warning}", file=sys.stderr)
-    sys.stdout.write(yaml.safe_dump_all(documents, explicit_start=True, width=1000))
+    if args.out_dir is None:
+        documents = [document for found in by_part.values() for document in found]
+        sys.stdout.write(yaml.safe_dump_all(documents, explicit_start=True, width=1000))
+        return EXIT_OK
+    return _write_component(Path(args.out_dir), by_part)
+
+
+def _write_component(out: Path, by_part: dict[str, list[dict[str, object]]]) -> int:
+    """The Component's files; a part's file that no longer has documents is removed."""
+    from iap.mesh_render.parts import component_files
+
+    files = component_files(by_part)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for part in by_part:
+            (out / f"{part}.yaml").unlink(missing_ok=True)
+        for name, text in files.items():
+            (out / name).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        where = exc.filename or out
+        print(f"iap mesh render: cannot write {where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    for name in files:
+        print(out / name)
     return EXIT_OK
 
 
