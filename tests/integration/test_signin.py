@@ -298,6 +298,14 @@ async def test_idp_calls_are_client_spans_and_carry_no_trace_context(
     [app] = [s for s in spans if s.kind == SERVER and s.attributes.get("iap.route") == "app"]
     assert app.attributes["iap.authn.method"] == "session"
     assert app.attributes["iap.authz.decision"] == "allow"
+    # the keys the mesh's Telemetry resource tags its spans with (iap mesh render)
+    [line] = [line for line in edge.audit_lines() if line["route"] == "app"]
+    assert (
+        app.attributes["iap.subject"]
+        == line["subject"]
+        == f"{line['tenant']}:{USERS['olivia'].oid}"
+    )
+    assert app.attributes["iap.correlation_id"]
     exported = json.dumps([(s.name, s.attributes, s.events) for s in spans])
     for secret in ("eyJ", "__Host-iap", USERS["olivia"].email, CLIENT_SECRET):
         assert secret not in exported
