@@ -139,11 +139,15 @@ def secret_problems(task: Doc) -> list[str]:
     given = {s["name"] for s in iap.get("secrets", [])}
     if given != SECRET_VARIABLES:
         found.append(f"iap's secrets {sorted(given)}: expected {sorted(SECRET_VARIABLES)}")
-    written = set(init_files(task).values())
     document = ecs_document()
-    needed = {document["redis"]["password_file"], document["tokens"]["keys_dir"] + "/current.pem"}
-    if not needed <= written:
-        found.append(f"secret files {sorted(needed - written)} are not written by iap-init")
+    if document["redis"]["password_file"] not in init_files(task).values():
+        found.append("redis.password_file is not written by iap-init")
+    script = container(task, "iap-init")["command"][0]
+    if f"write(f'{document['tokens']['keys_dir']}/{{n}}.pem'" not in script:
+        found.append("tokens.keys_dir is not where iap-init writes the signing keys")
+    init_secrets = {s["name"] for s in container(task, "iap-init")["secrets"]}
+    if init_secrets != {"IAP_CONFIG", "IAP_SIGNING_KEYS", "IAP_REDIS_PASSWORD"}:
+        found.append(f"iap-init's secrets {sorted(init_secrets)}")
     return found
 
 
@@ -212,27 +216,32 @@ def test_a_root_user_or_a_writable_root_is_refused(task: Doc, service: Doc) -> N
 @pytest.mark.skipif(os.geteuid() != 0, reason="the init script hands files to uid 10001: root")
 def test_init_script_writes_files_iap_check_accepts(task: Doc, tmp_path: Path) -> None:
     """The init container's script, run for real with its paths moved under tmp_path: the
-    files are uid 10001's, mode 0600 (directories 0700), and `iap check` accepts the result."""
+    files are uid 10001's, mode 0600 (directories 0700), each signing key dated as the
+    secret says, and `iap check` accepts the result."""
     script = container(task, "iap-init")["command"][0]
     run, scratch = tmp_path / "run", tmp_path / "tmp"
     scratch.mkdir()
-    keys = tmp_path / "keys"
-    write_new_key(keys)
-    (pem,) = keys.iterdir()
+    pems = [write_new_key(tmp_path / "keys")[1].read_text() for _ in range(2)]
+    created = [1_700_000_000, 1_700_864_000]  # the older key, and one made ten days later
+    keys = [{"created": when, "pem": pem} for when, pem in zip(created, pems, strict=True)]
     document = (ECS / "iap.yaml").read_text(encoding="utf-8").replace("/run/iap", str(run))
     env = {
         **os.environ,
         "IAP_CONFIG": document,
-        "IAP_SIGNING_KEY": pem.read_text(),
+        "IAP_SIGNING_KEYS": json.dumps(keys),
         "IAP_REDIS_PASSWORD": "redis-password",
     }
     moved = script.replace("/run/iap", str(run)).replace("'/tmp'", repr(str(scratch)))
     subprocess.run([sys.executable, "-c", moved], env=env, check=True, timeout=60)
-    for path in [scratch, run, run / "signing-keys", *init_files(task).values()]:
-        status = Path(str(path).replace("/run/iap", str(run))).stat()
+    key_files = [run / "signing-keys" / f"{n}.pem" for n in range(2)]
+    written = [run / "iap.yaml", run / "redis.password", *key_files]
+    for path in [scratch, run, run / "signing-keys", *written]:
+        status = path.stat()
         mode = 0o700 if stat.S_ISDIR(status.st_mode) else 0o600
         assert (stat.S_IMODE(status.st_mode), status.st_uid, status.st_gid) == (mode, 10001, 10001)
     assert (run / "redis.password").read_text() == "redis-password"
+    assert [path.read_text() for path in key_files] == pems
+    assert [path.stat().st_mtime for path in key_files] == created
     checked = subprocess.run(
         [sys.executable, "-m", "iap", "check", "-c", str(run / "iap.yaml")],
         env={**os.environ, SESSION_KEYS_VAR: "k" * 43, CLIENT_SECRET_VAR: "secret"},
