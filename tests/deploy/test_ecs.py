@@ -27,7 +27,7 @@ from botocore.validate import validate_parameters
 from iap import config
 from iap.adapters.signing_keys import write_new_key
 from iap.environment import CLIENT_SECRET_VAR, SESSION_KEYS_VAR, Environment
-from tests.deploy.test_dockerfile import stages
+from tests.deploy.test_dockerfile import env_of, stages
 
 ROOT = Path(__file__).resolve().parents[2]
 ECS = ROOT / "deploy" / "ecs"
@@ -75,6 +75,17 @@ def dockerfile() -> tuple[set[int], str]:
     ports = {int(word.split("/")[0]) for args in final.args("EXPOSE") for word in args.split()}
     (user,) = final.args("USER")
     return ports, user
+
+
+def test_the_image_leaves_the_health_check_and_environment_to_the_task(task: Doc) -> None:
+    """The Dockerfile has no HEALTHCHECK (the task's is the only one), and the task overrides
+    none of the image's ENV (PATH, PYTHONUNBUFFERED for the audit log, ...)."""
+    final = stages()[1][-1]
+    assert final.args("HEALTHCHECK") == []
+    image_env = set(env_of(final))
+    assert {"PATH", "PYTHONUNBUFFERED"} <= image_env
+    for each in task["containerDefinitions"]:
+        assert not {v["name"] for v in each.get("environment", [])} & image_env
 
 
 def init_files(task: Doc) -> dict[str, str]:
