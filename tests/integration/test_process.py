@@ -223,6 +223,12 @@ async def test_dev_keeps_sessions_in_redis_when_given_one() -> None:
         await server.stop()
 
 
+def test_dev_refuses_a_redis_url_that_is_not_one() -> None:
+    result = iap_cli("dev", "--port", str(free_port()), "--redis", "http://127.0.0.1:1")
+    assert result.returncode == 2
+    assert "config error: redis.url: expected a redis://" in result.stderr
+
+
 async def test_sighup_reloads_routes_and_refuses_a_bad_config(
     tmp_path: Path, upstream: Upstream
 ) -> None:
