@@ -121,13 +121,19 @@ def test_miswiring_is_found(document: Doc, mutate: Any, problem: str) -> None:
     assert problem in problems(broken)
 
 
-def test_docker_compose_accepts_the_file() -> None:
+def docker_compose() -> str:
+    """The path of docker-compose; skips the test when it is missing, but fails under CI."""
     binary = shutil.which("docker-compose")
     if binary is None:
         reason = "docker-compose not found (install the Debian package `docker-compose`)"
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
+    return binary
+
+
+def test_docker_compose_accepts_the_file() -> None:
+    binary = docker_compose()
     result = subprocess.run(
         [binary, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, timeout=120
     )
@@ -135,9 +141,7 @@ def test_docker_compose_accepts_the_file() -> None:
 
 
 def test_docker_compose_refuses_a_broken_file(tmp_path: Path, document: Doc) -> None:
-    binary = shutil.which("docker-compose")
-    if binary is None:
-        pytest.skip("docker-compose not found (install the Debian package `docker-compose`)")
+    binary = docker_compose()
     document["services"]["iap"]["healthcheck"]["intervall"] = "5s"
     broken = tmp_path / "compose.yaml"
     broken.write_text(yaml.safe_dump(document), encoding="utf-8")
