@@ -45,6 +45,7 @@ def _add_serving(commands: Commands) -> None:
 
     dev = commands.add_parser("dev", help="run iap with a demo upstream on 127.0.0.1")
     dev.add_argument("--port", type=int, default=8080, help="public port (default 8080)")
+    dev.add_argument("--redis", metavar="URL", help="keep sessions in this Redis (redis://...)")
 
     check = commands.add_parser("check", help="validate a config and print every problem")
     check.add_argument("-c", "--config", required=True, help="path to iap.yaml")
@@ -201,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from iap.app.serving import run_loop
             from iap.dev.run import run_dev
 
-            return run_loop(run_dev(args.port, environment))
+            return run_loop(run_dev(args.port, environment, redis=args.redis))
         if args.command == "certs":
             return _certs_dev(args.out, server_name=args.server_name, days=args.days)
         if args.command == "keys":

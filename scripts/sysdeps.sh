@@ -5,7 +5,7 @@
 set -euo pipefail
 
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(redis-server redis-sentinel chromium nginx)
+[ ${#want[@]} -gt 0 ] || want=(redis-server redis-sentinel chromium nginx prometheus docker-compose)
 
 missing=()
 for pkg in "${want[@]}"; do
@@ -19,6 +19,10 @@ for pkg in "${want[@]}"; do
     nginx) command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx) ;;
     haproxy) command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy) ;;
     caddy) command -v caddy >/dev/null || missing+=(caddy) ;;
+    # promtool (`promtool check rules`, `promtool test rules`) comes with Debian's prometheus
+    prometheus) command -v promtool >/dev/null || missing+=(prometheus) ;;
+    # `docker-compose config` checks deploy/compose/compose.yaml (no daemon needed)
+    docker-compose) command -v docker-compose >/dev/null || missing+=(docker-compose) ;;
     *) echo "sysdeps: unknown package $pkg" >&2; exit 2 ;;
   esac
 done

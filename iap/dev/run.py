@@ -48,20 +48,29 @@ def upstream_server_context(material: DevMaterial) -> ssl.SSLContext:
     return context
 
 
-async def run_dev(port: int, environment: Environment) -> int:
+async def run_dev(port: int, environment: Environment, *, redis: str | None = None) -> int:
     """``iap dev``: the edge, the dev IdP and the demo upstream until SIGTERM or SIGINT;
-    ``environment`` turns tracing on as for ``iap run`` (``OTEL_*``)."""
+    ``environment`` turns tracing on as for ``iap run`` (``OTEL_*``); sessions and rate
+    limits live in ``redis`` when a URL is given (``--redis``), else in process memory."""
     directory = Path(tempfile.mkdtemp(prefix="iap-dev-"))
     try:
-        return await _run(port, directory, issue_dev_material(directory / "certs"), environment)
+        material = issue_dev_material(directory / "certs")
+        return await _run(port, directory, material, environment, redis)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
 
 def dev_config(
-    *, port: int, idp_url: str, upstream_port: int, material: DevMaterial, directory: Path
+    *,
+    port: int,
+    idp_url: str,
+    upstream_port: int,
+    material: DevMaterial,
+    directory: Path,
+    redis: str | None = None,
 ) -> dict[str, Any]:
-    """The ``iap.yaml`` that ``iap dev`` runs: sign-in with the dev IdP, three demo routes."""
+    """The ``iap.yaml`` that ``iap dev`` runs: sign-in with the dev IdP, three demo routes;
+    the session store in ``redis`` when given."""
     keys, secret, signing = _dev_secrets(directory / "secrets")
     upstream = {
         "upstream": f"https://127.0.0.1:{upstream_port}",
@@ -85,7 +94,8 @@ def dev_config(
             "client_secret_file": str(secret),
             "graph_url": f"{idp_url}/graph",
         },
-        "session": {"keys_file": str(keys)},
+        "session": {"keys_file": str(keys), **({"store": "redis"} if redis else {})},
+        **({"redis": {"url": redis}} if redis else {}),
         "tokens": {
             "issuer": f"{public}/.iap",
             "keys_dir": str(signing),
@@ -128,7 +138,9 @@ def _dev_secrets(directory: Path) -> tuple[Path, Path, Path]:
     return keys, secret, signing
 
 
-async def _run(port: int, directory: Path, material: DevMaterial, environment: Environment) -> int:
+async def _run(
+    port: int, directory: Path, material: DevMaterial, environment: Environment, redis: str | None
+) -> int:
     upstream = web.AppRunner(echo_app(), access_log=None)
     await upstream.setup()
     sock = bind(config.Address("127.0.0.1", 0))
@@ -147,6 +159,7 @@ async def _run(port: int, directory: Path, material: DevMaterial, environment: E
         upstream_port=upstream_port,
         material=material,
         directory=directory,
+        redis=redis,
     )
     edge = build_edge(config.parse(document, environment), environment)
     try:
