@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint types unit bench soak sysdeps clean lock lock-upgrade sbom mesh
+.PHONY: run test lint types unit bench profile soak sysdeps clean lock lock-upgrade sbom mesh
 
 # Everything installs from the hashed locks in requirements/ (see docs/operations.md): the
 # developer's venv, CI and the image run the same versions. pip's own version does not matter.
@@ -73,6 +73,11 @@ test: $(STAMP) sysdeps lint types unit
 bench: $(STAMP)
 	bash scripts/sysdeps.sh wrk nginx haproxy caddy redis-server
 	$(BIN)/python bench/run.py
+
+# py-spy samples iap under the bench's load; the top functions go into docs/PERFORMANCE.md.
+profile: $(STAMP)
+	bash scripts/sysdeps.sh wrk
+	$(BIN)/python bench/profile.py
 
 # Not part of `make test`: SOAK_MINUTES (default 10) of mixed traffic, written to docs/PERFORMANCE.md.
 soak: $(STAMP)
