@@ -35,7 +35,7 @@ _TITLES = {
     408: ("Request timeout", "The request did not arrive in time."),
     413: ("Payload too large", "The request body is larger than this address accepts."),
     414: ("URI too long", "The address is longer than iap accepts."),
-    429: ("Too many requests", "You have sent too many requests; wait a moment."),
+    429: ("Too many requests", "Wait a moment before sending more."),
     431: ("Request header fields too large", "The request headers are larger than iap accepts."),
     500: ("Internal error", "Something went wrong inside iap."),
     502: ("Bad gateway", "The application behind iap could not be reached."),
