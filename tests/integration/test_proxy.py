@@ -313,7 +313,7 @@ async def test_html_error_page_for_browsers(edge: RunningEdge) -> None:
         text = await resp.text()
     assert resp.status == 404
     assert resp.content_type == "text/html"
-    assert "<code>" + resp.headers["X-Correlation-ID"] + "</code>" in text
+    assert f"<code id='correlation-id'>{resp.headers['X-Correlation-ID']}</code>" in text
 
 
 async def test_malformed_request_gets_generic_error_and_audit_line(edge: RunningEdge) -> None:
