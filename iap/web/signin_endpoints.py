@@ -45,6 +45,7 @@ from iap.domain import signin_flow as flow
 from iap.domain.login import MAX_AGE, LoginRefused, PendingLogin
 from iap.domain.login import state_key as login_state_key
 from iap.domain.negotiation import prefers_html
+from iap.domain.session import expires_at
 from iap.errors import (
     BadRequest,
     MethodNotAllowed,
@@ -118,6 +119,9 @@ class Endpoints:
             return await handler(request, exchange)
         except _Redirect as spent:
             return spent.response
+        except SignInFailed:
+            await self._viewer(request, exchange)
+            raise
         except IdpUnavailable as exc:
             raise ServiceUnavailable(
                 "identity provider unavailable",
@@ -128,6 +132,15 @@ class Endpoints:
             raise ServiceUnavailable(
                 "session store unavailable", reason="store_unavailable"
             ) from exc
+
+    async def _viewer(self, request: web.BaseRequest, exchange: Exchange) -> None:
+        """Who is still signed in, for a browser's page about a sign-in that failed (a new
+        login does not end the session the browser had); never for the audit line."""
+        if prefers_html(request.headers.get("Accept")):
+            now = self._clock()
+            session = (await self._check.load(request, now)).session
+            if session is not None and expires_at(session, lifetime=self._lifetime) > now:
+                exchange.identity = session.identity
 
     async def login(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
         """Start a login: remember it in the login-state cookie, send the browser to the IdP."""

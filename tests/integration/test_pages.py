@@ -228,3 +228,20 @@ async def test_an_expired_or_unknown_login_state_offers_a_retry(
     assert answer.status == 403
     assert "<h1>Sign-in timed out</h1>" in answer.body.decode()
     assert links(answer.body) == {"retry": "/.iap/login?rd=%2F"}
+
+
+async def test_a_failed_switch_of_account_still_names_who_is_signed_in(
+    stack: SignInStack, http: aiohttp.ClientSession
+) -> None:
+    visitor = visitor_of(stack, http)
+    await visitor.sign_in("bob")
+    start = await visitor.get("/.iap/login?rd=/admin/&prompt=select_account", headers=HTML)
+    idp_answer = await visitor.authorize(start.location, "eve")
+    answer = await visitor.get(idp_answer.location, headers=HTML)
+    assert answer.status == 403
+    page = answer.body.decode()
+    assert "<h1>Organisation not allowed</h1>" in page
+    assert "Signed in as <b id='viewer'>Bob Staff</b>" in page  # bob's session goes on
+    line = await audit(stack, answer.header("X-Correlation-ID"))
+    assert line["subject"] == subject("eve")  # the audit line is about the refused sign-in
+    assert (await visitor.get("/app/x")).status == 200
