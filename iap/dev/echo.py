@@ -13,6 +13,7 @@ import base64
 import binascii
 import html
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -30,7 +31,8 @@ _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>iap demo upstream</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>body{{font:15px system-ui,sans-serif;margin:2em;overflow-wrap:anywhere}}
-td{{padding:.2em .8em;font-family:monospace;vertical-align:top;word-break:break-all}}
+td{{padding:.2em .8em;font-family:monospace;vertical-align:top}}
+td:first-child{{white-space:nowrap}}td+td{{word-break:break-all}}
 code,pre{{white-space:pre-wrap;word-break:break-all}}
 </style></head><body><p><a id="sign-out" href="/.iap/logout">Sign out</a></p>
 <h1>Hello from the demo upstream</h1>
@@ -70,8 +72,10 @@ def unverified_claims(token: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _cell(value: Any) -> str:
+def _cell(name: str, value: Any) -> str:
     shown = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+    if name == "exp" and isinstance(value, int) and 0 < value < 2**40:
+        shown += datetime.fromtimestamp(value, UTC).strftime(" (%Y-%m-%d %H:%M:%S UTC)")
     return html.escape(shown)
 
 
@@ -80,7 +84,7 @@ def _claims_rows(token: str | None) -> str:
         return "<tr><td>no token (public route)</td></tr>"
     claims = unverified_claims(token)
     return "".join(
-        f"<tr><td>{name}</td><td id='claim-{name}'>{_cell(claims.get(name, ''))}</td></tr>"
+        f"<tr><td>{name}</td><td id='claim-{name}'>{_cell(name, claims.get(name, ''))}</td></tr>"
         for name in CLAIMS_SHOWN
     )
 

@@ -12,7 +12,7 @@ import re
 from collections.abc import AsyncIterator
 
 import pytest
-from playwright.async_api import Page, expect
+from playwright.async_api import Browser, Page, expect
 
 from iap.dev.idp import TENANT_A, USERS
 from tests.conftest import free_port
@@ -180,3 +180,23 @@ async def test_the_demo_upstream_shows_the_minted_tokens_claims(
     await screenshot(page, "demo-upstream")
     await page.click("#sign-out")
     await page.wait_for_url(f"{base}/.iap/signed-out")
+
+
+async def test_the_pages_fit_a_phone_screen(stack: SignInStack, browser: Browser) -> None:
+    context = await browser.new_context(viewport={"width": 360, "height": 740}, is_mobile=True)
+    try:
+        page = await context.new_page()
+        base = stack.edge.url
+        await sign_in(page, base, "olivia", "/.iap/")  # 150 group ids: long values wrap
+        await expect(page.locator("h1")).to_have_text("Your identity")
+        for path, name in [("/.iap/", "phone-user-page"), ("/admin/", "phone-403")]:
+            await page.goto(f"{base}{path}")
+            # The viewport meta makes the layout as wide as the phone (without it a mobile
+            # browser lays out 980 px and shrinks), and nothing is wider than that.
+            width, scroll = await page.evaluate(
+                "() => [window.innerWidth, document.documentElement.scrollWidth]"
+            )
+            assert (width, scroll) == (360, 360), path
+            await screenshot(page, name)
+    finally:
+        await context.close()

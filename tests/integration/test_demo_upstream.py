@@ -62,7 +62,7 @@ async def test_the_page_shows_the_tokens_claims_unverified_and_the_raw_token(
     assert "<td id='claim-name'>Alice &lt;Admin&gt;</td>" in page
     assert "<td id='claim-roles'>admin, staff</td>" in page
     assert "<td id='claim-aud'>app</td>" in page
-    assert "<td id='claim-exp'>1900000000</td>" in page
+    assert "<td id='claim-exp'>1900000000 (2030-03-17 17:46:40 UTC)</td>" in page
     assert "without verifying its signature" in page
     assert f'<pre id="raw-token">{token}</pre>' in page
     assert '<a id="sign-out" href="/.iap/logout">Sign out</a>' in page
