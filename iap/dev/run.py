@@ -151,7 +151,7 @@ async def _run(
         client_id=DEV_CLIENT_ID,
         client_secret=DEV_CLIENT_SECRET,
         redirect_uris=[f"{public}/.iap/callback"],
-        post_logout_redirect_uris=[f"{public}/"],
+        post_logout_redirect_uris=[f"{public}/", f"{public}/.iap/signed-out"],
     )
     document = dev_config(
         port=port,

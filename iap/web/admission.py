@@ -128,6 +128,7 @@ class Admission:
         if caller.identity is not None:
             exchange.subject = caller.identity.subject
             exchange.tenant = caller.identity.tid
+            exchange.identity = caller.identity
         return caller, presented
 
     async def _verify_bearer(self, token: str, audience: str, exchange: Exchange) -> Verified:
@@ -186,7 +187,8 @@ class Admission:
             raise challenge(
                 caller, html=html, method=request.method, target=target, reason=exchange.reason
             )
-        raise Forbidden(reason=decision.reason, headers=[("Set-Cookie", c) for c in caller.cookies])
+        cookies = [("Set-Cookie", c) for c in caller.cookies]
+        raise Forbidden(reason=decision.reason, headers=cookies, return_to=target)
 
     @staticmethod
     def _facts(
