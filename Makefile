@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.runtime
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint types unit bench soak sysdeps clean lock lock-upgrade sbom
+.PHONY: run test lint types unit bench profile soak sysdeps clean lock lock-upgrade sbom mesh
 
 # Everything installs from the hashed locks in requirements/ (see docs/operations.md): the
 # developer's venv, CI and the image run the same versions. pip's own version does not matter.
@@ -56,6 +56,11 @@ sbom: $(STAMP)
 run: $(RUNTIME)
 	$(BIN)/iap dev
 
+# deploy/k8s/istio/ (a kustomize Component) from the ConfigMap's iap.yaml by `iap mesh render`;
+# tests/deploy/test_mesh_component.py fails when the checked-in files drift from it.
+mesh: $(STAMP)
+	$(BIN)/python scripts/mesh_component.py
+
 sysdeps:
 	bash scripts/sysdeps.sh
 
@@ -73,8 +78,13 @@ unit: $(STAMP)
 test: $(STAMP) sysdeps lint types unit
 
 bench: $(STAMP)
-	bash scripts/sysdeps.sh wrk
+	bash scripts/sysdeps.sh wrk nginx haproxy caddy redis-server
 	$(BIN)/python bench/run.py
+
+# py-spy samples iap under the bench's load; the top functions go into docs/PERFORMANCE.md.
+profile: $(STAMP)
+	bash scripts/sysdeps.sh wrk
+	$(BIN)/python bench/profile.py
 
 # Not part of `make test`: SOAK_MINUTES (default 10) of mixed traffic, written to docs/PERFORMANCE.md.
 soak: $(STAMP)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import datetime as dt
 import importlib.metadata
 import json
@@ -51,7 +50,20 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 import dev_idp
+import peers
 import yaml
+from procs import (
+    HOST,
+    BenchError,
+    free_port,
+    http_status,
+    metric,
+    spawn,
+    tail,
+    tree_cpu,
+    tree_rss,
+    wait_ready,
+)
 
 from iap.adapters.signing_keys import write_new_key
 from iap.dev.idp import SERVICES, TENANT_A
@@ -60,107 +72,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 DOC = ROOT / "docs" / "PERFORMANCE.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
-HOST = "127.0.0.1"
 BENCH_API = "api://edge"
-READY_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
-
-
-# --------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it if this runner dies, even by SIGKILL."""
-    if sys.platform == "linux":
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-@contextlib.contextmanager
-def spawn(argv: Sequence[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Start ``argv`` in its own session (stdout discarded, stderr to ``log``); stop it on exit."""
-    with log.open("wb") as stderr:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            start_new_session=True,  # Ctrl-C reaches only this runner, which stops children
-            preexec_fn=_die_with_parent,
-        )
-    try:
-        yield proc
-    finally:
-        stop(proc)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def http_status(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> int:
-    try:
-        request = urllib.request.Request(url, headers=headers or {})
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            response.read()
-            status: int = response.status
-            return status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    """Poll ``url`` until it answers 200; fail early if ``proc`` exits."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"{proc.args!r} exited with {proc.returncode}:\n{tail(log)}")
-        try:
-            status = http_status(url, timeout=1.0)
-            if status == 200:
-                return
-            last = f"HTTP {status}"
-        except OSError as exc:
-            last = str(exc)
-        time.sleep(0.05)
-    raise BenchError(f"{url} not ready after {READY_TIMEOUT:.0f}s ({last}):\n{tail(log)}")
-
-
-def _metric(url: str, name: str) -> float | None:
-    """One unlabelled sample from a Prometheus text page; None when absent or unreachable."""
-    try:
-        with urllib.request.urlopen(url, timeout=5.0) as response:
-            text = response.read().decode(errors="replace")
-    except OSError:
-        return None
-    found = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else None
-
-
-def tail(log: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-class BenchError(Exception):
-    pass
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -176,10 +88,11 @@ class Env:
     scenario: str = ""
     headers: dict[str, str] = field(default_factory=dict)  # sent by wrk, set by the scenario
     code: str = ""  # another checkout whose iap to run (BENCH_BASELINE); empty: this one
+    pids: list[int] = field(default_factory=list)  # the target's processes, for CPU and RSS
 
 
 Start = Callable[[Env], contextlib.AbstractContextManager[str]]
-Kind = Literal["direct", "naive", "iap"]
+Kind = Literal["direct", "naive", "peer", "iap"]
 
 
 @dataclass(frozen=True)
@@ -199,6 +112,7 @@ class Scenario:
     label: str = ""  # short name in the cost table, e.g. "tracing 0.1"
     baseline_label: str = ""  # e.g. "tracing off"
     code: str = ""  # BENCH_BASELINE twins: the checkout whose iap this row runs
+    missing: Callable[[], str] = lambda: ""  # why this row cannot run here; empty: it can
 
 
 @contextlib.contextmanager
@@ -207,15 +121,22 @@ def direct_target(env: Env) -> Iterator[str]:
 
 
 def naive_target(loop: Literal["asyncio", "uvloop"]) -> Start:
+    return script_target("naive_proxy.py", "--loop", loop)
+
+
+def script_target(script: str, *args: str) -> Start:
+    """A proxy in bench/ started as ``script --port P --upstream URL *args``."""
+
     @contextlib.contextmanager
     def start(env: Env) -> Iterator[str]:
         port = free_port()
-        log = env.workdir / f"naive-{loop}.log"
-        argv = [sys.executable, str(BENCH / "naive_proxy.py"), "--port", str(port)]
-        argv += ["--upstream", env.upstream, "--loop", loop]
+        log = env.workdir / f"{script}-{port}.log"
+        argv = [sys.executable, str(BENCH / script), "--port", str(port)]
+        argv += ["--upstream", env.upstream, *args]
         with spawn(argv, log) as proc:
             url = f"http://{HOST}:{port}/"
             wait_ready(url, proc, log)
+            env.pids.append(proc.pid)
             yield url
 
     return start
@@ -234,8 +155,11 @@ def iap_command(env: Env) -> list[str]:
     return [str(beside) if beside.exists() else str(ROOT / ".venv" / "bin" / "iap")]
 
 
-def iap_target(config: Callable[[str], dict[str, Any]], *, port: int = 0) -> Start:
-    """``iap run`` (one process) with ``config(upstream_url)`` plus listen/admin/public_url."""
+def iap_target(
+    config: Callable[[str], dict[str, Any]], *, port: int = 0, workers: int = 1, path: str = "/"
+) -> Start:
+    """``iap run`` (one process, or a supervisor and ``workers``) with ``config(upstream_url)``
+    plus listen/admin/public_url; the URL to load is ``path`` on its public listener."""
 
     @contextlib.contextmanager
     def start(env: Env) -> Iterator[str]:
@@ -247,14 +171,16 @@ def iap_target(config: Callable[[str], dict[str, Any]], *, port: int = 0) -> Sta
             "admin": {"address": f"{HOST}:{admin}"},
             **config(env.upstream),
         }
-        path = env.workdir / f"iap-{public}.yaml"
-        path.write_text(yaml.safe_dump(document, sort_keys=False))
+        document_path = env.workdir / f"iap-{public}.yaml"
+        document_path.write_text(yaml.safe_dump(document, sort_keys=False))
         log = env.workdir / f"iap-{public}.log"
-        with spawn([*iap_command(env), "run", "-c", str(path)], log) as proc:
+        argv = [*iap_command(env), "run", "-c", str(document_path)]
+        argv += ["--workers", str(workers)] if workers > 1 else []
+        with spawn(argv, log) as proc:
             wait_ready(f"http://{HOST}:{admin}/readyz", proc, log)
-            env.notes["pid"] = proc.pid  # for the CPU of its threads
-            yield f"{url}/"
-            dropped = _metric(f"http://{HOST}:{admin}/metrics", "iap_spans_dropped_total")
+            env.pids.append(proc.pid)  # for the CPU of its threads and its memory
+            yield f"{url}{path}"
+            dropped = metric(f"http://{HOST}:{admin}/metrics", "iap_spans_dropped_total")
             if dropped is not None:
                 env.notes["spans_dropped"] = round(dropped)
 
@@ -304,19 +230,26 @@ def sign_in(public_url: str) -> str:
 
 
 def signed_in_target(
-    credential: Literal["cookie", "bearer"], *, redis: bool | None = None
+    credential: Literal["cookie", "bearer"],
+    *,
+    redis: bool | None = None,
+    workers: int = 1,
+    path: str = "/",
 ) -> Start:
     """A route for any authenticated caller, behind iap signing in with the dev IdP.
 
     ``cookie``: requests carry alice's sealed session cookie (a browser). ``bearer``: they
     carry a client-credentials access token of the dev IdP's ``orders-service`` (a service).
     ``redis``: the route has a rate limit that the run never exceeds, counted in process
-    memory (False) or in a redis-server of its own (True).
+    memory (False) or in a redis-server of its own (True). ``path`` ``/.iap/auth``: wrk asks
+    forward-auth about ``GET /`` as nginx's ``auth_request`` does (header mode).
     """
 
     @contextlib.contextmanager
     def start(env: Env) -> Iterator[str]:
-        with _signed_in(env, limit=redis) as (url, public, idp_url):
+        with _signed_in(env, limit=redis, workers=workers, path=path) as (url, public, idp_url):
+            if path.startswith("/.iap/auth"):
+                env.headers.update(FORWARD_AUTH_HEADERS)
             if credential == "cookie":
                 env.headers["Cookie"] = sign_in(public)
             else:
@@ -324,6 +257,56 @@ def signed_in_target(
             yield url
 
     return start
+
+
+FORWARD_AUTH_HEADERS = {
+    "X-Original-URI": "/",
+    "X-Original-Method": "GET",
+    "X-Forwarded-Host": HOST,
+}
+
+# The offload pattern: nginx forwards, iap decides. As docs/forward-auth.md's block, with
+# keep-alive connections to iap and to the application (what a high-scale edge would run).
+OFFLOAD_LOCATIONS = """\
+        location = /.iap/auth {
+            internal;
+            proxy_pass http://iap/.iap/auth;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header X-Original-URI $request_uri;
+            proxy_set_header X-Original-Method $request_method;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header X-Forwarded-Uri "";
+            proxy_set_header X-Original-URL "";
+            proxy_set_header X-Envoy-Original-Path "";
+            proxy_set_header X-Forwarded-Method "";
+            proxy_set_header X-Original-Host "";
+            proxy_set_header X-Forwarded-For $remote_addr;
+        }
+        location / {
+            auth_request /.iap/auth;
+            auth_request_set $iap_subject $upstream_http_x_iap_subject;
+            auth_request_set $iap_token $upstream_http_authorization;
+            proxy_set_header X-IAP-Subject $iap_subject;
+            proxy_set_header Authorization $iap_token;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass http://app;
+        }"""
+
+
+@contextlib.contextmanager
+def offload_target(env: Env) -> Iterator[str]:
+    """nginx in front, asking a signed-in iap through ``auth_request`` for every request."""
+    with _signed_in(env, path="/.iap/auth") as (_url, public, _idp_url):
+        cookie = sign_in(public)
+        upstreams = f"    upstream iap {{ server {peers.address(public)}; keepalive 32; }}"
+        offload = peers.run_nginx(env, "offload", OFFLOAD_LOCATIONS, upstreams, ready=(401,))
+        with offload as url:  # 401: nginx asked iap about a request without a session
+            env.headers["Cookie"] = cookie
+            yield url
 
 
 def service_token(idp_url: str) -> str:
@@ -359,7 +342,9 @@ def _redis(env: Env, wanted: bool) -> Iterator[str | None]:
 
 
 @contextlib.contextmanager
-def _signed_in(env: Env, *, limit: bool | None = None) -> Iterator[tuple[str, str, str]]:
+def _signed_in(
+    env: Env, *, limit: bool | None = None, workers: int = 1, path: str = "/"
+) -> Iterator[tuple[str, str, str]]:
     port, idp_port = free_port(), free_port()
     public = f"http://{HOST}:{port}"
     log = env.workdir / f"dev-idp-{idp_port}.log"
@@ -393,9 +378,11 @@ def _signed_in(env: Env, *, limit: bool | None = None) -> Iterator[tuple[str, st
                 settings["routes"][0]["rate_limit"] = {"requests": 10**6, "per": "1s"}
             if redis_url is not None:
                 settings["redis"] = {"url": redis_url}
+            if path.startswith("/.iap/auth"):  # forward-auth answers only trusted proxies
+                settings["trusted_proxies"] = ["127.0.0.0/8"]
             return settings
 
-        with iap_target(config, port=port)(env) as url:
+        with iap_target(config, port=port, workers=workers, path=path)(env) as url:
             yield url, public, idp_url
 
 
@@ -446,11 +433,46 @@ def tracing(ratio: float, target: float) -> Scenario:
 
 SCENARIOS: list[Scenario] = [
     Scenario("direct", direct_target, kind="direct"),
+    Scenario(
+        "nginx proxy_pass",
+        peers.nginx_target,
+        kind="peer",
+        missing=lambda: peers.missing(peers.NGINX, "nginx"),
+    ),
+    Scenario(
+        "haproxy",
+        peers.haproxy_target,
+        kind="peer",
+        missing=lambda: peers.missing(peers.HAPROXY, "haproxy"),
+    ),
+    Scenario(
+        "caddy reverse_proxy (GOMAXPROCS=1)",
+        peers.caddy_target,
+        kind="peer",
+        missing=lambda: peers.missing(peers.CADDY, "caddy"),
+    ),
     Scenario("naive (asyncio loop)", naive_target("asyncio"), "naive", "naive (asyncio)"),
     Scenario("naive (uvloop)", naive_target("uvloop"), "naive", "naive (uvloop)"),
+    Scenario(
+        "floor: aiohttp web.Server + iap's upstream client",
+        script_target("floor_proxy.py"),
+        "naive",
+        "floor",
+    ),
     Scenario("iap public route", iap_target(public_route)),
+    Scenario("iap --workers 2, public route", iap_target(public_route, workers=2)),
     Scenario("iap cookie session", signed_in_target("cookie")),
     Scenario("iap bearer token", signed_in_target("bearer")),
+    Scenario(
+        "iap forward-auth decision (/.iap/auth, cookie)",
+        signed_in_target("cookie", path="/.iap/auth"),
+    ),
+    Scenario(
+        "nginx + iap auth_request (cookie)",
+        offload_target,
+        kind="peer",
+        missing=lambda: peers.missing(peers.NGINX, "nginx"),
+    ),
     Scenario(
         "iap cookie session, rate limited (memory)",
         signed_in_target("cookie", redis=False),
@@ -552,23 +574,6 @@ def run_wrk(
     return done.stdout
 
 
-def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds (user + system) of each thread of ``pid``; empty where /proc is missing.
-
-    A thread that ended between two readings is missed, which the long-lived threads of iap
-    (event loop, span export) never do.
-    """
-    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    cpu = {}
-    with contextlib.suppress(OSError):
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-                fields = stat[stat.rindex(")") + 2 :].split()
-                cpu[int(tid)] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-    return cpu
-
-
 def parse_wrk(output: str, scenario: Scenario) -> Result:
     percentiles = {m[0]: float(m[1]) * _UNIT_MS[m[2]] for m in _PERCENTILE.findall(output)}
     rps, total = _RPS.search(output), _TOTAL.search(output)
@@ -593,7 +598,7 @@ def parse_wrk(output: str, scenario: Scenario) -> Result:
 
 def measure(scenario: Scenario, env: Env, settings: Settings) -> Result:
     print(f"== {scenario.name}", file=sys.stderr, flush=True)
-    env = replace(env, notes={}, headers={}, scenario=scenario.name, code=scenario.code)
+    env = replace(env, notes={}, headers={}, pids=[], scenario=scenario.name, code=scenario.code)
     warmup = 0
     with scenario.start(env) as url:
         status = http_status(url, headers=env.headers)
@@ -602,16 +607,17 @@ def measure(scenario: Scenario, env: Env, settings: Settings) -> Result:
         if settings.warmup:
             warm = _TOTAL.search(run_wrk(settings, url, settings.warmup, env.headers))
             warmup = int(warm.group(1)) if warm else 0
-        pid = env.notes.get("pid")
-        before = thread_cpu(pid) if pid else {}
+        before = tree_cpu(env.pids)
         output = run_wrk(settings, url, settings.duration, env.headers)
-        after = thread_cpu(pid) if pid else {}
+        after = tree_cpu(env.pids)
+        rss, processes = tree_rss(env.pids)
     result = parse_wrk(output, scenario)
     notes = dict(env.notes)
-    if pid and after:
+    if env.pids and after:
         spent = {tid: cpu - before.get(tid, 0.0) for tid, cpu in after.items()}
-        notes["cpu_main_us"] = round(spent.pop(pid, 0.0) * 1e6)
+        notes["cpu_main_us"] = round(spent.pop(env.pids[0], 0.0) * 1e6)
         notes["cpu_other_us"] = round(sum(spent.values()) * 1e6)
+        notes["rss_kib"], notes["processes"] = round(rss * 1024), processes
     result = replace(result, served=1 + warmup + result.requests, notes=notes)
     print(
         f"   {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms",
@@ -699,14 +705,16 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right_from: int
 
 
 def results_table(results: Sequence[Result]) -> str:
-    header = ["Target", "Requests/s", "p50 (ms)", "p99 (ms)", "Requests", "Non-2xx/3xx"]
-    header.append("Socket errors")
+    header = ["Target", "Requests/s", "p50 (ms)", "p99 (ms)", "CPU µs/request", "RSS MiB"]
+    header += ["Requests", "Non-2xx/3xx", "Socket errors"]
     rows = [
         [
             r.name,
             f"{r.rps:,.0f}",
             f"{r.p50_ms:.2f}",
             f"{r.p99_ms:.2f}",
+            f"{_cpu_per_request(r):.0f}" if "cpu_main_us" in r.notes else "n/a",
+            _rss(r),
             f"{r.requests:,}",
             f"{r.non_2xx_3xx:,}",
             f"{r.socket_errors:,}",
@@ -714,6 +722,71 @@ def results_table(results: Sequence[Result]) -> str:
         for r in results
     ]
     return _table(header, rows)
+
+
+def _rss(result: Result) -> str:
+    processes = result.notes.get("processes", 0)
+    if not processes:
+        return "n/a"
+    mib = result.notes.get("rss_kib", 0) / 1024
+    return f"{mib:.0f}" if processes == 1 else f"{mib:.0f} ({processes} processes)"
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A target of issue 17: ``row``'s ``metric`` over ``other``'s (or alone) against ``bound``."""
+
+    text: str
+    row: str
+    metric: Literal["rps", "cpu", "rss", "tail"]
+    bound: float
+    other: str = ""
+    at_most: bool = False
+
+
+GOALS = [
+    Goal("CPU µs/request, public route", "iap public route", "cpu", 70, at_most=True),
+    Goal("CPU µs/request, cookie session", "iap cookie session", "cpu", 95, at_most=True),
+    Goal("CPU µs/request, bearer token", "iap bearer token", "cpu", 95, at_most=True),
+    Goal("public / caddy", "iap public route", "rps", 1.0, "caddy reverse_proxy (GOMAXPROCS=1)"),
+    Goal("public / nginx", "iap public route", "rps", 0.25, "nginx proxy_pass"),
+    Goal("public / naive (uvloop)", "iap public route", "rps", 2.0, "naive (uvloop)"),
+    Goal("cookie / nginx", "iap cookie session", "rps", 0.2, "nginx proxy_pass"),
+    Goal("--workers 2 / 1 worker", "iap --workers 2, public route", "rps", 1.6, "iap public route"),
+    Goal("p99 / p50, public route", "iap public route", "tail", 2.5, at_most=True),
+    Goal("p99 / p50, cookie session", "iap cookie session", "tail", 2.5, at_most=True),
+    Goal("RSS MiB per process, public route", "iap public route", "rss", 60, at_most=True),
+]
+
+
+def _goal_value(goal: Goal, by_name: dict[str, Result]) -> float | None:
+    row, other = by_name.get(goal.row), by_name.get(goal.other)
+    if row is None or (goal.other and (other is None or not other.rps)):
+        return None
+    if goal.metric == "cpu":
+        return _cpu_per_request(row) if "cpu_main_us" in row.notes else None
+    if goal.metric == "rss":
+        processes = row.notes.get("processes", 0)
+        return row.notes.get("rss_kib", 0) / 1024 / processes if processes else None
+    if goal.metric == "tail":
+        return row.p99_ms / row.p50_ms if row.p50_ms else None
+    return row.rps / other.rps if other is not None else None
+
+
+def goals_table(results: Sequence[Result]) -> str:
+    """Each goal of issue 17 with the figure of this run and whether it is met."""
+    by_name = {r.name: r for r in results}
+    rows = []
+    for goal in GOALS:
+        value = _goal_value(goal, by_name)
+        target = f"{'<=' if goal.at_most else '>='} {goal.bound:g}"
+        if value is None:
+            rows.append([goal.text, "not run", target, ""])
+            continue
+        met = value <= goal.bound if goal.at_most else round(value, 2) >= goal.bound
+        figure = f"{value:.0f}" if goal.metric in ("cpu", "rss") else f"{value:.2f}"
+        rows.append([goal.text, figure, target, "met" if met else "NOT met"])
+    return _table(["Goal", "This run", "Target", "Met"], rows)
 
 
 def ratios_table(results: Sequence[Result]) -> str:
@@ -724,11 +797,24 @@ def ratios_table(results: Sequence[Result]) -> str:
     header = ["Target", "Metric", *(f"iap / {n.ratio_label or n.name}" for n in naive)]
     rows = []
     for row in iap:
-        for metric, value in (("Requests/s", "rps"), ("p50", "p50_ms"), ("p99", "p99_ms")):
+        for label, value in (("Requests/s", "rps"), ("p50", "p50_ms"), ("p99", "p99_ms")):
             mine = getattr(row, value)
             cells = [_ratio(mine, getattr(n, value)) for n in naive]
-            rows.append([row.name, metric, *cells])
+            rows.append([row.name, label, *cells])
     return _table(header, rows, right_from=2)
+
+
+def peers_table(results: Sequence[Result]) -> str:
+    """Each iap row's requests/s over each real proxy's and the naive passthrough's."""
+    others = [
+        r for r in results if r.kind in ("peer", "naive") and not r.name.startswith("nginx +")
+    ]
+    iap = [r for r in results if r.kind == "iap"]
+    if not others or not iap:
+        return "(no iap or no proxy rows in this run)"
+    header = ["Target", *(f"/ {o.ratio_label or o.name}" for o in others)]
+    rows = [[row.name, *(_ratio(row.rps, o.rps) for o in others)] for row in iap]
+    return _table(header, rows)
 
 
 def cost_table(scenarios: Sequence[Scenario], results: Sequence[Result]) -> str:
@@ -845,7 +931,10 @@ def _ratio(a: float, b: float) -> str:
 
 
 def report(
-    results: Sequence[Result], settings: Settings, scenarios: Sequence[Scenario] = ()
+    results: Sequence[Result],
+    settings: Settings,
+    scenarios: Sequence[Scenario] = (),
+    skipped: Sequence[str] = (),
 ) -> str:
     machine_rows = [[key, value.replace("|", "\\|")] for key, value in machine()]
     parts = [
@@ -856,7 +945,16 @@ def report(
         f"{settings.describe()}; targets run one after another against one upstream "
         "(bench/upstream.py) answering every request with a fixed 200 and a 100-byte body.",
         "### Results",
+        "CPU µs/request is the CPU time (user + system, from /proc) of the target's processes "
+        "and all their threads during the measured run over the requests wrk completed; RSS is "
+        "read at its end. The `nginx + iap auth_request` row counts nginx and iap together.",
         results_table(results),
+        *(["Not run on this machine: " + "; ".join(skipped) + "."] if skipped else []),
+        "### Goals of issue 17",
+        goals_table(results),
+        "### iap relative to real proxies",
+        "Requests/s of each iap row over each proxy's, in the same run (above 1: iap is faster).",
+        peers_table(results),
         "### iap relative to the naive proxy",
         "Requests/s below 1 and latency above 1 mean iap is slower than the naive proxy.",
         ratios_table(results),
@@ -889,38 +987,7 @@ def report(
     return "\n\n".join(parts)
 
 
-INTRO = """\
-# Performance
-
-`make bench` (bench/run.py) measures requests per second and p50/p99 latency of
-
-- `direct`: [wrk](https://github.com/wg/wrk) straight to a fast upstream (bench/upstream.py,
-  a minimal keep-alive HTTP/1.1 server on uvloop that answers every request with the same
-  100-byte 200 response), the ceiling of this machine;
-- `naive`: bench/naive_proxy.py, the ~40-line aiohttp passthrough proxy a user would write
-  (one shared `ClientSession`, whole body buffered, no authentication, no audit log), once on
-  the default asyncio event loop and once on uvloop;
-- `iap`: the real proxy, `iap run` as a single process, with the configurations listed in
-  `SCENARIOS` in bench/run.py: a public route (no authentication; the JSON audit line iap
-  prints on stdout for every request goes to /dev/null), with tracing off (no
-  `otlp_endpoint`: iap makes no spans), and the same route with tracing on at sample ratios
-  0.1 and 1.0 (`iap tracing 0.1`, `iap tracing 1.0`), each exporting over OTLP/HTTP to its own
-  bench/otlp_sink.py, a minimal uvloop receiver that decodes every
-  `ExportTraceServiceRequest`, counts its spans and answers 200. The sink's span count is
-  reported, so the tables show that the exporter really ran.
-
-Every target is measured one after another with the same wrk settings after a short warm-up.
-Reproduce with `make bench`; `BENCH_DURATION` (seconds per target), `BENCH_CONNECTIONS`,
-`BENCH_WARMUP` and `BENCH_THREADS` change the wrk settings. The run rewrites the section
-between the markers below. `BENCH_ONLY=tracing` (parts of scenario names) runs a subset, and
-`BENCH_PROFILE=DIR` runs iap under cProfile on every thread (bench/profiled_iap.py); both
-print their tables and leave this file alone.
-
-The figures are from one run on the machine described below. wrk, the upstream and the proxy
-under test share its 2 cores, so the absolute numbers are low and move between runs and
-machines; only the ratios within one run mean something.
-
-"""
+INTRO = "# Performance\n\n"  # when docs/PERFORMANCE.md is missing; its prose lives there
 
 
 def write_doc(section: str, path: Path = DOC) -> None:
@@ -975,6 +1042,10 @@ def main() -> int:
         if not scenarios:
             raise BenchError(f"BENCH_ONLY={os.environ['BENCH_ONLY']!r} matches no scenario")
         settings = Settings.from_env()
+        skipped = [f"{s.name} ({why})" for s in scenarios if (why := s.missing())]
+        scenarios = [s for s in scenarios if not s.missing()]
+        for line in skipped:
+            print(f"bench: skipping {line}", file=sys.stderr)
         results = run(scenarios, settings)
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
@@ -982,7 +1053,7 @@ def main() -> int:
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
         return 130
-    section = report(results, settings, scenarios)
+    section = report(results, settings, scenarios, skipped)
     print(section)
     if only or baseline or os.environ.get("BENCH_PROFILE", "").strip():
         print(

@@ -51,6 +51,10 @@ class RequestError(IapError):
     status = 500
     public = "Internal error."
     reason = "internal_error"
+    return_to: str | None = None
+    """For a browser's page: the path a *Sign in* link comes back to (401, 403)."""
+    shown: str | None = None
+    """For a browser's page: a short safe code to show, such as the IdP's ``error``."""
 
     def __init__(
         self,
@@ -59,8 +63,11 @@ class RequestError(IapError):
         public: str | None = None,
         reason: str | None = None,
         headers: Sequence[tuple[str, str]] = (),
+        return_to: str | None = None,
+        shown: str | None = None,
     ) -> None:
         super().__init__(detail or reason or self.reason)
+        self.return_to, self.shown = return_to, shown
         self.detail = detail or reason or self.reason
         if public is not None:
             self.public = public
@@ -177,9 +184,14 @@ class BadGateway(UpstreamError):
 
 
 class CircuitOpen(UpstreamError):
+    """Always with ``Retry-After``: the circuit half-opens after its cool-down."""
+
     status = 503
     public = "The upstream service is temporarily unavailable."
     reason = "circuit_open"
+
+    def __init__(self, detail: str = "", *, retry_after: int = 5) -> None:
+        super().__init__(detail, headers=[("Retry-After", str(max(1, retry_after)))])
 
 
 class UpstreamBusy(UpstreamError):

@@ -39,6 +39,8 @@ class Exchange:
     authn_method: str | None = None
     subject: str | None = None
     tenant: str | None = None
+    identity: Identity | None = None
+    """Who is signed in, for the pages iap shows (never written to the audit line)."""
     upstream: str | None = None
     trace_id: str | None = None
     span_id: str | None = None

@@ -65,7 +65,7 @@ class Metrics:
         )
 
     def _certificates(self) -> None:
-        """TLS material: reload failures and time to expiry."""
+        """TLS material and signing keys: reload failures, time to expiry, key age."""
         self.tls_reload_failures = Counter(
             "iap_tls_reload_failures_total",
             "Reloads of changed TLS files that failed; the previous material stayed in use.",
@@ -78,6 +78,13 @@ class Metrics:
             ["name"],
             registry=self.registry,
             multiprocess_mode="min",
+        )
+        self.signing_key_age = Gauge(
+            "iap_signing_key_age_seconds",
+            "Seconds since the key that signs minted tokens was made (its file's mtime in "
+            "tokens.keys_dir); signing keys do not expire, so alert when rotation is overdue.",
+            registry=self.registry,
+            multiprocess_mode="livemax",
         )
 
     def _decisions(self) -> None:

@@ -92,8 +92,9 @@ class OAuthClient:
     ) -> TokenResponse:
         """The refresh token grant (RFC 6749 §6)."""
         body = prepare_token_request("refresh_token", refresh_token=refresh_token, scope=scopes)
+        # Its own endpoint label, so sign-ins (``token``) and refreshes count apart.
         return await self._fetcher.observed(
-            "token", "POST", lambda: self._grant(token_endpoint, body)
+            "refresh", "POST", lambda: self._grant(token_endpoint, body)
         )
 
     async def _grant(self, token_endpoint: str, body: str) -> TokenResponse:

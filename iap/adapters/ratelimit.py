@@ -33,8 +33,10 @@ Invariants:
   (0.5 s by default); a refused or reset connection is retried once, a timeout is not,
   so a server that stops answering costs a request about one ``timeout`` before
   ``on_store_error`` decides.
-- ``limits`` gets only the client's connection pool, never a URL or a password, so its
-  errors cannot echo them.
+- ``limits`` gets only the shared client (its connection pool, or the cluster client for
+  ``limits``' cluster storage, ``redis+cluster://``), never a URL or a password, so its
+  errors cannot echo them. Through Sentinel it is the same pool as the session store's, so
+  the counts follow a failover exactly as sessions do.
 - Keys come from :func:`iap.domain.ratelimit.key_for`; both stores count per key and
   quota, so changing a route's limit starts its counts afresh. Redis keys live under
   ``key_prefix`` and expire with their window. Timestamps are the workers' wall clocks,
@@ -54,18 +56,24 @@ from typing import Any
 import redis.asyncio
 import redis.exceptions
 from limits import RateLimitItemPerSecond, WindowStats
-from limits.aio.storage import RedisStorage
+from limits.aio.storage import RedisClusterStorage, RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter as AsyncSlidingWindow
 from limits.errors import StorageError
+from redis.asyncio.cluster import RedisCluster
 
 from iap.adapters import redis_client
-from iap.adapters.redis_client import connect_url
+from iap.adapters.redis_client import Client, connect_url
 from iap.domain.ratelimit import Quota, Verdict
 
 log = logging.getLogger("iap.ratelimit")
 
 _WARN_EVERY = 10.0  # seconds between two store-failure warnings
-_FAILURES = (StorageError, redis.exceptions.RedisError, OSError)
+_FAILURES = (
+    StorageError,
+    redis.exceptions.RedisError,
+    redis.exceptions.RedisClusterException,  # no RedisError: a cluster that cannot be reached
+    OSError,
+)
 
 
 class ProcessWindows:
@@ -140,6 +148,42 @@ class ProcessWindows:
             del self._windows[slot]
 
 
+class _SharedClusterStorage(RedisClusterStorage):
+    """``limits``' cluster storage on a cluster client that already exists (the session
+    store's), rather than one it would build from a URL with the password in it. Its
+    sliding-window scripts name two keys under one ``{hash tag}``, so each runs on one node.
+    It sets the two attributes ``limits``' redis-py bridge keeps its client in (``storage``,
+    ``connection_getter``; limits 5.x, pinned by the locks), which ``use_cluster`` would set."""
+
+    def __init__(self, client: RedisCluster, key_prefix: str) -> None:
+        self._shared_client = client
+        super().__init__(
+            "async+redis+cluster://",
+            wrap_exceptions=True,
+            implementation="redispy",
+            key_prefix=key_prefix,
+        )
+
+    def configure_bridge(self) -> None:
+        client = self._shared_client
+        self.bridge.storage = client  # type: ignore[attr-defined]
+        self.bridge.connection_getter = lambda _readonly: client  # type: ignore[attr-defined]
+
+
+def _storage(client: Client, key_prefix: str) -> RedisStorage:
+    if isinstance(client, RedisCluster):
+        return _SharedClusterStorage(client, key_prefix)
+    # limits types its pass-through options as scalars; the pool goes to redis-py.
+    options: dict[str, Any] = {"connection_pool": client.connection_pool}
+    return RedisStorage(
+        "async+redis://",
+        implementation="redispy",
+        wrap_exceptions=True,
+        key_prefix=key_prefix,
+        **options,
+    )
+
+
 @lru_cache(maxsize=256)
 def _item(quota: Quota) -> RateLimitItemPerSecond:
     return RateLimitItemPerSecond(quota.capacity, quota.window)
@@ -161,14 +205,14 @@ class RateLimiter:
 
     def __init__(
         self,
-        redis_client: redis.asyncio.Redis | str | None,
+        redis_client: Client | str | None,
         *,
         timeout: float = 0.5,
         key_prefix: str = "iap:ratelimit",
         on_store_error_count: Callable[[], None] | None = None,
     ) -> None:
         self._count = on_store_error_count
-        self._client: redis.asyncio.Redis | None = None
+        self._client: Client | None = None
         self._memory: ProcessWindows | None = None
         self._shared: AsyncSlidingWindow | None = None
         if redis_client is None:
@@ -177,16 +221,7 @@ class RateLimiter:
             if isinstance(redis_client, str):
                 redis_client = connect_url(redis_client, timeout=timeout)
             self._client = redis_client
-            # limits types its pass-through options as scalars; the pool goes to redis-py.
-            options: dict[str, Any] = {"connection_pool": redis_client.connection_pool}
-            storage = RedisStorage(
-                "async+redis://",
-                implementation="redispy",
-                wrap_exceptions=True,
-                key_prefix=key_prefix,
-                **options,
-            )
-            self._shared = AsyncSlidingWindow(storage)
+            self._shared = AsyncSlidingWindow(_storage(redis_client, key_prefix))
         self._failing = False
         self._warned_at = -math.inf
         self._unreported = 0

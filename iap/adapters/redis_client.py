@@ -1,7 +1,9 @@
 """The one place that builds iap's Redis client from the ``redis`` block (SPEC §9): a
 server by URL (``redis://``, ``rediss://`` with a CA and an optional client certificate,
-``unix://``) or the primary that Sentinel names. The session store and the rate-limit
-counters share the client it returns (one pool per process).
+``unix://``), the primary that Sentinel names (a ``sentinel`` block or a
+``redis+sentinel://`` url), or a Redis Cluster (``cluster: true``, redis-py's
+``RedisCluster``). The session store and the rate-limit counters share the client it
+returns (one pool per process; per node in a cluster).
 
 Invariants:
 - Every connect and every reply is bounded by ``redis.timeout`` (redis-py's socket
@@ -13,6 +15,9 @@ Invariants:
 - Through Sentinel, the pool asks the sentinels for the primary on each new connection and
   drops connections to a former primary (redis-py's ``SentinelConnectionPool``), so a
   failover needs no restart.
+- A cluster client learns the slots from the seed node in ``redis.url`` on its first
+  command and follows ``MOVED``/``ASK`` redirections itself; every key iap writes is
+  touched alone or, for ``limits``' two-window scripts, under one ``{hash tag}``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from urllib.parse import urlsplit
 
 import redis.asyncio
 import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
@@ -42,11 +48,17 @@ class RedisPasswords:
         return f"RedisPasswords({', '.join(f'{k}={v}' for k, v in masked.items())})"
 
 
+Client = redis.asyncio.Redis | RedisCluster
+"""The client types, for the composition root (which does not import redis-py)."""
+
+
 def backend(config: RedisConfig) -> str:
-    """What ``/readyz`` calls this Redis: ``redis``, ``redis-tls``, ``redis-unix`` or
-    ``redis-sentinel``."""
-    if config.sentinel is not None:
+    """What ``/readyz`` calls this Redis: ``redis``, ``redis-tls``, ``redis-unix``,
+    ``redis-sentinel``, ``redis-cluster`` or ``redis-cluster-tls``."""
+    if config.sentinels is not None:
         return "redis-sentinel"
+    if config.cluster:
+        return "redis-cluster-tls" if config.tls else "redis-cluster"
     scheme = urlsplit(config.url or "").scheme
     return {"rediss": "redis-tls", "unix": "redis-unix"}.get(scheme, "redis")
 
@@ -69,14 +81,15 @@ def connect_url(url: str, *, timeout: float = 0.5, **options: Any) -> redis.asyn
     return redis.asyncio.Redis.from_pool(pool)
 
 
-def connect(config: RedisConfig, passwords: RedisPasswords) -> redis.asyncio.Redis:
+def connect(config: RedisConfig, passwords: RedisPasswords) -> Client:
     """The client of ``config``: its pool connects lazily, so this does no I/O."""
     credentials: dict[str, Any] = {"username": config.username, "password": passwords.password}
-    if config.sentinel is None:
+    sentinel = config.sentinels
+    if config.cluster:
+        return _cluster(config, credentials)
+    if sentinel is None:
         assert config.url is not None  # config validation: url or sentinel
         return connect_url(config.url, timeout=config.timeout, **credentials, **_tls(config))
-    sentinel = config.sentinel
-    db = urlsplit(config.url).path.strip("/") if config.url else ""
     sentinels = Sentinel(
         [(address.host, address.port) for address in sentinel.addresses],
         sentinel_kwargs={
@@ -85,7 +98,7 @@ def connect(config: RedisConfig, passwords: RedisPasswords) -> redis.asyncio.Red
             "username": sentinel.username,
             "password": passwords.sentinel_password,
         },
-        db=int(db or 0),
+        db=config.database,
         **credentials,
         **_bounds(config.timeout),
     )
@@ -93,10 +106,30 @@ def connect(config: RedisConfig, passwords: RedisPasswords) -> redis.asyncio.Red
     return client
 
 
-async def close(client: redis.asyncio.Redis) -> None:
+def _cluster(config: RedisConfig, credentials: dict[str, Any]) -> RedisCluster:
+    """A Redis Cluster client seeded by ``redis.url``'s node, with the same bounds, TLS and
+    credentials as one server. A refused connection is retried once (as for one server);
+    redis-py re-reads the slots after a ``MOVED`` or a failed node."""
+    assert config.url is not None  # config validation: cluster needs a url
+    parts = urlsplit(config.url)
+    tls = _tls(config)
+    if tls:
+        tls["ssl"] = True
+    return RedisCluster(
+        host=parts.hostname,
+        port=parts.port or 6379,
+        **credentials,
+        **_bounds(config.timeout),
+        **tls,
+    )
+
+
+async def close(client: Client) -> None:
     """Close ``client``, its pool and, through Sentinel, the clients of the sentinels (which
     redis-py leaves open); closing twice is harmless, so the store and the limiter both may."""
     await client.aclose()
+    if isinstance(client, RedisCluster):
+        return
     pool = client.connection_pool
     if isinstance(pool, SentinelConnectionPool):
         for sentinel in pool.sentinel_manager.sentinels:
@@ -114,7 +147,3 @@ def _tls(config: RedisConfig) -> dict[str, Any]:
         options["ssl_certfile"] = str(config.cert_file)
         options["ssl_keyfile"] = str(config.key_file)
     return options
-
-
-Client = redis.asyncio.Redis
-"""The client type, for the composition root (which does not import redis-py)."""

@@ -210,7 +210,8 @@ return 1
 
 # Every redis-py error fails closed: a refused password (AuthenticationError), a missing
 # permission (NOPERM) or a read-only former primary are outages to the caller, not a pass.
-_UNAVAILABLE = (redis.exceptions.RedisError, OSError)
+# A cluster that cannot be reached raises RedisClusterException, which is no RedisError.
+_UNAVAILABLE = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError)
 
 
 async def _call(operation: Awaitable[_T]) -> _T:
@@ -228,7 +229,7 @@ def _as_bytes(value: bytes | str) -> bytes:
 
 @dataclass
 class _RedisLock:
-    client: redis.asyncio.Redis
+    client: redis_client.Client
     key: str
     token: str
 
@@ -246,7 +247,7 @@ class RedisStore:
 
     def __init__(
         self,
-        client: redis.asyncio.Redis | str,
+        client: redis_client.Client | str,
         *,
         prefix: str = "iap:",
         timeout: float = 0.5,

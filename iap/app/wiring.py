@@ -52,6 +52,7 @@ def build_edge(config: Config, environment: Environment, *, audit: AuditLog | No
     try:
         if config.tokens is not None:
             minter = Minter(config)
+            metrics.before_scrape.append(lambda: _publish_key_age(metrics, minter))
             bearer = BearerAuth(config, signin=signin, minter=minter)
     except ConfigError as exc:
         problems += exc.problems
@@ -135,6 +136,13 @@ def _signin(
         metrics.before_scrape.append(lambda: _publish_ages(metrics, signin))
     problems += found
     return None if found else signin
+
+
+def _publish_key_age(metrics: Metrics, minter: Minter | None) -> None:
+    """``iap_signing_key_age_seconds`` of this process, as of now."""
+    age = minter.signing_key_age() if minter is not None else None
+    if age is not None:
+        metrics.signing_key_age.set(age)
 
 
 def _publish_ages(metrics: Metrics, signin: SignIn) -> None:

@@ -63,11 +63,14 @@ class DevOptions:
     admin_port: int = DEFAULT_ADMIN_PORT
     otlp: str | None = None
     """An OTLP/HTTP endpoint for spans (``telemetry.otlp_endpoint``); else ``OTEL_*``."""
+    redis: str | None = None
+    """Where sessions and rate limits live (``--redis``); else process memory."""
 
 
 async def run_dev(options: DevOptions, environment: Environment) -> int:
     """``iap dev``: the edge, the dev IdP and the demo upstream until SIGTERM or SIGINT;
-    ``--otlp`` or ``environment`` (``OTEL_*``, as for ``iap run``) turns tracing on."""
+    ``--otlp`` or ``environment`` (``OTEL_*``, as for ``iap run``) turns tracing on;
+    sessions and rate limits live in ``options.redis`` when given, else in process memory."""
     taken = _taken_port(options)
     if taken is not None:
         print(f"iap dev: {taken}", file=sys.stderr)
@@ -102,8 +105,10 @@ def dev_config(
     directory: Path,
     admin_port: int = 0,
     otlp: str | None = None,
+    redis: str | None = None,
 ) -> dict[str, Any]:
-    """The ``iap.yaml`` that ``iap dev`` runs: sign-in with the dev IdP, three demo routes."""
+    """The ``iap.yaml`` that ``iap dev`` runs: sign-in with the dev IdP, three demo routes;
+    the session store in ``redis`` when given."""
     keys, secret, signing = _dev_secrets(directory / "secrets")
     upstream = {
         "upstream": f"https://127.0.0.1:{upstream_port}",
@@ -127,7 +132,8 @@ def dev_config(
             "client_secret_file": str(secret),
             "graph_url": f"{idp_url}/graph",
         },
-        "session": {"keys_file": str(keys)},
+        "session": {"keys_file": str(keys), **({"store": "redis"} if redis else {})},
+        **({"redis": {"url": redis}} if redis else {}),
         "tokens": {
             "issuer": f"{public}/.iap",
             "keys_dir": str(signing),
@@ -184,7 +190,7 @@ async def _run(
         client_id=DEV_CLIENT_ID,
         client_secret=DEV_CLIENT_SECRET,
         redirect_uris=[f"{public}/.iap/callback"],
-        post_logout_redirect_uris=[f"{public}/"],
+        post_logout_redirect_uris=[f"{public}/", f"{public}/.iap/signed-out"],
     )
     try:
         document = dev_config(
@@ -195,6 +201,7 @@ async def _run(
             directory=directory,
             admin_port=options.admin_port,
             otlp=options.otlp,
+            redis=options.redis,
         )
         edge = build_edge(config.parse(document, environment), environment)
         described = partial(_describe, edge, idp.url, upstream_port, material)

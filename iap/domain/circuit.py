@@ -25,6 +25,10 @@ class CircuitBreaker:
     def is_open(self) -> bool:
         return self._failures >= self._threshold and self._clock() < self._open_until
 
+    def retry_after(self) -> float:
+        """Seconds until the circuit lets a trial through (0 when it would now)."""
+        return max(0.0, self._open_until - self._clock())
+
     def allow(self) -> bool:
         """Whether a request may go out now."""
         if self._failures < self._threshold:

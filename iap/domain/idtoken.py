@@ -43,9 +43,11 @@ class InvalidIdToken(ValueError):
     JWKS once (rate-limited) and try again.
     """
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, who: tuple[str | None, str | None] = (None, None)) -> None:
         super().__init__(f"ID token refused ({reason})")
         self.reason = reason
+        self.who = who
+        """The subject and tenant of a validly signed token refused anyway (``tenant``)."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,8 @@ def validate(
         ):
             raise InvalidIdToken("nonce")
         if tid not in allowed_tenants:
-            raise InvalidIdToken("tenant")
+            oid = claims.get("oid")
+            raise InvalidIdToken("tenant", (f"{tid}:{oid}" if isinstance(oid, str) else None, tid))
         return _identity(claims, tid)
     except read.InvalidClaim as exc:
         raise InvalidIdToken(exc.reason("malformed")) from None

@@ -24,6 +24,7 @@ Invariants:
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -158,6 +159,11 @@ def take_pending(
     if now - found.issued > max_age:
         raise LoginRefused("expired")
     return found, rest
+
+
+def state_key(state: str) -> str:
+    """The store key that spends ``state`` (a digest: the state itself is never stored)."""
+    return "login-state:" + hashlib.sha256(state.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def encode_pending(pending: Iterable[PendingLogin]) -> bytes:

@@ -31,7 +31,6 @@ Invariants:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -235,8 +234,7 @@ def callback(
         login, rest = logins.take_pending(pending, state=state, now=now)
     except LoginRefused as exc:
         return Refused(exc.reason)
-    digest = hashlib.sha256(state.encode()).hexdigest()
-    return RedeemCode(code, login, rest, f"login-state:{digest}")
+    return RedeemCode(code, login, rest, logins.state_key(state))
 
 
 def id_token_of(tokens: TokenResponse) -> str | Refused:
@@ -361,11 +359,12 @@ def logout(
     *,
     session: Session | None,
     end_session_endpoint: object,
+    default: str = "/",
 ) -> str:
     """Where a logout sends the browser: the IdP's end-session endpoint when it has one
     (OIDC RP-Initiated Logout §2), with the validated target to come back to."""
     target = rp.redirects.target(
-        param(params, "post_logout_redirect_uri") or param(params, "rd") or "/"
+        param(params, "post_logout_redirect_uri") or param(params, "rd") or default
     )
     if not isinstance(end_session_endpoint, str):
         return target

@@ -60,13 +60,32 @@ def render(
     warnings about what the mesh cannot enforce. ``jwks_uri`` None means the admin
     listener's ``/jwks.json`` through the ``iap-admin`` Service. Raises :class:`ConfigError`
     with every problem that keeps the config or the options from being rendered."""
-    problems = _option_problems(namespace, selector, jwks_uri) + _config_problems(config)
-    if problems or config.tokens is None:
+    problems = option_problems(namespace, selector, jwks_uri) + policy_problems(config)
+    if problems:
         raise ConfigError(problems)
+    documents, warnings = authentication(config, namespace, selector, jwks_uri)
+    policies, notes = authorization(config, namespace, selector)
+    return documents + policies, warnings + notes
+
+
+def authentication(
+    config: Config, namespace: str, selector: Mapping[str, str], jwks_uri: str | None
+) -> tuple[list[Document], list[str]]:
+    """The RequestAuthentication ``iap`` (for a config without problems)."""
+    assert config.tokens is not None
     warnings = _admin_warnings(config.admin.address) if jwks_uri is None else []
     jwks_uri = default_jwks_uri(config.admin.address) if jwks_uri is None else jwks_uri
     authentication = {"jwtRules": [_jwt_rule(config, jwks_uri)]}
-    documents = [_document("RequestAuthentication", "iap", namespace, selector, authentication)]
+    document = _document("RequestAuthentication", "iap", namespace, selector, authentication)
+    return [plain_tree(document)], warnings
+
+
+def authorization(
+    config: Config, namespace: str, selector: Mapping[str, str]
+) -> tuple[list[Document], list[str]]:
+    """An AuthorizationPolicy per route, and one more per route with deny rules."""
+    assert config.tokens is not None
+    documents, warnings = [], []
     scopes = [Scope.of(index, route) for index, route in enumerate(config.routes)]
     for scope, route in zip(scopes, config.routes, strict=True):
         operations = operations_of(scope, scopes)
@@ -105,9 +124,7 @@ def policy_name(route: str) -> str:
 # ---------------------------------------------------------------- problems and warnings
 
 
-def _option_problems(
-    namespace: str, selector: Mapping[str, str], jwks_uri: str | None
-) -> list[str]:
+def option_problems(namespace: str, selector: Mapping[str, str], jwks_uri: str | None) -> list[str]:
     problems = []
     if not _DNS_LABEL.fullmatch(namespace):
         problems.append("--namespace: expected a Kubernetes namespace name (an RFC 1123 label)")
@@ -119,12 +136,13 @@ def _option_problems(
     return problems
 
 
-def _config_problems(config: Config) -> list[str]:
-    """Values the Istio resources cannot carry as iap compares them."""
+def policy_problems(config: Config) -> list[str]:
+    """Values the Istio policies cannot carry as iap compares them."""
     problems = []
     if config.tokens is None:
         problems.append(
             "tokens: required by `iap mesh render`: the mesh verifies the tokens iap mints"
+            " (the authn and authz parts; --only without them needs no tokens)"
         )
     for index, route in enumerate(config.routes):
         if "*" in route.match.path_prefix or "{" in route.match.path_prefix:

@@ -128,6 +128,7 @@ class Admission:
         if caller.identity is not None:
             exchange.subject = caller.identity.subject
             exchange.tenant = caller.identity.tid
+            exchange.identity = caller.identity
         return caller, presented
 
     async def _verify_bearer(self, token: str, audience: str, exchange: Exchange) -> Verified:
@@ -176,7 +177,7 @@ class Admission:
                     "iap.authn.result": "ok" if caller.identity else caller.reason,
                     "iap.authz.decision": exchange.decision,
                     "iap.authz.reason": decision.reason,
-                    **({"iap.tenant": caller.identity.tid} if caller.identity else {}),
+                    **(_who(caller.identity) if caller.identity else {}),
                 },
             )
         if decision.allow:
@@ -186,7 +187,8 @@ class Admission:
             raise challenge(
                 caller, html=html, method=request.method, target=target, reason=exchange.reason
             )
-        raise Forbidden(reason=decision.reason, headers=[("Set-Cookie", c) for c in caller.cookies])
+        cookies = [("Set-Cookie", c) for c in caller.cookies]
+        raise Forbidden(reason=decision.reason, headers=cookies, return_to=target)
 
     @staticmethod
     def _facts(
@@ -205,3 +207,9 @@ class Admission:
             client=exchange.client_ip,
             claims=claims,
         )
+
+
+def _who(identity: Identity) -> dict[str, str]:
+    """The caller on the span: the same ``iap.subject`` (``sub``, as in ``X-IAP-Subject``)
+    and ``iap.tenant`` that the mesh's Telemetry tags carry; never an email."""
+    return {"iap.subject": identity.subject, "iap.tenant": identity.tid}

@@ -291,9 +291,16 @@ class InvalidGrant(OAuthRequestError):
     reason = "invalid_grant"
 
 
+class InvalidToken(Unauthenticated):
+    """RFC 6750 §3.1 ``invalid_token`` (expired, revoked, malformed or otherwise not
+    believed): the JSON body's ``error`` is the header's, so a client reads one code."""
+
+    reason = "invalid_token"
+
+
 def refused(reason: str) -> Unauthenticated:
     """401 for a bearer token that is not believed (RFC 6750 §3.1)."""
-    return Unauthenticated(reason=reason, headers=[("WWW-Authenticate", INVALID_TOKEN)])
+    return InvalidToken(reason=reason, headers=[("WWW-Authenticate", INVALID_TOKEN)])
 
 
 async def _exchange_form(request: web.BaseRequest) -> dict[str, object]:

@@ -328,7 +328,7 @@ class Gateway:
             return await document()
         if self._signin is None:
             raise NotFound("no endpoint under the reserved prefix")
-        return await self._signin.endpoint(request, path)
+        return await self._signin.endpoint(request, path, exchange)
 
     def _refuse(
         self, request: web.BaseRequest, exchange: Exchange, exc: RequestError
@@ -344,6 +344,8 @@ class Gateway:
             exc.public,
             exchange.correlation_id,
             request.headers.get("Accept"),
+            refusal=exc,
+            viewer=exchange.identity,
         )
         for name, value in exc.headers:
             response.headers.add(name, value)

@@ -123,6 +123,15 @@ class Minter:
             return False
         return True
 
+    def signing_key_age(self) -> float | None:
+        """Seconds since the key that signs now was made, or None without one
+        (``iap_signing_key_age_seconds``)."""
+        now = self._clock()
+        try:
+            return now - self.keys.current.signing_key(now).created
+        except tokens.NoSigningKey:
+            return None
+
     # --- documents for verifiers ------------------------------------------------------
 
     def documents(self) -> dict[str, Callable[[], Awaitable[web.Response]]]:

@@ -23,6 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
@@ -57,8 +58,11 @@ _REFUSALS: dict[str, type[RequestError]] = {
 """Failure kinds that are not 502 Bad Gateway."""
 
 
-def refusal(failure: UpstreamFailure) -> RequestError:
-    """iap's error for an upstream failure; the public text says only which kind it was."""
+def refusal(failure: UpstreamFailure, retry_after: float = 0.0) -> RequestError:
+    """iap's error for an upstream failure; the public text says only which kind it was.
+    An open circuit's ``Retry-After`` is ``retry_after``: when it lets a trial through."""
+    if failure.kind == "circuit_open":
+        return CircuitOpen(failure.detail, retry_after=math.ceil(retry_after))
     return _REFUSALS.get(failure.kind, BadGateway)(failure.detail)
 
 
@@ -77,7 +81,7 @@ async def forward(
     try:
         upstream.admit()
     except UpstreamFailure as failure:
-        raise refusal(failure) from failure
+        raise refusal(failure, upstream.circuit.retry_after()) from failure
     deadline = _deadline(timeouts.total)
     scope = asyncio.timeout_at(deadline)
     try:
@@ -216,7 +220,7 @@ async def forward_websocket(
     try:
         upstream.admit()
     except UpstreamFailure as failure:
-        raise refusal(failure) from failure
+        raise refusal(failure, upstream.circuit.retry_after()) from failure
     try:
         socket = await upstream.websocket(
             target,

@@ -165,11 +165,15 @@ def _failure(exc: Exception) -> outage.RefreshFailure:
     return "refused" if isinstance(exc, TokenRefused) else "invalid"
 
 
-def unauthenticated(caller: Caller, reason: str | None = None) -> RequestError:
-    """401 with ``WWW-Authenticate`` and the caller's cookies (cleared ones included)."""
+def unauthenticated(
+    caller: Caller, reason: str | None = None, return_to: str | None = None
+) -> RequestError:
+    """401 with ``WWW-Authenticate`` and the caller's cookies (cleared ones included);
+    a browser's page links to sign-in, coming back to ``return_to``."""
     return Unauthenticated(
         reason=reason or caller.reason,
         headers=[("WWW-Authenticate", 'Bearer realm="iap"'), *set_cookies(caller.cookies)],
+        return_to=return_to,
     )
 
 
@@ -185,4 +189,4 @@ def challenge(caller: Caller, *, html: bool, method: str, target: str, reason: s
         return SignInRequired(
             reason=reason, headers=[("Location", location), *set_cookies(caller.cookies)]
         )
-    return unauthenticated(caller, reason)
+    return unauthenticated(caller, reason, target)

@@ -34,6 +34,7 @@ from iap.config import Config
 from iap.domain import sealing
 from iap.domain.redirects import RedirectPolicy
 from iap.domain.signin_flow import CALLBACK_PATH, MAX_SESSION_GROUPS, RelyingParty, SessionPolicy
+from iap.model import Exchange
 from iap.web.cookies import Cookies
 from iap.web.flow import FlowDriver
 from iap.web.session_check import Caller, SessionCheck, challenge
@@ -119,6 +120,7 @@ class SignIn:
             cookies=cookies,
             lifetime=lifetime,
             clock=_now,
+            routes=config.routes,
         )
 
     async def start(self) -> None:
@@ -148,9 +150,12 @@ class SignIn:
         """
         return {"idp": self._provider.probe(), "session_store": await self.store.ping()}
 
-    async def endpoint(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
-        """Answer a ``/.iap/`` request; :class:`~iap.errors.NotFound` for paths not ours."""
-        return await self._endpoints.endpoint(request, path)
+    async def endpoint(
+        self, request: web.BaseRequest, path: str, exchange: Exchange
+    ) -> web.StreamResponse:
+        """Answer a ``/.iap/`` request; :class:`~iap.errors.NotFound` for paths not ours.
+        ``exchange`` is the request's audit line, which the endpoint names who it is about."""
+        return await self._endpoints.endpoint(request, path, exchange)
 
     async def authenticate(self, request: web.BaseRequest) -> Caller:
         """The caller behind the session cookie, refreshed when due; anonymous otherwise.

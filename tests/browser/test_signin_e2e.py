@@ -53,8 +53,9 @@ async def test_alice_signs_in_sees_herself_signs_out_and_must_sign_in_again(
     assert session["sameSite"] == "Lax"
 
     await page.goto(f"{base}/.iap/logout")
-    # The IdP ends its session and sends the browser back to /, which is protected again.
-    await page.wait_for_url(SIGN_IN_PAGE)
+    # The IdP ends its session and sends the browser back to iap's signed-out page.
+    await page.wait_for_url(f"{base}/.iap/signed-out")
+    await expect(page.locator("h1")).to_have_text("You are signed out")
     assert "__Host-iap" not in {c["name"] for c in await page.context.cookies()}
 
     await page.goto(f"{base}/orders/43")

@@ -2,8 +2,9 @@
 
 The schemas come from the PyPI package ``kubernetes-validate``; strict mode rejects unknown
 fields, so a misspelt security setting fails here rather than being dropped by the API
-server. Istio resources (``*.istio.io``) are not Kubernetes core kinds: they are left to the
-CRD schemas in ``../shared/schemas/``. The ConfigMap's iap.yaml must pass iap's own config
+server. Istio resources (``*.istio.io``, the Component in ``deploy/k8s/istio/``) are not
+Kubernetes core kinds: they are validated against the Istio CRD schemas instead
+(``../shared/schemas/`` or ``IAP_ISTIO_CRDS``). The ConfigMap's iap.yaml must pass iap's own config
 validator.
 """
 
@@ -19,6 +20,7 @@ import pytest
 import yaml
 
 from iap import config
+from tests.deploy.istio_crds import load_schemas, schema_errors
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 
@@ -58,6 +60,13 @@ def is_istio(document: Doc) -> bool:
 
 ALL = list(documents())
 KUBERNETES = [(where, document) for where, document in ALL if not is_istio(document)]
+ISTIO = [
+    (f"istio/{path.name}#{index}", document)
+    for path in sorted((K8S / "istio").glob("*.yaml"))
+    if path.name != "kustomization.yaml"
+    for index, document in enumerate(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+    if document is not None
+]
 
 
 def only(kind: str, name: str) -> Doc:
@@ -141,6 +150,16 @@ def test_manifest_validates_strictly(version: str, where: str, document: Doc) ->
     except kubernetes_validate.SchemaNotFoundError as exc:
         pytest.fail(f"{where}: {exc.message}")
     assert validated == version
+
+
+@pytest.mark.parametrize(("where", "document"), ISTIO, ids=[w for w, _ in ISTIO])
+def test_istio_resource_validates_against_the_crds(where: str, document: Doc) -> None:
+    assert is_istio(document), where
+    assert schema_errors(load_schemas(), document) == [], where
+
+
+def test_the_istio_component_has_resources() -> None:
+    assert {document["kind"] for _, document in ISTIO} >= {"Gateway", "VirtualService"}
 
 
 def test_strict_validation_rejects_a_misspelt_field(deployment: Doc) -> None:

@@ -11,20 +11,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iap import cli, config
+from iap.certs import INGRESS_CREDENTIAL_NAME, ingress_secret_manifest
+from iap.domain.headers import identity_headers
 from iap.domain.routing import RouteTable
 from iap.errors import ConfigError
+from iap.mesh.client import FORWARDED_HEADERS
 from iap.mesh_render import DEFAULT_SELECTOR, policy_name, render
+from iap.mesh_render.parts import PARTS, parse_parts, render_mesh
+from iap.mesh_render.wiring import Wiring
+from iap.model import Identity
+from tests.deploy.istio_crds import Schemas, load_schemas, schema_errors
 
 Doc = dict[str, Any]
 
-CRDS = Path(__file__).resolve().parents[2].parent / "shared" / "schemas" / "istio-crds.gen.yaml"
 ISSUER = "https://edge.contoso.com/.iap"
 TENANT = "11111111-1111-1111-1111-111111111111"
 FROM_IAP = [{"source": {"requestPrincipals": [f"{ISSUER}/*"]}}]
@@ -116,49 +121,13 @@ def token_when(audience: str) -> list[Doc]:
 # ---------------------------------------------------------------- Istio CRD schemas
 
 
-def strict(node: Any, *, root: bool = True) -> Any:
-    """The schema with ``additionalProperties: false`` on every object node listing
-    ``properties`` below the root (Kubernetes structural schemas leave it out)."""
-    if isinstance(node, list):
-        return [strict(item, root=False) for item in node]
-    if not isinstance(node, dict):
-        return node
-    closed = {key: strict(value, root=False) for key, value in node.items()}
-    if "properties" in node and not root:
-        closed.setdefault("additionalProperties", False)
-    return closed
-
-
 @pytest.fixture(scope="module")
-def crd_schemas() -> dict[tuple[str, str], Doc]:
-    """(apiVersion, kind) -> strict openAPIV3Schema. The file lives beside the project, not
-    in it; where a checkout has no ``../shared/schemas/`` the test skips with that reason, as
-    the issue and the schemas' README ask (it is data, not a package ``make test`` installs)."""
-    if not CRDS.is_file():
-        pytest.skip(f"Istio CRD schemas not found at {CRDS} (see ../shared/schemas/README.md)")
-    schemas: dict[tuple[str, str], Doc] = {}
-    for crd in yaml.safe_load_all(CRDS.read_text(encoding="utf-8")):
-        if not crd or crd.get("kind") != "CustomResourceDefinition":
-            continue
-        spec = crd["spec"]
-        for version in spec["versions"]:
-            key = (f"{spec['group']}/{version['name']}", spec["names"]["kind"])
-            schemas[key] = strict(version["schema"]["openAPIV3Schema"])
-    return schemas
-
-
-def schema_errors(schemas: dict[tuple[str, str], Doc], document: Doc) -> list[str]:
-    schema = schemas.get((document["apiVersion"], document["kind"]))
-    assert schema is not None, f"no CRD for {document['apiVersion']} {document['kind']}"
-    validator = jsonschema.Draft202012Validator(schema)
-    return [
-        f"{'.'.join(str(p) for p in error.absolute_path)}: {error.message}"
-        for error in validator.iter_errors(document)
-    ]
+def crd_schemas() -> Schemas:
+    return load_schemas()
 
 
 def test_every_document_validates_against_the_istio_crds(
-    tmp_path: Path, crd_schemas: dict[tuple[str, str], Doc]
+    tmp_path: Path, crd_schemas: Schemas
 ) -> None:
     documents, _ = rendered(tmp_path)
     assert [d["kind"] for d in documents] == ["RequestAuthentication"] + [
@@ -169,9 +138,7 @@ def test_every_document_validates_against_the_istio_crds(
         assert schema_errors(crd_schemas, document) == [], where
 
 
-def test_the_strict_schemas_catch_a_misspelt_field(
-    tmp_path: Path, crd_schemas: dict[tuple[str, str], Doc]
-) -> None:
+def test_the_strict_schemas_catch_a_misspelt_field(tmp_path: Path, crd_schemas: Schemas) -> None:
     documents, _ = rendered(tmp_path)
     rule = documents[0]["spec"]["jwtRules"][0]
     rule["forwardOriginalTokens"] = rule.pop("forwardOriginalToken")
@@ -539,7 +506,7 @@ def test_cli_prints_parseable_yaml_and_warnings(
 ) -> None:
     path = write_config(tmp_path, ROUTES)
     argv = ["mesh", "render", "-c", str(path), "--selector", "app=istio-ingressgateway"]
-    assert cli.main([*argv, "--namespace", "gateways"]) == 0
+    assert cli.main([*argv, "--namespace", "gateways", "--only", "authz,authn"]) == 0
     captured = capsys.readouterr()
     documents = list(yaml.safe_load_all(captured.out))
     expected, warnings = render(
@@ -558,7 +525,8 @@ def test_cli_prints_parseable_yaml_and_warnings(
 def test_cli_defaults(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_config(tmp_path, ROUTES[:1])
     jwks = "https://edge.contoso.com/.iap/jwks.json"
-    assert cli.main(["mesh", "render", "-c", str(path), "--jwks-uri", jwks]) == 0
+    argv = ["mesh", "render", "-c", str(path), "--jwks-uri", jwks, "--only", "authn,authz"]
+    assert cli.main(argv) == 0
     documents = list(yaml.safe_load_all(capsys.readouterr().out))
     assert {d["metadata"]["namespace"] for d in documents} == {"istio-system"}
     assert {str(d["spec"]["selector"]) for d in documents} == {
@@ -607,7 +575,7 @@ def test_cli_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[
 
 
 def test_list_rules_compile_to_one_istio_rule_each_narrowed_by_methods_and_paths(
-    tmp_path: Path, crd_schemas: dict[tuple[str, str], Doc]
+    tmp_path: Path, crd_schemas: Schemas
 ) -> None:
     """A rule is an AND: its roles and its methods and paths meet in one Istio rule. A rule
     with a condition the mesh cannot check is left out whole; deny rules become a DENY
@@ -654,3 +622,417 @@ def test_list_rules_compile_to_one_istio_rule_each_narrowed_by_methods_and_paths
     assert any("policy.deny[2]" in w and "not denied in the mesh" in w for w in warnings)
     for document in documents:
         assert schema_errors(crd_schemas, document) == [], document["kind"]
+
+
+# ---------------------------------------------------------------- the whole wiring (#14)
+
+
+def wired(directory: Path, routes: list[Doc] = ROUTES, **options: Any) -> list[Doc]:
+    cfg = config.load(write_config(directory, routes))
+    documents, _ = render_mesh(cfg, Wiring(**options), jwks_uri=None)
+    return documents
+
+
+def kind(documents: list[Doc], name: str) -> list[Doc]:
+    return [d for d in documents if d["kind"] == name]
+
+
+def test_every_part_validates_against_the_istio_crds(tmp_path: Path, crd_schemas: Schemas) -> None:
+    documents = wired(tmp_path)
+    assert [d["kind"] for d in documents] == [
+        "Gateway",
+        "VirtualService",
+        "VirtualService",
+        "PeerAuthentication",
+        "RequestAuthentication",
+        *["AuthorizationPolicy"] * len(ROUTES),
+        "Telemetry",
+    ]
+    for document in documents:
+        where = f"{document['kind']}/{document['metadata']['name']}"
+        assert schema_errors(crd_schemas, document) == [], where
+        assert document["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "iap-mesh-render"}
+
+
+@pytest.mark.parametrize(
+    ("name", "path", "misspelt"),
+    [
+        ("Gateway", ["spec", "servers", 0, "tls"], "credentialname"),
+        ("VirtualService", ["spec", "http", 0, "match", 0, "uri"], "prefx"),
+        ("PeerAuthentication", ["spec", "mtls"], "mod"),
+        ("Telemetry", ["spec", "tracing", 0], "customTag"),
+    ],
+)
+def test_the_strict_schemas_catch_a_misspelt_field_of_each_new_kind(
+    tmp_path: Path, crd_schemas: Schemas, name: str, path: list[Any], misspelt: str
+) -> None:
+    document = kind(wired(tmp_path), name)[0]
+    node = document
+    for step in path:
+        node = node[step]
+    node[misspelt] = node.pop(next(iter(node)))
+    assert schema_errors(crd_schemas, document)
+
+
+def test_the_gateway_takes_iaps_client_certificate_from_the_dev_secret(tmp_path: Path) -> None:
+    (gateway,) = kind(wired(tmp_path), "Gateway")
+    secret = yaml.safe_load(ingress_secret_manifest(tls_crt=b"c", tls_key=b"k", ca_crt=b"a"))
+    assert gateway["metadata"] == {
+        "name": "iap",
+        "namespace": secret["metadata"]["namespace"],  # istiod reads the Secret beside it
+        "labels": {"app.kubernetes.io/managed-by": "iap-mesh-render"},
+    }
+    assert gateway["spec"]["selector"] == {"istio": "ingressgateway"}
+    (server,) = gateway["spec"]["servers"]
+    assert server["tls"] == {
+        "mode": "MUTUAL",
+        "credentialName": secret["metadata"]["name"],
+        "minProtocolVersion": "TLSV1_2",
+    }
+    assert server["tls"]["credentialName"] == INGRESS_CREDENTIAL_NAME == "iap-ingress-mtls"
+    assert server["port"] == {"number": 443, "name": "https", "protocol": "HTTPS"}
+    assert server["hosts"] == ["*", "api.contoso.com"]
+
+
+def destination(host: str, port: int = 80) -> list[Doc]:
+    return [{"destination": {"host": host, "port": {"number": port}}}]
+
+
+def test_a_virtual_service_per_host_in_iaps_order(tmp_path: Path) -> None:
+    named, anywhere = kind(wired(tmp_path), "VirtualService")
+    assert named["metadata"]["name"] == "iap-api.contoso.com"
+    assert named["spec"]["hosts"] == ["api.contoso.com"]
+    assert named["spec"]["gateways"] == ["istio-system/iap"]
+    # The host's routes first, then the routes for any host, longest prefix first.
+    assert [h["name"] for h in named["spec"]["http"]] == [
+        "orders",
+        "partners",
+        "admins",
+        "me",
+        "home",
+    ]
+    orders = named["spec"]["http"][0]
+    assert orders["match"] == [
+        {"uri": {"prefix": "/orders/"}, "method": {"exact": "GET"}},
+        {"uri": {"prefix": "/orders/"}, "method": {"exact": "POST"}},
+    ]
+    assert orders["route"] == destination("orders.default.svc.cluster.local")
+    assert anywhere["metadata"]["name"] == "iap"
+    assert anywhere["spec"]["hosts"] == ["*"]
+    assert [h["name"] for h in anywhere["spec"]["http"]] == ["partners", "admins", "me", "home"]
+    assert anywhere["spec"]["http"][-1]["match"] == [{"uri": {"prefix": "/"}}]
+
+
+def test_peer_authentication_is_strict_for_the_workload_namespace(tmp_path: Path) -> None:
+    (peer,) = kind(wired(tmp_path, workloads="shop"), "PeerAuthentication")
+    assert peer["metadata"]["namespace"] == "shop"
+    assert peer["metadata"]["name"] == "default"
+    assert peer["spec"] == {"mtls": {"mode": "STRICT"}}  # no selector: every workload
+
+
+def test_telemetry_tags_are_iaps_span_keys_read_from_the_headers_iap_sends(
+    tmp_path: Path,
+) -> None:
+    (telemetry,) = kind(wired(tmp_path, sampling=12.5, provider="otel"), "Telemetry")
+    (tracing,) = telemetry["spec"]["tracing"]
+    assert tracing["providers"] == [{"name": "otel"}]
+    assert tracing["randomSamplingPercentage"] == 12.5
+    tags = {tag: value["header"]["name"] for tag, value in tracing["customTags"].items()}
+    # The headers iap sets upstream: the identity's subject (SPEC §6) and the correlation id.
+    caller = Identity("tid:oid", "tid", "oid", None, None, None, ("staff",), ())
+    subject = [name for name, value in identity_headers(caller) if value == caller.subject]
+    assert [name.lower() for name in subject] == [tags["iap.subject"]]
+    assert "X-Correlation-ID".lower() == tags["iap.correlation_id"]
+    assert "X-Correlation-ID" in FORWARDED_HEADERS  # and what iap.mesh passes on east-west
+    # The tag names are iap's span attribute names (docs/observability.md).
+    assert set(tags) == {"iap.correlation_id", "iap.subject"}
+    assert all(set(value) == {"header"} for value in tracing["customTags"].values())
+
+
+def test_options_name_the_gateway_ports_and_destinations(
+    tmp_path: Path, crd_schemas: Schemas
+) -> None:
+    documents = wired(
+        tmp_path,
+        namespace="edge",
+        selector={"app": "gw"},
+        gateway="edge-gw",
+        port=8443,
+        credential="my-mtls",
+        workloads="shop",
+        destinations={"orders": ("orders-v2.shop.svc.cluster.local", 8080)},
+        destination_port=9000,
+    )
+    (gateway,) = kind(documents, "Gateway")
+    assert gateway["metadata"]["name"] == "edge-gw"
+    assert gateway["spec"]["selector"] == {"app": "gw"}
+    assert gateway["spec"]["servers"][0]["port"]["number"] == 8443
+    assert gateway["spec"]["servers"][0]["tls"]["credentialName"] == "my-mtls"
+    named = kind(documents, "VirtualService")[0]
+    assert named["spec"]["gateways"] == ["edge/edge-gw"]
+    routes = {h["name"]: h["route"] for h in named["spec"]["http"]}
+    assert routes["orders"] == destination("orders-v2.shop.svc.cluster.local", 8080)
+    assert routes["home"] == destination("home.shop.svc.cluster.local", 9000)
+    for document in documents:
+        assert schema_errors(crd_schemas, document) == []
+
+
+VS_HOSTS = st.sampled_from([None, "a.example", "b.example"])
+
+
+def istio_route(services: list[Doc], host: str, path: str, method: str) -> str | None:
+    """Istio's choice: the VirtualService of the host (port and case aside), else ``*``;
+    then the first http entry with a matching prefix and method."""
+    bare = host.lower().rpartition(":")[0] if ":" in host else host.lower()
+    chosen = [s for s in services if s["spec"]["hosts"] == [bare]] or [
+        s for s in services if s["spec"]["hosts"] == ["*"]
+    ]
+    for entry in chosen[0]["spec"]["http"] if chosen else []:
+        for match in entry["match"]:
+            if (
+                path.startswith(match["uri"]["prefix"])
+                and match.get("method", {}).get("exact", method) == method
+            ):
+                return str(entry["name"])
+    return None
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(VS_HOSTS, PREFIXES, METHODS), min_size=1, max_size=6))
+def test_each_request_reaches_the_route_iap_picks_through_the_virtual_services(
+    specs: list[tuple[str | None, str, list[str] | None]],
+) -> None:
+    routes = []
+    for index, (host, prefix, methods) in enumerate(specs):
+        match: Doc = {"path_prefix": prefix} | ({"host": host} if host else {})
+        match |= {"methods": methods} if methods else {}
+        routes.append(
+            {
+                "name": f"r{index}",
+                "match": match,
+                "upstream": "https://gw:443",
+                "policy": {"public": True},
+            }
+        )
+    cfg = config.parse({"public_url": "https://edge", "routes": routes})
+    documents, _ = render_mesh(cfg, Wiring(), parts=["virtualservice"])
+    table = RouteTable((route.match, route.name) for route in cfg.routes)
+    for host, path, method in REQUESTS:
+        if host.endswith("."):
+            continue  # Envoy keeps a trailing dot unless the mesh strips it
+        picked = table.match(host, path, method)
+        assert istio_route(documents, host, path, method) == picked, (host, path, method)
+
+
+def test_only_selects_parts_in_printing_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path, ROUTES)
+    argv = ["mesh", "render", "-c", str(path), "--only", "telemetry,gateway"]
+    assert cli.main(argv) == 0
+    assert [d["kind"] for d in yaml.safe_load_all(capsys.readouterr().out)] == [
+        "Gateway",
+        "Telemetry",
+    ]
+    assert parse_parts("authz, virtualservice") == ("virtualservice", "authz")
+    assert cli.main(["mesh", "render", "-c", str(path)]) == 0
+    kinds = {d["kind"] for d in yaml.safe_load_all(capsys.readouterr().out)}
+    assert len(kinds) == len(PARTS)
+
+
+@pytest.mark.parametrize("only", ["gateway,authx", "", "gateway,,telemetry"])
+def test_an_unknown_part_is_a_usage_error_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], only: str
+) -> None:
+    path = write_config(tmp_path, ROUTES)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["mesh", "render", "-c", str(path), "--only", only])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --only: unknown part" in err
+    assert "'authx'" in err if "authx" in only else "expected a comma-separated list" in err
+
+
+def test_the_wiring_needs_no_tokens_but_the_policies_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "iap.yaml"
+    routes = [{"name": "r", "upstream": "https://gw:443", "policy": {"public": True}}]
+    path.write_text(yaml.safe_dump({"public_url": "https://edge", "routes": routes}))
+    wiring = "gateway,virtualservice,peerauthentication,telemetry"
+    assert cli.main(["mesh", "render", "-c", str(path), "--only", wiring]) == 0
+    assert len(list(yaml.safe_load_all(capsys.readouterr().out))) == 4
+    for part in ("authn", "authz"):
+        assert cli.main(["mesh", "render", "-c", str(path), "--only", f"gateway,{part}"]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.startswith("config error: tokens: required by `iap mesh render`")
+
+
+@pytest.mark.parametrize(
+    ("route", "field"),
+    [
+        ({"match": {"host": "-dash.example"}}, "routes[0].match.host"),
+        ({"match": {"host": "a..b.example"}}, "routes[0].match.host"),
+        ({"match": {"host": f"{'x' * 64}.example"}}, "routes[0].match.host"),
+        ({"match": {"host": "10.1.2.3"}, "name": "r"}, None),  # an IP is a DNS-name-like label
+        (
+            {"preserve_host": False, "upstream": "https://[2001:db8::1]:443"},
+            "routes[0].upstream",
+        ),
+        ({"match": {"path_prefix": "/a?b"}}, "routes[0].match.path_prefix"),
+        ({"match": {"path_prefix": "/a#b"}}, "routes[0].match.path_prefix"),
+        ({"match": {"path_prefix": "/caf\u00e9/"}}, "routes[0].match.path_prefix"),
+        ({"match": {"path_prefix": "/a b/"}}, "routes[0].match.path_prefix"),
+        ({"name": "Orders_API"}, "routes[0].name"),
+    ],
+)
+def test_what_a_gateway_cannot_express_names_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], route: Doc, field: str | None
+) -> None:
+    base: Doc = {"name": "r", "policy": {"public": True}}
+    path = write_config(tmp_path, [base | route])
+    code = cli.main(["mesh", "render", "-c", str(path), "--only", "gateway,virtualservice"])
+    captured = capsys.readouterr()
+    if field is None:
+        assert code == 0
+        return
+    assert code == 2
+    assert captured.out == ""
+    assert [line.split(": ")[1] for line in captured.err.splitlines()] == [field]
+    # The policies alone do not need a DNS host or a Service name.
+    if field != "routes[0].match.path_prefix":
+        assert cli.main(["mesh", "render", "-c", str(path), "--only", "authz"]) == 0
+
+
+def test_a_route_name_that_is_not_a_service_takes_a_destination(tmp_path: Path) -> None:
+    routes = [{"name": "Orders_API", "policy": {"public": True}}]
+    documents = wired(tmp_path, routes, destinations={"Orders_API": ("orders.shop.svc", 8080)})
+    (service,) = kind(documents, "VirtualService")
+    assert service["spec"]["http"][0]["route"] == destination("orders.shop.svc", 8080)
+
+
+@pytest.mark.parametrize(
+    ("flags", "flag"),
+    [
+        (["--sampling", "100.5"], "--sampling"),
+        (["--sampling", "-1"], "--sampling"),
+        (["--workload-namespace", "Shop"], "--workload-namespace"),
+        (["--workload-namespace", "shop.prod"], "--workload-namespace"),
+        (["--gateway-name", "edge_gw"], "--gateway-name"),
+        (["--credential-name", "My Secret"], "--credential-name"),
+        (["--destination", "nosuch=svc.ns:80"], "--destination nosuch=..."),
+        (["--destination", "home=bad_host:80"], "--destination home=..."),
+        (["--tracing-provider", ""], "--tracing-provider"),
+    ],
+)
+def test_bad_wiring_options_exit_2_naming_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], flag: str
+) -> None:
+    path = write_config(tmp_path, ROUTES)
+    assert cli.main(["mesh", "render", "-c", str(path), *flags]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert [
+        line.removeprefix("config error: ").split(":")[0] for line in captured.err.splitlines()
+    ] == [flag]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--destination", "home"], ["--destination", "home=svc:port"], ["--gateway-port", "0"]],
+)
+def test_malformed_wiring_options_are_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["mesh", "render", "-c", str(write_config(tmp_path, ROUTES)), *flags])
+    assert info.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_help_shows_the_parts_and_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["mesh", "render", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for part in PARTS:
+        assert part in text
+    for default in (  # the form every subcommand's --help uses (tests/unit/test_cli_help.py)
+        "(default: iap)",
+        "(default: 443)",
+        "(default: iap-ingress-mtls)",
+        "(default: default)",
+        "(default: 80)",
+        "(default: 100.0)",
+        "(default: jaeger)",
+    ):
+        assert default in text
+
+
+def test_out_dir_writes_a_kustomize_component(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path, ROUTES)
+    out = tmp_path / "istio"
+    out.mkdir()
+    (out / "authn.yaml").write_text("stale\n")
+    argv = ["mesh", "render", "-c", str(path), "--only"]
+    assert cli.main([*argv, "gateway,authz", "--out-dir", str(out)]) == 0
+    assert capsys.readouterr().out.split() == [
+        str(out / name) for name in ("gateway.yaml", "authz.yaml", "kustomization.yaml")
+    ]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["authn.yaml", "authz.yaml", "gateway.yaml", "kustomization.yaml"]
+    assert (out / "authn.yaml").read_text() == "stale\n"  # authn was not selected
+    kustomization = yaml.safe_load((out / "kustomization.yaml").read_text())
+    assert kustomization == {
+        "apiVersion": "kustomize.config.k8s.io/v1alpha1",
+        "kind": "Component",
+        "resources": ["gateway.yaml", "authz.yaml"],
+    }
+    assert cli.main([*argv, "gateway,authz"]) == 0
+    printed = list(yaml.safe_load_all(capsys.readouterr().out))
+    written = [
+        document
+        for name in kustomization["resources"]
+        for document in yaml.safe_load_all((out / name).read_text())
+    ]
+    assert written == printed
+
+
+def test_iap_istio_crds_names_the_schema_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("IAP_ISTIO_CRDS", str(tmp_path / "absent.yaml"))
+    with pytest.raises(pytest.skip.Exception) as info:
+        load_schemas()
+    assert f"{tmp_path / 'absent.yaml'}: set IAP_ISTIO_CRDS" in str(info.value)
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "spec": {
+            "group": "networking.istio.io",
+            "names": {"kind": "Gateway"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "spec": {"type": "object", "properties": {"servers": {}}}
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+    (tmp_path / "crds.yaml").write_text(yaml.safe_dump(crd))
+    monkeypatch.setenv("IAP_ISTIO_CRDS", str(tmp_path / "crds.yaml"))
+    schemas = load_schemas()
+    assert list(schemas) == [("networking.istio.io/v1", "Gateway")]
+    document = {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "spec": {"servers": []}}
+    assert schema_errors(schemas, document) == []
+    document["spec"]["server"] = document["spec"].pop("servers")
+    assert schema_errors(schemas, document)  # strict: additionalProperties false below the root

@@ -3,6 +3,7 @@ bound to one audience, and the RFC 8693 exchange that moves a caller to another 
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,21 @@ async def test_a_forged_bearer_token_is_refused_and_not_forwarded(
     forged = f"{header}.{payload}.{signature[:-4]}AAAA"
     assert await call(visitor, "/billing/1", forged) == 401
     assert await call(visitor, "/billing/1", "not-a-jwt") == 401
+    assert not stack.upstream.seen.requests
+
+
+@pytest.mark.parametrize("token", ["not-a-jwt", "a.b.c", "eyJhbGciOiJub25lIn0.e30."])
+async def test_a_malformed_bearer_token_gets_one_error_code_in_header_and_body(
+    stack: SignInStack, http: aiohttp.ClientSession, token: str
+) -> None:
+    """RFC 6750 §3.1: a malformed token is ``invalid_token``; the JSON body says the same."""
+    visitor = stack.visitor(http)
+    answer = await visitor.get(
+        "/billing/1", headers={"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    )
+    assert answer.status == 401
+    assert answer.header("WWW-Authenticate") == 'Bearer realm="iap", error="invalid_token"'
+    assert json.loads(answer.body)["error"] == "invalid_token"
     assert not stack.upstream.seen.requests
 
 

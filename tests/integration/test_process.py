@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import redis.asyncio
 
 from iap.adapters.signing_keys import write_new_key
 from iap.config import Address
@@ -18,6 +19,7 @@ from iap.web.server import bind
 from tests.conftest import Upstream, edge_config, free_port
 from tests.support.process import IapProcess, start_iap, write_config
 from tests.support.redis_server import start_redis_server
+from tests.support.signin import Visitor
 
 MB = 10**6
 
@@ -195,6 +197,49 @@ async def test_dev_serves_the_demo_page(tmp_path: Path) -> None:
     finally:
         assert await iap.stop() == 0, iap.stderr_lines
     assert not exists(certs)  # the temporary material is removed at exit
+
+
+async def test_dev_keeps_sessions_in_redis_when_given_one() -> None:
+    """`iap dev --redis URL` (deploy/compose): the session a sign-in makes is kept in that
+    Redis, the cookie holds only its handle, and the next request finds it there."""
+    server = await start_redis_server()
+    client = redis.asyncio.Redis.from_url(server.url)
+    iap = await start_iap(
+        "dev",
+        "--port",
+        str(free_port()),
+        "--admin-port",
+        str(free_port()),
+        "--redis",
+        server.url,
+        ready_marker="iap dev ready: ",
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            visitor = Visitor(http, iap.public_url)
+            assert await client.dbsize() == 0
+            answer = await visitor.sign_in("alice", rd="/")
+            assert answer.status == 302, answer
+            assert await client.dbsize() > 0
+            page = await visitor.get("/", headers={"Accept": "text/html"})
+            assert page.status == 200, page
+            await client.flushdb()  # the session is gone from Redis: signed out
+            again = await visitor.get("/", headers={"Accept": "text/html"})
+            assert again.status == 302, again
+            assert "/.iap/login" in again.location
+    finally:
+        assert await iap.stop() == 0, iap.stderr_lines
+        await client.aclose()
+        await server.stop()
+
+
+def test_dev_refuses_a_redis_url_that_is_not_one() -> None:
+    result = iap_cli(
+        "dev", "--port", str(free_port()), "--admin-port", str(free_port()),
+        "--redis", "http://127.0.0.1:1",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "config error: redis.url: expected a redis://" in result.stderr
 
 
 async def test_sighup_reloads_routes_and_refuses_a_bad_config(

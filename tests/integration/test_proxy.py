@@ -218,12 +218,17 @@ async def test_circuit_opens_after_repeated_connect_failures(start_edge: StartEd
     document = edge_config(closed_port_url(), route={"circuit": {"failures": 2, "cooldown": "1h"}})
     edge = await start_edge(document)
     async with aiohttp.ClientSession() as client:
-        statuses = []
+        statuses, retry_after = [], []
         for _ in range(3):
             async with client.get(edge.url) as resp:
                 statuses.append(resp.status)
+                retry_after.append(resp.headers.get("Retry-After"))
     assert statuses == [502, 502, 503]
     assert edge.audit_lines()[-1]["reason"] == "circuit_open"
+    # The open circuit says when it lets a trial through: the rest of its 1 h cool-down.
+    assert retry_after[:2] == [None, None]
+    assert retry_after[2] is not None
+    assert 3000 < int(retry_after[2]) <= 3600
 
 
 async def test_body_limit_by_content_length(upstream: Upstream, start_edge: StartEdge) -> None:
@@ -308,7 +313,7 @@ async def test_html_error_page_for_browsers(edge: RunningEdge) -> None:
         text = await resp.text()
     assert resp.status == 404
     assert resp.content_type == "text/html"
-    assert "<code>" + resp.headers["X-Correlation-ID"] + "</code>" in text
+    assert f"<code id='correlation-id'>{resp.headers['X-Correlation-ID']}</code>" in text
 
 
 async def test_malformed_request_gets_generic_error_and_audit_line(edge: RunningEdge) -> None:

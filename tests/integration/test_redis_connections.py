@@ -1,6 +1,7 @@
 """The Redis client of ``iap.adapters.redis_client`` against real servers: TLS with a
 private CA and a client certificate, a unix socket, and Sentinel in front of a primary and
-a replica with a ``SENTINEL FAILOVER`` mid-test (issue 15, point 2)."""
+a replica (Debian's ``redis-sentinel``, named by a ``sentinel`` block or a
+``redis+sentinel://`` url) with a ``SENTINEL FAILOVER`` mid-test (issue 15, point 2)."""
 
 from __future__ import annotations
 
@@ -196,12 +197,22 @@ async def next_event(events: Any, channel: str) -> bytes:
     raise AssertionError(f"the sentinel closed before {channel}")
 
 
-async def test_sentinel_failover_keeps_sessions_and_takes_new_writes(tmp_path: Path) -> None:
+def sentinel_settings(form: str, port: int) -> config.Redis:
+    """The same Sentinel setup, written as a ``sentinel`` block or a ``redis+sentinel://``
+    url (the form of ``limits``' sentinel storage)."""
+    if form == "url":
+        return config.Redis.model_validate({"url": f"redis+sentinel://127.0.0.1:{port}/{MASTER}/0"})
+    block = {"master": MASTER, "addresses": [f"127.0.0.1:{port}"]}
+    return config.Redis.model_validate({"sentinel": block})
+
+
+@pytest.mark.parametrize("form", ["block", "url"])
+async def test_sentinel_failover_keeps_sessions_and_takes_new_writes(
+    tmp_path: Path, form: str
+) -> None:
     password = "sentinel-data-pw"
     async with sentinel_pair(tmp_path, password) as (primary, replica, sentinel_port):
-        settings = config.Redis.model_validate(
-            {"sentinel": {"master": MASTER, "addresses": [f"127.0.0.1:{sentinel_port}"]}}
-        )
+        settings = sentinel_settings(form, sentinel_port)
         client = redis_client.connect(settings, RedisPasswords(password=password))
         store = RedisStore(client, backend=redis_client.backend(settings))
         limiter = RateLimiter(client)  # the same client, as build_edge wires it

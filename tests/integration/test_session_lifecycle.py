@@ -164,3 +164,7 @@ async def test_a_session_whose_refresh_the_idp_refuses_ends(
     clock.now = signed_in_at + idp.access_token_ttl - 300
     await assert_signed_out(stack, visitor, cookies, "session_refresh_failed")
     assert idp.refresh_grants == 0
+    # Refreshes count apart from sign-ins (the dashboard's two panels).
+    metrics = stack.edge.edge.metrics.exposition()[0].decode()
+    assert 'iap_idp_requests_total{endpoint="token",result="ok"} 1.0' in metrics
+    assert 'iap_idp_requests_total{endpoint="refresh",result="refused"}' in metrics

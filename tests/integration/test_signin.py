@@ -136,7 +136,7 @@ async def test_policy_denies_with_403_and_never_forwards(
     await visitor.sign_in("bob")
     answer = await visitor.get("/admin/panel", headers=HTML)
     assert answer.status == 403
-    assert b"You do not have access" in answer.body
+    assert b"Your account does not have access to this page." in answer.body
     assert not stack.upstream.seen.requests
     assert (await visitor.get("/app/ok")).status == 200
 
@@ -166,13 +166,13 @@ async def test_logout_ends_the_session_here_and_at_the_idp(
     target = urlsplit(answer.location)
     assert target.path == "/organizations/oauth2/v2.0/logout"
     query = parse_qs(target.query)
-    assert query["post_logout_redirect_uri"] == [f"{stack.edge.url}/"]
+    assert query["post_logout_redirect_uri"] == [f"{stack.edge.url}/.iap/signed-out"]
     assert query["id_token_hint"][0].startswith("eyJ")
     assert "__Host-iap" not in visitor.cookies  # cleared by Max-Age=0
 
     at_idp = await visitor.get(answer.location)
     assert at_idp.status == 302
-    assert at_idp.location == f"{stack.edge.url}/"
+    assert at_idp.location == f"{stack.edge.url}/.iap/signed-out"
     assert stack.idp.idp.logouts  # the IdP saw the hint's sid
 
     assert (await visitor.get("/app/x", headers=HTML)).location.startswith("/.iap/login")
@@ -298,6 +298,14 @@ async def test_idp_calls_are_client_spans_and_carry_no_trace_context(
     [app] = [s for s in spans if s.kind == SERVER and s.attributes.get("iap.route") == "app"]
     assert app.attributes["iap.authn.method"] == "session"
     assert app.attributes["iap.authz.decision"] == "allow"
+    # the keys the mesh's Telemetry resource tags its spans with (iap mesh render)
+    [line] = [line for line in edge.audit_lines() if line["route"] == "app"]
+    assert (
+        app.attributes["iap.subject"]
+        == line["subject"]
+        == f"{line['tenant']}:{USERS['olivia'].oid}"
+    )
+    assert app.attributes["iap.correlation_id"]
     exported = json.dumps([(s.name, s.attributes, s.events) for s in spans])
     for secret in ("eyJ", "__Host-iap", USERS["olivia"].email, CLIENT_SECRET):
         assert secret not in exported

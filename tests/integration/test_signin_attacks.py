@@ -24,8 +24,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from prometheus_client.parser import text_string_to_metric_families
 
-from iap.dev.idp import TENANT_B
+from iap.dev.idp import TENANT_B, USERS
 from iap.errors import SignInFailed
+from iap.web.errorpage import SIGN_IN_FAILED, SIGN_IN_FAILURES
 from tests.support.signin import Response, SignInStack, Visitor, http
 from tests.support.signin_stores import stack, visitor
 
@@ -99,15 +100,19 @@ async def audit_line(stack: SignInStack, **fields: Any) -> dict[str, Any]:
         count = len(lines) + 1
 
 
-async def assert_refused(stack: SignInStack, answer: Response, reason: str) -> None:
-    """A generic 403 for the callback, no session cookie, and ``reason`` in the audit line."""
+async def assert_refused(
+    stack: SignInStack, answer: Response, reason: str, subject: str | None = None
+) -> None:
+    """A generic 403 for the callback, no session cookie, and ``reason`` in the audit line
+    (with the subject of a validly signed token refused anyway, else none)."""
     assert answer.status == 403, answer
     correlation_id = answer.header("X-Correlation-ID")
     assert correlation_id
     if (answer.header("Content-Type") or "").startswith("text/html"):
         page = answer.body.decode()
-        assert SignInFailed.public in page
-        assert "<h1>Forbidden</h1>" in page
+        title, text, _ = SIGN_IN_FAILURES.get(reason, SIGN_IN_FAILED)
+        assert f"<h1>{title}</h1>" in page
+        assert text.partition("{")[0] in page
     else:
         assert json.loads(answer.body) == {
             "error": "sign_in_failed",
@@ -119,7 +124,8 @@ async def assert_refused(stack: SignInStack, answer: Response, reason: str) -> N
     assert not session_cookies_set(answer)
     line = await audit_line(stack, correlation_id=correlation_id)
     assert (line["path"], line["status"], line["reason"]) == (CALLBACK, 403, reason)
-    assert line["subject"] is None
+    assert line["subject"] == subject
+    assert line["tenant"] == (subject.partition(":")[0] if subject else None)
 
 
 async def assert_anonymous(stack: SignInStack, visitor: Visitor) -> None:
@@ -131,9 +137,9 @@ async def assert_anonymous(stack: SignInStack, visitor: Visitor) -> None:
 
 
 async def assert_no_session(
-    stack: SignInStack, visitor: Visitor, answer: Response, reason: str
+    stack: SignInStack, visitor: Visitor, answer: Response, reason: str, subject: str | None = None
 ) -> None:
-    await assert_refused(stack, answer, reason)
+    await assert_refused(stack, answer, reason, subject)
     await assert_anonymous(stack, visitor)
 
 
@@ -169,20 +175,27 @@ async def test_unknown_state_is_refused(stack: SignInStack, visitor: Visitor) ->
     assert params(idp_answer.location)["code"] in stack.idp.idp.codes
 
 
-async def test_replayed_callback_is_refused_and_the_first_sign_in_still_works(
+async def test_reloading_the_callback_while_signed_in_goes_where_the_login_went(
     stack: SignInStack, visitor: Visitor
 ) -> None:
-    idp_answer = await at_idp(visitor)
+    # A reload of /.iap/callback (or Back to it) after the sign-in: the state is spent, so
+    # nothing is redeemed again, but the browser that holds the session is not shown a 403.
+    idp_answer = await at_idp(visitor, rd="/app/reports?q=1")
     first = await visitor.callback(idp_answer)
-    assert first.status == 302
+    assert (first.status, first.location) == (302, "/app/reports?q=1")
     assert session_cookies_set(first)
-    replay = await visitor.get(idp_answer.location)
-    await assert_refused(stack, replay, "login_refused:state")
-    assert stack.idp.idp.code_grants == 1  # the replay never reached the token endpoint
-    page = await visitor.get("/app/x", headers=HTML)
-    assert page.status == 200
-    [seen] = stack.upstream.seen.requests
-    assert seen.headers["X-IAP-Subject"].endswith(":a11ce000-0000-4000-8000-00000000000a")
+    for _ in range(2):
+        reload = await visitor.get(idp_answer.location, headers=HTML)
+        assert (reload.status, reload.location) == (302, "/app/reports?q=1")
+        assert not session_cookies_set(reload)
+    assert stack.idp.idp.code_grants == 1  # exactly one code exchange at the token endpoint
+    line = await audit_line(stack, path=CALLBACK, status=302, reason="callback_spent:state")
+    assert line["subject"].endswith(":a11ce000-0000-4000-8000-00000000000a")
+    await visitor.get("/.iap/logout")
+    # Signed out, the same reload is what it always was: a refused, spent state.
+    refused = await visitor.get(idp_answer.location)
+    await assert_refused(stack, refused, "login_refused:state")
+    assert stack.idp.idp.code_grants == 1
 
 
 async def test_replayed_callback_with_the_old_login_cookie_is_refused(
@@ -302,7 +315,9 @@ async def test_hs256_keyed_with_the_idp_public_key_is_refused(
 
 async def test_tenant_not_allowed_is_refused(stack: SignInStack, visitor: Visitor) -> None:
     answer = await visitor.callback(await at_idp(visitor, "eve"))
-    await assert_no_session(stack, visitor, answer, "login_refused:tenant")
+    eve = USERS["eve"]
+    # The token is genuine, so the audit line names who was refused, and from which tenant.
+    await assert_no_session(stack, visitor, answer, "login_refused:tenant", f"{eve.tid}:{eve.oid}")
     assert stack.idp.idp.code_grants == 1  # a genuine token, from the wrong tenant
 
 

@@ -15,9 +15,10 @@ import os
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser, Page, async_playwright
 
 CHROMIUM_PACKAGE = "chromium"
 #: Debian names the binary ``chromium``; Ubuntu's transitional package ``chromium-browser``.
@@ -57,3 +58,21 @@ async def running_chromium() -> AsyncIterator[Browser]:
             yield browser
         finally:
             await browser.close()
+
+
+def artefacts_dir() -> Path:
+    """Where browser tests save screenshots: ``$IAP_ARTEFACTS/browser`` when set, else
+    ``<repo>/.artefacts/browser`` (git-ignored)."""
+    base = os.environ.get("IAP_ARTEFACTS")
+    root = Path(base) if base else Path(__file__).resolve().parents[2] / ".artefacts"
+    folder = root / "browser"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+async def screenshot(page: Page, name: str) -> Path:
+    """A full-page PNG of ``page`` saved as ``<artefacts>/<name>.png``; returns its path."""
+    path = artefacts_dir() / f"{name}.png"
+    await page.screenshot(path=str(path), full_page=True)
+    assert path.read_bytes().startswith(b"\x89PNG"), path
+    return path

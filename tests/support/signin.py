@@ -213,7 +213,7 @@ async def start_signin_stack(
         client_id=CLIENT_ID,
         client_secret=CLIENT_SECRET,
         redirect_uris=[f"{public}/.iap/callback"],
-        post_logout_redirect_uris=[f"{public}/"],
+        post_logout_redirect_uris=[f"{public}/", f"{public}/.iap/signed-out"],
         client_certificate_pem=client_certificate_pem,
     )
     try:

@@ -102,3 +102,13 @@ def test_threshold_of_one(clock: Clock) -> None:
     assert not breaker.allow()
     clock.now += 5.0
     assert breaker.allow()
+
+
+def test_retry_after_is_the_rest_of_the_cooldown(breaker: CircuitBreaker, clock: Clock) -> None:
+    assert breaker.retry_after() == 0.0
+    _fail(breaker, 3)
+    assert breaker.retry_after() == 10.0
+    clock.now += 7.5
+    assert breaker.retry_after() == 2.5
+    clock.now += 5
+    assert breaker.retry_after() == 0.0  # half-open: a trial may go now

@@ -188,6 +188,17 @@ def test_tenant_not_allowed_is_refused() -> None:
     refused("tenant", lambda: check(token, tenant="organizations", allowed=(TENANT_A,)))
 
 
+def test_a_refused_tenant_names_who_was_refused_and_other_refusals_do_not() -> None:
+    """The token is genuine (signature, issuer, audience, times, nonce checked), so the audit
+    line may name its subject and tenant; a token refused earlier names nobody."""
+    with pytest.raises(InvalidIdToken) as tenant:
+        check(sign(claims(EVE)), tenant="organizations", allowed=(TENANT_A,))
+    assert tenant.value.who == (f"{EVE.tid}:{EVE.oid}", EVE.tid)
+    with pytest.raises(InvalidIdToken) as nonce:
+        check(sign(claims(EVE)), tenant="organizations", allowed=(TENANT_A,), nonce="other")
+    assert (nonce.value.reason, nonce.value.who) == ("nonce", (None, None))
+
+
 # header and signature refused -------------------------------------------------------
 
 

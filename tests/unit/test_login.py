@@ -26,6 +26,7 @@ from iap.domain.login import (
     identity_from_claims,
     new_login,
     s256_challenge,
+    state_key,
     take_pending,
 )
 
@@ -343,3 +344,12 @@ def test_incomplete_or_malformed_claims_are_refused(claims: dict[str, object]) -
         identity_from_claims(claims, roles_map={"admin": "admin"})
     assert info.value.reason == "claims"
     assert str(info.value) == "login refused"
+
+
+def test_the_state_key_is_a_digest_never_the_state() -> None:
+    state = "s" * 43
+    key = state_key(state)
+    assert key == state_key(state)
+    assert key.startswith("login-state:")
+    assert state not in key
+    assert key != state_key(state + "x")

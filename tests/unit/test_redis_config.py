@@ -67,11 +67,19 @@ def test_userinfo_is_refused_pointing_to_username_and_password_file() -> None:
     ("redis", "expected"),
     [
         ({}, "redis: set url (or a sentinel block)"),
-        ({"url": "http://cache"}, "redis.url: expected a redis://, rediss:// or unix:// URL"),
+        (
+            {"url": "http://cache"},
+            "redis.url: expected a redis://, rediss://, unix:// or redis+sentinel:// URL",
+        ),
         ({"url": "redis://cache/x"}, "redis.url: the path of a redis URL is the database"),
         ({"url": "unix://host/sock"}, "redis.url: expected unix:///path/to/redis.sock"),
         ({"url": "redis://cache", "timeout": "0s"}, "redis.timeout: "),
-        ({"url": "redis://cache", "cluster": True}, "redis.cluster: "),
+        ({"url": "redis://cache", "cluster": "maybe"}, "redis.cluster: "),
+        ({"url": "redis+sentinel://s1:26379"}, "redis.url: expected redis+sentinel://HOST:PORT"),
+        ({"url": "redis+sentinel://s1/m"}, "redis.url: expected redis+sentinel://HOST:PORT"),
+        ({"url": "redis+sentinel://s1:26379/m/x"}, "redis.url: expected redis+sentinel://"),
+        ({"url": "redis+sentinel://s1:26379/m?db=1"}, "redis.url: expected redis+sentinel://"),
+        ({"url": "redis+sentinel://s1:1,bad/m"}, "redis.url: expected redis+sentinel://"),
         ({"url": "redis://c", "password": CANARY}, "redis.password: "),
     ],
 )
@@ -150,3 +158,65 @@ def test_an_empty_or_vanished_password_file_is_a_problem_naming_its_key(tmp_path
     problems = []
     secrets.redis_passwords(settings, problems)
     assert problems == ["redis.password_file: cannot read (FileNotFoundError)"]
+
+
+def test_a_sentinel_url_is_the_sentinel_block() -> None:
+    settings = parsed({"url": "redis+sentinel://10.0.0.1:26379,sentinel-b:26380/mymaster/3"})
+    sentinel = settings.sentinels
+    assert sentinel is not None
+    assert sentinel.master == "mymaster"
+    assert [str(a) for a in sentinel.addresses] == ["10.0.0.1:26379", "sentinel-b:26380"]
+    assert settings.database == 3
+    assert backend(settings) == "redis-sentinel"
+    assert parsed({"url": "redis+sentinel://s:26379/m"}).database == 0
+    assert parsed({"url": "redis+sentinel://s:26379/m/"}).sentinels is not None
+
+
+@pytest.mark.parametrize("userinfo", [f"iap:{CANARY}", f":{CANARY}", "iap"])
+def test_a_sentinel_url_refuses_credentials(userinfo: str) -> None:
+    [problem] = problems_of({"url": f"redis+sentinel://{userinfo}@s1:26379,s2:26379/m"})
+    assert problem.startswith("redis.url: credentials do not belong in the URL")
+    assert "redis.username and redis.password_file" in problem
+    assert CANARY not in problem
+
+
+def test_a_sentinel_url_and_a_sentinel_block_at_once_are_refused() -> None:
+    block = {"master": "m", "addresses": ["127.0.0.1:26379"]}
+    [problem] = problems_of({"url": "redis+sentinel://s:26379/m", "sentinel": block})
+    assert problem == (
+        "redis: set the sentinels once: a redis+sentinel:// url or a sentinel block, not both"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("redis://cfg.cache.amazonaws.com:6379", "redis-cluster"),
+        ("rediss://c:6380/0", "redis-cluster-tls"),
+    ],
+)
+def test_cluster_mode(url: str, name: str) -> None:
+    settings = parsed({"url": url, "cluster": True})
+    assert settings.cluster is True
+    assert settings.sentinels is None
+    assert backend(settings) == name
+    assert parsed({"url": url}).cluster is False
+
+
+@pytest.mark.parametrize(
+    ("redis", "expected"),
+    [
+        ({"url": "unix:///run/redis.sock"}, "redis: cluster needs a redis:// or rediss:// url"),
+        ({"url": "redis+sentinel://s:26379/m"}, "redis: cluster needs a redis:// or rediss://"),
+        (
+            {"url": "redis:///0", "sentinel": {"master": "m", "addresses": ["s:26379"]}},
+            "redis: cluster needs a redis:// or rediss:// url naming a node of the cluster",
+        ),
+        ({"url": "redis://node:6379/2"}, "redis: cluster: a Redis Cluster has only database 0"),
+    ],
+)
+def test_cluster_mode_refuses_what_a_cluster_cannot_do(
+    redis: dict[str, Any], expected: str
+) -> None:
+    [problem] = problems_of(redis | {"cluster": True})
+    assert problem.startswith(expected), problem
