@@ -21,7 +21,14 @@ SIGN_IN_PAGE = re.compile(r"http://127\.0\.0\.1:\d+/organizations/oauth2/v2\.0/a
 
 @pytest.fixture
 async def iap_dev() -> AsyncIterator[IapProcess]:
-    iap = await start_iap("dev", "--port", str(free_port()), ready_marker="iap dev ready: ")
+    iap = await start_iap(
+        "dev",
+        "--port",
+        str(free_port()),
+        "--admin-port",
+        str(free_port()),
+        ready_marker="iap dev ready: ",
+    )
     try:
         yield iap
     finally:
