@@ -14,16 +14,19 @@ Invariants:
 from __future__ import annotations
 
 import json
+import logging
 
 from aiohttp import web
 
 from iap.domain.negotiation import prefers_html
 from iap.errors import RequestError
-from iap.model import Identity
+from iap.model import Exchange, Identity
 from iap.web import pages
 from iap.web.pages import Link, esc
 
 SERVER = "iap"
+
+log = logging.getLogger("iap")
 
 _TITLES = {
     302: ("Sign-in required", "You are being sent to sign in."),
@@ -142,3 +145,40 @@ def error_response(
         content_type="application/json",
         headers=headers,
     )
+
+
+def shows_viewer(request: web.BaseRequest, exc: RequestError) -> bool:
+    """Whether the page for ``exc`` is worth a session lookup to name who is signed in: a
+    browser's page for a client error, not a 401 (the session was already judged), a 429
+    or a 5xx (an overload or an outage is no time for more work)."""
+    status = exc.status
+    return (
+        400 <= status < 500
+        and status not in (401, 429)
+        and prefers_html(request.headers.get("Accept"))
+    )
+
+
+def refusal(
+    request: web.BaseRequest,
+    exchange: Exchange,
+    exc: RequestError,
+    viewer: Identity | None = None,
+) -> web.Response:
+    """iap's answer to a request it refused, with the refusal's headers; the audit line
+    takes the specific reason, the body only the class's generic code."""
+    exchange.reason = exc.reason
+    if exc.status >= 500:
+        log.warning("%s: %s, correlation_id=%s", exc.reason, exc.detail, exchange.correlation_id)
+    response = error_response(
+        exc.status,
+        type(exc).reason,
+        exc.public,
+        exchange.correlation_id,
+        request.headers.get("Accept"),
+        refusal=exc,
+        viewer=viewer or exchange.identity,
+    )
+    for name, value in exc.headers:
+        response.headers.add(name, value)
+    return response

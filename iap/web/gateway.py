@@ -45,7 +45,7 @@ from iap.model import Exchange
 from iap.web import relay
 from iap.web.admission import Admission
 from iap.web.bearer import BearerAuth
-from iap.web.errorpage import SERVER, error_response
+from iap.web.errorpage import SERVER, refusal, shows_viewer
 from iap.web.forward_auth import PATH, PREFIX, ForwardAuth
 from iap.web.load import Load
 from iap.web.minting import Minter
@@ -128,10 +128,10 @@ class Gateway:
             )
         except RequestError as exc:
             span.end_upstream(None, exc.reason)
-            response = self._refuse(request, exchange, exc)
+            response = await self._refuse(request, exchange, exc)
         except Exception:
             log.exception("unexpected error, correlation_id=%s", exchange.correlation_id)
-            response = self._refuse(request, exchange, RequestError("unexpected error"))
+            response = refusal(request, exchange, RequestError("unexpected error"))
         if guarded and self._throttle.failed(exchange):
             await self._throttle.settle(exchange)
         if not response.prepared and "X-Correlation-ID" not in response.headers:
@@ -330,26 +330,15 @@ class Gateway:
             raise NotFound("no endpoint under the reserved prefix")
         return await self._signin.endpoint(request, path, exchange)
 
-    def _refuse(
+    async def _refuse(
         self, request: web.BaseRequest, exchange: Exchange, exc: RequestError
     ) -> web.Response:
-        exchange.reason = exc.reason
-        if exc.status >= 500:
-            log.warning(
-                "%s: %s, correlation_id=%s", exc.reason, exc.detail, exchange.correlation_id
-            )
-        response = error_response(
-            exc.status,
-            type(exc).reason,  # the class's generic code; the specific reason is for the log
-            exc.public,
-            exchange.correlation_id,
-            request.headers.get("Accept"),
-            refusal=exc,
-            viewer=exchange.identity,
-        )
-        for name, value in exc.headers:
-            response.headers.add(name, value)
-        return response
+        """iap's own answer; a browser's page names who is signed in, also when the request
+        was refused before its session was looked at (a 404, a 405, a 400 ...)."""
+        viewer = exchange.identity
+        if viewer is None and self._signin is not None and shows_viewer(request, exc):
+            viewer = await self._signin.viewer(request)
+        return refusal(request, exchange, exc, viewer)
 
     def _record(self, exchange: Exchange, transfer: Transfer, response: web.StreamResponse) -> None:
         """SPEC §2 step 11: the audit line and the metrics, once per request."""

@@ -30,6 +30,7 @@ from aiohttp import web
 from iap.adapters.idp import IdpUnavailable, IdpUnreachable
 from iap.adapters.oauth import TokenRefused
 from iap.adapters.sessions import SessionRejected, Sessions
+from iap.adapters.store import StoreUnavailable
 from iap.domain import claims as read
 from iap.domain import outage
 from iap.domain import session as sessions
@@ -153,6 +154,21 @@ class SessionCheck:
             log.warning("session cookie rejected (%s); cleared", exc.reason)
             return self._anonymous(request, f"session_{exc.reason}")
         return Caller(session.identity, session, [], "session")
+
+    async def viewer(self, request: web.BaseRequest) -> Identity | None:
+        """Who the session cookie names while the session lasts, for a page only: nothing is
+        refreshed, written, cleared or logged, and a store that does not answer means nobody."""
+        value, _ = self._cookies.session_value(request)
+        if not value:
+            return None
+        now = self._clock()
+        try:
+            session = await self._sessions.load(value, now=now)
+        except (SessionRejected, StoreUnavailable):
+            return None
+        if isinstance(flow.session_check(self._policy, session, now=now), flow.Ended):
+            return None
+        return session.identity
 
     def _anonymous(self, request: web.BaseRequest, reason: str) -> Caller:
         return Caller(cookies=self._cookies.clear(request), reason=reason)

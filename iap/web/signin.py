@@ -34,7 +34,7 @@ from iap.config import Config
 from iap.domain import sealing
 from iap.domain.redirects import RedirectPolicy
 from iap.domain.signin_flow import CALLBACK_PATH, MAX_SESSION_GROUPS, RelyingParty, SessionPolicy
-from iap.model import Exchange
+from iap.model import Exchange, Identity
 from iap.web.cookies import Cookies
 from iap.web.flow import FlowDriver
 from iap.web.session_check import Caller, SessionCheck, challenge
@@ -163,6 +163,11 @@ class SignIn:
         Raises :class:`~iap.adapters.store.StoreUnavailable` (fail closed).
         """
         return await self._check.authenticate(request)
+
+    async def viewer(self, request: web.BaseRequest) -> Identity | None:
+        """Who is signed in, for a page about something else (a 404...): nothing is refreshed
+        or written, and nobody when the store does not answer."""
+        return await self._check.viewer(request)
 
     @property
     def authority(self) -> str:

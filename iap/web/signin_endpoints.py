@@ -45,7 +45,6 @@ from iap.domain import signin_flow as flow
 from iap.domain.login import MAX_AGE, LoginRefused, PendingLogin
 from iap.domain.login import state_key as login_state_key
 from iap.domain.negotiation import prefers_html
-from iap.domain.session import expires_at
 from iap.errors import (
     BadRequest,
     MethodNotAllowed,
@@ -137,10 +136,7 @@ class Endpoints:
         """Who is still signed in, for a browser's page about a sign-in that failed (a new
         login does not end the session the browser had); never for the audit line."""
         if prefers_html(request.headers.get("Accept")):
-            now = self._clock()
-            session = (await self._check.load(request, now)).session
-            if session is not None and expires_at(session, lifetime=self._lifetime) > now:
-                exchange.identity = session.identity
+            exchange.identity = await self._check.viewer(request)
 
     async def login(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
         """Start a login: remember it in the login-state cookie, send the browser to the IdP."""

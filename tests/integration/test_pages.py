@@ -245,3 +245,51 @@ async def test_a_failed_switch_of_account_still_names_who_is_signed_in(
     line = await audit(stack, answer.header("X-Correlation-ID"))
     assert line["subject"] == subject("eve")  # the audit line is about the refused sign-in
     assert (await visitor.get("/app/x")).status == 200
+
+
+async def test_pages_refused_before_the_session_is_looked_at_still_name_who_is_signed_in(
+    stack: SignInStack, http: aiohttp.ClientSession
+) -> None:
+    visitor = visitor_of(stack, http)
+    await visitor.sign_in("bob")
+    refused = {
+        404: await visitor.get("/.iap/nothing-here", headers=HTML),
+        405: await visitor.request("DELETE", "/.iap/userinfo", headers=HTML),
+        400: await visitor.get("/app/x", headers={**HTML, "Host": "not a host"}),
+    }
+    for status, answer in refused.items():
+        assert answer.status == status
+        page = answer.body.decode()
+        assert "Signed in as <b id='viewer'>Bob Staff</b>" in page, status
+        assert links(answer.body)["sign-out"] == "/.iap/logout"
+        assert not answer.set_cookies  # a page about something else writes no session
+    # JSON answers name nobody; the session is not even looked at for them.
+    json_404 = await visitor.get("/.iap/nothing-here", headers=JSON)
+    assert json_404.status == 404
+    assert set(json.loads(json_404.body)) == {"error", "message", "correlation_id"}
+    assert not stack.upstream.seen.requests
+
+
+async def test_a_refused_page_names_nobody_for_a_bad_ended_or_absent_session(
+    stack: SignInStack, http: aiohttp.ClientSession
+) -> None:
+    visitor = visitor_of(stack, http)
+    anonymous = await visitor.get("/.iap/nothing-here", headers=HTML)
+    assert anonymous.status == 404
+    assert "viewer" not in anonymous.body.decode()
+
+    await visitor.sign_in("bob")
+    name = next(iter(visitor.cookies))
+    saved = dict(visitor.cookies)
+    visitor.cookies[name] = saved[name][:-4] + "AAAA"  # tampered: opens to nobody
+    tampered = await visitor.get("/.iap/nothing-here", headers=HTML)
+    assert tampered.status == 404
+    assert "viewer" not in tampered.body.decode()
+    assert not tampered.set_cookies  # neither cleared nor rewritten by a 404
+
+    visitor.cookies = saved
+    assert (await visitor.get("/.iap/logout")).status == 302
+    visitor.cookies = saved  # the old cookie again, after its session was ended
+    ended = await visitor.get("/.iap/nothing-here", headers=HTML)
+    assert ended.status == 404
+    assert "viewer" not in ended.body.decode()
