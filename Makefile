@@ -84,7 +84,7 @@ bench: $(STAMP)
 # py-spy samples iap under the bench's load; the top functions go into docs/PERFORMANCE.md.
 profile: $(STAMP)
 	bash scripts/sysdeps.sh wrk
-	$(BIN)/python bench/profile.py
+	$(BIN)/python bench/sampling.py
 
 # Not part of `make test`: SOAK_MINUTES (default 10) of mixed traffic, written to docs/PERFORMANCE.md.
 soak: $(STAMP)
