@@ -293,3 +293,22 @@ async def test_a_refused_page_names_nobody_for_a_bad_ended_or_absent_session(
     ended = await visitor.get("/.iap/nothing-here", headers=HTML)
     assert ended.status == 404
     assert "viewer" not in ended.body.decode()
+
+
+async def test_the_signed_out_and_user_pages_shrug_off_hostile_query_strings(
+    stack: SignInStack, http: aiohttp.ClientSession
+) -> None:
+    visitor = visitor_of(stack, http)
+    hostile = ["?", "?rd", "?rd=&rd=", "?rd=%ff%fe", "?%00=%00", "?rd=" + "a" * 4000, "?x=<script>"]
+    for query in hostile:
+        out = await visitor.get(f"/.iap/signed-out{query}", headers=HTML)
+        assert out.status == 200, query
+        assert "<script>" not in out.body.decode()
+        anonymous = await visitor.get(f"/.iap/{query}", headers=HTML)
+        assert anonymous.status == 302, query  # sent to sign in, never a 500
+    await visitor.sign_in("alice")
+    for query in hostile:
+        page = await visitor.get(f"/.iap/{query}", headers=HTML)
+        assert page.status == 200, query
+        assert "<script>" not in page.body.decode()
+    assert not stack.upstream.seen.requests
