@@ -337,7 +337,10 @@ class Gateway:
         was refused before its session was looked at (a 404, a 405, a 400 ...)."""
         viewer = exchange.identity
         if viewer is None and self._signin is not None and shows_viewer(request, exc):
-            viewer = await self._signin.viewer(request)
+            try:
+                viewer = await self._signin.viewer(request)
+            except Exception as error:  # a page's name line is never worth a 500
+                log.warning("viewer lookup failed (%s)", type(error).__name__)
         return refusal(request, exchange, exc, viewer)
 
     def _record(self, exchange: Exchange, transfer: Transfer, response: web.StreamResponse) -> None:

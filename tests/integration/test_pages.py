@@ -11,8 +11,10 @@ import re
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
+import pytest
 
 from iap.dev.idp import TENANT_A, USERS
+from iap.web.session_check import SessionCheck
 from tests.support.signin import SignInStack, Visitor, http, stack
 
 __all__ = ["http", "stack"]
@@ -312,3 +314,20 @@ async def test_the_signed_out_and_user_pages_shrug_off_hostile_query_strings(
         assert page.status == 200, query
         assert "<script>" not in page.body.decode()
     assert not stack.upstream.seen.requests
+
+
+async def test_a_failing_viewer_lookup_still_gives_the_page_not_a_500(
+    stack: SignInStack, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    visitor = visitor_of(stack, http)
+    await visitor.sign_in("bob")
+
+    async def broken(self: object, request: object) -> None:
+        raise RuntimeError("the session layer broke")
+
+    monkeypatch.setattr(SessionCheck, "viewer", broken)
+    answer = await visitor.get("/.iap/nothing-here", headers=HTML)
+    assert answer.status == 404
+    assert "<h1>Not found</h1>" in answer.body.decode()
+    assert "viewer" not in answer.body.decode()
+    assert "the session layer broke" not in answer.body.decode()
