@@ -54,6 +54,19 @@ async def test_the_403_page_names_the_user_and_offers_another_account(
     await page.wait_for_url(f"{base}/admin/panel")  # the page asked for, now allowed
 
 
+async def test_the_404_page_names_who_is_signed_in(stack: SignInStack, page: Page) -> None:
+    base = stack.edge.url
+    await sign_in(page, base, "bob")
+    answer = await page.goto(f"{base}/.iap/nothing-here")
+    assert answer is not None
+    assert answer.status == 404
+    await expect(page.locator("h1")).to_have_text("Not found")
+    await expect(page.locator("#viewer")).to_have_text("Bob Staff")
+    await expect(page.locator("#message")).to_have_text("There is nothing at this address.")
+    await expect(page.locator("#sign-out")).to_have_attribute("href", "/.iap/logout")
+    await screenshot(page, "404-not-found-signed-in")
+
+
 async def test_the_401_page_of_a_browser_links_to_sign_in_and_back(
     stack: SignInStack, page: Page
 ) -> None:
