@@ -1,6 +1,8 @@
 """Counting requests against a route's quota, in process memory or in Redis (SPEC §2
-step 8, §5.1 ``rate_limit``, §9): Redis through the ``limits`` library's async API,
-process memory through :class:`ProcessWindows`, the same strategy in one dictionary.
+step 8, §5.1 ``rate_limit``, §9): Redis through the ``limits`` library's async API
+(:mod:`iap.adapters.ratelimit_redis`, which the composition root imports only when Redis
+is configured, so a process without it loads neither redis-py nor ``limits``), process
+memory through :class:`ProcessWindows`, the same strategy in one dictionary.
 
 Strategy: ``limits``' sliding window counter. It keeps two counters per key (this window and
 the previous one) and weighs the previous count by the part of it still inside the last
@@ -28,15 +30,9 @@ Invariants:
   logs a warning (at most one every ``_WARN_EVERY`` seconds, with how many failures it
   covers) naming only the exception type: never the Redis URL, which may carry a
   password.
-- Every Redis call is bounded by the client of :mod:`iap.adapters.redis_client` (shared
-  with the session store): connecting and each reply take at most ``redis.timeout``
-  (0.5 s by default); a refused or reset connection is retried once, a timeout is not,
-  so a server that stops answering costs a request about one ``timeout`` before
-  ``on_store_error`` decides.
-- ``limits`` gets only the shared client (its connection pool, or the cluster client for
-  ``limits``' cluster storage, ``redis+cluster://``), never a URL or a password, so its
-  errors cannot echo them. Through Sentinel it is the same pool as the session store's, so
-  the counts follow a failover exactly as sessions do.
+- The shared counters (:class:`SharedWindows`) raise only :class:`SharedUnavailable`,
+  whose ``cause`` is the failure's type name; their bounds and their care for the URL are
+  :mod:`iap.adapters.ratelimit_redis`'s.
 - Keys come from :func:`iap.domain.ratelimit.key_for`; both stores count per key and
   quota, so changing a route's limit starts its counts afresh. Redis keys live under
   ``key_prefix`` and expire with their window. Timestamps are the workers' wall clocks,
@@ -50,30 +46,13 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from functools import lru_cache
-from typing import Any
+from typing import Protocol
 
-import redis.asyncio
-import redis.exceptions
-from limits import RateLimitItemPerSecond, WindowStats
-from limits.aio.storage import RedisClusterStorage, RedisStorage
-from limits.aio.strategies import SlidingWindowCounterRateLimiter as AsyncSlidingWindow
-from limits.errors import StorageError
-from redis.asyncio.cluster import RedisCluster
-
-from iap.adapters import redis_client
-from iap.adapters.redis_client import Client, connect_url
 from iap.domain.ratelimit import Quota, Verdict
 
 log = logging.getLogger("iap.ratelimit")
 
 _WARN_EVERY = 10.0  # seconds between two store-failure warnings
-_FAILURES = (
-    StorageError,
-    redis.exceptions.RedisError,
-    redis.exceptions.RedisClusterException,  # no RedisError: a cluster that cannot be reached
-    OSError,
-)
 
 
 class ProcessWindows:
@@ -148,56 +127,41 @@ class ProcessWindows:
             del self._windows[slot]
 
 
-class _SharedClusterStorage(RedisClusterStorage):
-    """``limits``' cluster storage on a cluster client that already exists (the session
-    store's), rather than one it would build from a URL with the password in it. Its
-    sliding-window scripts name two keys under one ``{hash tag}``, so each runs on one node.
-    It sets the two attributes ``limits``' redis-py bridge keeps its client in (``storage``,
-    ``connection_getter``; limits 5.x, pinned by the locks), which ``use_cluster`` would set."""
+class SharedUnavailable(Exception):
+    """The shared counters did not answer; ``cause`` names the failure's type alone (a
+    redis-py message may name hosts)."""
 
-    def __init__(self, client: RedisCluster, key_prefix: str) -> None:
-        self._shared_client = client
-        super().__init__(
-            "async+redis+cluster://",
-            wrap_exceptions=True,
-            implementation="redispy",
-            key_prefix=key_prefix,
-        )
-
-    def configure_bridge(self) -> None:
-        client = self._shared_client
-        self.bridge.storage = client  # type: ignore[attr-defined]
-        self.bridge.connection_getter = lambda _readonly: client  # type: ignore[attr-defined]
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
 
 
-def _storage(client: Client, key_prefix: str) -> RedisStorage:
-    if isinstance(client, RedisCluster):
-        return _SharedClusterStorage(client, key_prefix)
-    # limits types its pass-through options as scalars; the pool goes to redis-py.
-    options: dict[str, Any] = {"connection_pool": client.connection_pool}
-    return RedisStorage(
-        "async+redis://",
-        implementation="redispy",
-        wrap_exceptions=True,
-        key_prefix=key_prefix,
-        **options,
-    )
+class SharedWindows(Protocol):
+    """Counters shared by every worker and replica
+    (:class:`iap.adapters.ratelimit_redis.RedisWindows`); each call raises
+    :class:`SharedUnavailable` when the store fails."""
 
+    async def hit(self, key: str, quota: Quota) -> Verdict:
+        """Count one request under ``key`` if ``quota`` allows it, and say what is left."""
+        ...
 
-@lru_cache(maxsize=256)
-def _item(quota: Quota) -> RateLimitItemPerSecond:
-    return RateLimitItemPerSecond(quota.capacity, quota.window)
+    async def test(self, key: str, quota: Quota) -> bool:
+        """Whether one more request under ``key`` would be allowed, without counting it."""
+        ...
 
+    async def ping(self) -> bool:
+        """Whether the counters answer; False (never raises) when they do not."""
+        ...
 
-def _cause(exc: BaseException) -> str:
-    """The failure's type name alone: redis-py messages name hosts and may grow more."""
-    inner = exc.storage_error if isinstance(exc, StorageError) else exc
-    return type(inner).__name__
+    async def close(self) -> None:
+        """Release the connections."""
+        ...
 
 
 class RateLimiter:
-    """The process's rate-limit counters: memory when ``redis_url`` is None, else Redis
-    (shared by every worker and replica). Build once per process; ``close`` at exit.
+    """The process's rate-limit counters: memory when ``shared`` is None, else the shared
+    counters (Redis, shared by every worker and replica; the composition root builds
+    them). Build once per process; ``close`` at exit.
 
     ``on_store_error_count`` is called once per store failure
     (``iap_rate_limit_store_errors_total``).
@@ -205,23 +169,13 @@ class RateLimiter:
 
     def __init__(
         self,
-        redis_client: Client | str | None,
+        shared: SharedWindows | None = None,
         *,
-        timeout: float = 0.5,
-        key_prefix: str = "iap:ratelimit",
         on_store_error_count: Callable[[], None] | None = None,
     ) -> None:
         self._count = on_store_error_count
-        self._client: Client | None = None
-        self._memory: ProcessWindows | None = None
-        self._shared: AsyncSlidingWindow | None = None
-        if redis_client is None:
-            self._memory = ProcessWindows()
-        else:
-            if isinstance(redis_client, str):
-                redis_client = connect_url(redis_client, timeout=timeout)
-            self._client = redis_client
-            self._shared = AsyncSlidingWindow(_storage(redis_client, key_prefix))
+        self._shared = shared
+        self._memory = ProcessWindows() if shared is None else None
         self._failing = False
         self._warned_at = -math.inf
         self._unreported = 0
@@ -232,18 +186,14 @@ class RateLimiter:
         if self._memory is not None:
             return self._memory.hit(key, quota.capacity, quota.window)
         assert self._shared is not None
-        item = _item(quota)
-        stats: WindowStats
         try:
-            allowed = await self._shared.hit(item, key)
-            stats = await self._shared.get_window_stats(item, key)
-        except _FAILURES as exc:
+            verdict = await self._shared.hit(key, quota)
+        except SharedUnavailable as exc:
             return self._failed(exc, on_store_error)
         if self._failing:
             self._failing = False
             log.info("rate-limit store reachable again")
-        reset_after = max(0.0, stats.reset_time - time.time())
-        return Verdict(allowed, max(0, stats.remaining), reset_after)
+        return verdict
 
     async def exhausted(self, key: str, quota: Quota) -> bool:
         """Whether ``key`` has used up ``quota``, without counting. A store failure
@@ -252,12 +202,12 @@ class RateLimiter:
             return not self._memory.test(key, quota.capacity, quota.window)
         assert self._shared is not None
         try:
-            return not await self._shared.test(_item(quota), key)
-        except _FAILURES as exc:
+            return not await self._shared.test(key, quota)
+        except SharedUnavailable as exc:
             self._failed(exc, "allow")
             return False
 
-    def _failed(self, exc: BaseException, on_store_error: str) -> Verdict:
+    def _failed(self, exc: SharedUnavailable, on_store_error: str) -> Verdict:
         if self._count is not None:
             self._count()
         self._failing = True
@@ -267,7 +217,7 @@ class RateLimiter:
             log.warning(
                 "rate-limit store unavailable (%s): %d request(s) decided by "
                 "on_store_error since the last warning, this one: %s",
-                _cause(exc),
+                exc.cause,
                 self._unreported,
                 on_store_error,
             )
@@ -276,14 +226,9 @@ class RateLimiter:
 
     async def ping(self) -> bool:
         """Whether the counters can be reached (``/readyz``); memory always can."""
-        if self._client is None:
-            return True
-        try:
-            return bool(await self._client.ping())
-        except _FAILURES:
-            return False
+        return True if self._shared is None else await self._shared.ping()
 
     async def close(self) -> None:
         """Release the Redis connections (memory has nothing to release)."""
-        if self._client is not None:
-            await redis_client.close(self._client)  # shared with the store: twice is harmless
+        if self._shared is not None:
+            await self._shared.close()  # shares the store's client: twice is harmless

@@ -9,9 +9,9 @@ Invariants:
 - Every connect and every reply is bounded by ``redis.timeout`` (redis-py's socket
   timeouts). A refused or reset connection is retried once at once, to step over a pooled
   connection that died with a Redis restart or a failover; a timeout is not retried.
-- Passwords arrive as :class:`RedisPasswords`, read once by the composition root; its
-  ``repr`` masks them, and nothing here logs or formats them. Errors raised while building
-  name the key, never the URL (which redis-py may quote).
+- Passwords arrive as :class:`~iap.adapters.redis_passwords.RedisPasswords`, read once by
+  the composition root; its ``repr`` masks them, and nothing here logs or formats them.
+  Errors raised while building name the key, never the URL (which redis-py may quote).
 - Through Sentinel, the pool asks the sentinels for the primary on each new connection and
   drops connections to a former primary (redis-py's ``SentinelConnectionPool``), so a
   failover needs no restart.
@@ -22,7 +22,6 @@ Invariants:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,23 +32,12 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
+from iap.adapters.redis_passwords import RedisPasswords
 from iap.config import Redis as RedisConfig
 
-
-@dataclass(frozen=True)
-class RedisPasswords:
-    """The passwords of ``redis.password_file`` and ``redis.sentinel.password_file``."""
-
-    password: str | None = field(default=None, repr=False)
-    sentinel_password: str | None = field(default=None, repr=False)
-
-    def __repr__(self) -> str:
-        masked = {k: "***" if v else None for k, v in vars(self).items()}
-        return f"RedisPasswords({', '.join(f'{k}={v}' for k, v in masked.items())})"
-
-
 Client = redis.asyncio.Redis | RedisCluster
-"""The client types, for the composition root (which does not import redis-py)."""
+"""The client types, for annotations (the composition root names them only when type
+checking)."""
 
 
 def backend(config: RedisConfig) -> str:

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from iap.adapters.oauth import ClientCredential
-from iap.adapters.redis_client import RedisPasswords
+from iap.adapters.redis_passwords import RedisPasswords
 from iap.config import OIDC
 from iap.config import Redis as RedisConfig
 from iap.config import Session as SessionConfig

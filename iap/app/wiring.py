@@ -17,12 +17,12 @@ Invariants:
 from __future__ import annotations
 
 import ssl
+from typing import TYPE_CHECKING
 
-from iap.adapters import redis_client
 from iap.adapters.audit import AuditLog
 from iap.adapters.metrics import Metrics
-from iap.adapters.ratelimit import RateLimiter
-from iap.adapters.store import MemoryStore, RedisStore, SessionStore
+from iap.adapters.ratelimit import RateLimiter, SharedWindows
+from iap.adapters.store import MemoryStore, SessionStore
 from iap.adapters.telemetry import Tracing
 from iap.adapters.tls import Material, listener_material, load_problem
 from iap.app import secrets
@@ -34,6 +34,9 @@ from iap.web.minting import Minter
 from iap.web.server import Edge, Parts
 from iap.web.signin import SignIn
 
+if TYPE_CHECKING:
+    from iap.adapters.redis_client import Client
+
 
 def build_edge(config: Config, environment: Environment, *, audit: AuditLog | None = None) -> Edge:
     """The edge of ``config``, or :class:`ConfigError` naming every problem."""
@@ -41,12 +44,7 @@ def build_edge(config: Config, environment: Environment, *, audit: AuditLog | No
     listener_tls = _listener_tls(config, problems)
     metrics = Metrics(multiprocess_dir=environment.metrics_dir)
     tracing = Tracing(config.telemetry, dropped=metrics.spans_dropped.inc, environment=environment)
-    shared = _redis(config, problems)
-    store: SessionStore = (
-        RedisStore(shared, backend=redis_client.backend(config.redis))
-        if shared is not None and config.redis is not None
-        else MemoryStore()
-    )
+    store, counts = _stores(config, problems)
     signin = _signin(config, environment, metrics, tracing, store, problems)
     minter = bearer = None
     try:
@@ -60,7 +58,7 @@ def build_edge(config: Config, environment: Environment, *, audit: AuditLog | No
         metrics=metrics,
         audit=audit or AuditLog(),
         tracing=tracing,
-        limiter=RateLimiter(shared, on_store_error_count=metrics.rate_limit_store_errors.inc),
+        limiter=RateLimiter(counts, on_store_error_count=metrics.rate_limit_store_errors.inc),
         listener_tls=listener_tls,
         signin=signin,
         minter=minter,
@@ -75,11 +73,29 @@ def build_edge(config: Config, environment: Environment, *, audit: AuditLog | No
     return edge
 
 
-def _redis(config: Config, problems: list[str]) -> redis_client.Client | None:
+def _stores(config: Config, problems: list[str]) -> tuple[SessionStore, SharedWindows | None]:
+    """The session store and the shared rate-limit counters: both on the one Redis client
+    of this process with ``redis``, else process memory (and no shared counters)."""
+    shared = _redis(config, problems)
+    if shared is None or config.redis is None:
+        return MemoryStore(), None
+    # Imported here, not at the top: a config without Redis never loads redis-py or
+    # limits (about 8 MiB of each worker's memory).
+    from iap.adapters.ratelimit_redis import RedisWindows
+    from iap.adapters.redis_client import backend
+    from iap.adapters.redis_store import RedisStore
+
+    return RedisStore(shared, backend=backend(config.redis)), RedisWindows(shared)
+
+
+def _redis(config: Config, problems: list[str]) -> Client | None:
     """The one Redis client of this process (sessions and rate limits), or None without
     ``redis``; its passwords are read here, once."""
     if config.redis is None:
         return None
+    # Imported here, not at the top: see _stores.
+    from iap.adapters import redis_client
+
     passwords = secrets.redis_passwords(config.redis, problems)
     try:
         return redis_client.connect(config.redis, passwords)

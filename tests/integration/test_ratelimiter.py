@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from iap.adapters.ratelimit import RateLimiter
+from iap.adapters.ratelimit_redis import RedisWindows
 from iap.domain.ratelimit import Quota, Verdict
 from tests.support.redis_server import RedisServer, redis_server_binary, start_redis_server
 
@@ -28,7 +29,8 @@ class Harness:
     def limiter(self, url: str | None = None) -> RateLimiter:
         if url is None and self.server is not None:
             url = self.server.url
-        limiter = RateLimiter(url, on_store_error_count=lambda: self.errors.append(None))
+        shared = RedisWindows(url) if url is not None else None
+        limiter = RateLimiter(shared, on_store_error_count=lambda: self.errors.append(None))
         self.limiters.append(limiter)
         return limiter
 
@@ -221,8 +223,7 @@ async def test_a_server_that_never_answers_costs_one_timeout() -> None:
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     limiter = RateLimiter(
-        f"redis://127.0.0.1:{port}/0",
-        timeout=0.2,
+        RedisWindows(f"redis://127.0.0.1:{port}/0", timeout=0.2),
         on_store_error_count=lambda: errors.append(None),
     )
     loop = asyncio.get_running_loop()
@@ -282,7 +283,7 @@ async def test_the_same_limiter_recovers_when_redis_comes_back(
 
 def test_a_malformed_url_does_not_echo_the_password() -> None:
     with pytest.raises(ValueError, match="not a valid Redis URL") as caught:
-        RateLimiter("redis://:s3cret-pw@127.0.0.1:notaport/0")
+        RedisWindows("redis://:s3cret-pw@127.0.0.1:notaport/0")
     assert "s3cret" not in str(caught.value)
     assert caught.value.__cause__ is None
     assert caught.value.__suppress_context__

@@ -21,7 +21,9 @@ import trustme
 from iap import config
 from iap.adapters import redis_client
 from iap.adapters.ratelimit import RateLimiter
-from iap.adapters.store import RedisStore, StoreUnavailable
+from iap.adapters.ratelimit_redis import RedisWindows
+from iap.adapters.redis_store import RedisStore
+from iap.adapters.store import StoreUnavailable
 from iap.app import secrets
 from iap.domain.ratelimit import Quota
 from tests.conftest import StartEdge, Upstream, edge_config, free_port
@@ -93,7 +95,7 @@ async def test_the_store_and_the_limiter_use_every_master(
 ) -> None:
     client = client_of(cluster_block(cluster, tmp_path))
     store = RedisStore(client, backend="redis-cluster")
-    limiter = RateLimiter(client)
+    limiter = RateLimiter(RedisWindows(client))
     quota = Quota(requests=2, per=86400)  # a day: no window boundary mid-test
     try:
         handles = [f"handle-{n}" for n in range(12)]

@@ -18,8 +18,10 @@ import trustme
 from iap import config
 from iap.adapters import redis_client
 from iap.adapters.ratelimit import RateLimiter
-from iap.adapters.redis_client import RedisPasswords
-from iap.adapters.store import RedisStore, StoreUnavailable
+from iap.adapters.ratelimit_redis import RedisWindows
+from iap.adapters.redis_passwords import RedisPasswords
+from iap.adapters.redis_store import RedisStore
+from iap.adapters.store import StoreUnavailable
 from iap.domain.ratelimit import Quota
 from iap.errors import ConfigError
 from tests.conftest import StartEdge, Upstream, free_port
@@ -215,7 +217,7 @@ async def test_sentinel_failover_keeps_sessions_and_takes_new_writes(
         settings = sentinel_settings(form, sentinel_port)
         client = redis_client.connect(settings, RedisPasswords(password=password))
         store = RedisStore(client, backend=redis_client.backend(settings))
-        limiter = RateLimiter(client)  # the same client, as build_edge wires it
+        limiter = RateLimiter(RedisWindows(client))  # the same client, as build_edge wires it
         quota = Quota(requests=100, per=86400)  # a day: no window boundary mid-test
         on_replica = redis.asyncio.Redis(port=replica.port, password=password)
         try:
@@ -274,7 +276,8 @@ async def test_sessions_and_rate_limits_share_one_client_and_reload_refuses_redi
         ) as stack:
             edge = stack.edge.edge
             assert edge.signin is not None
-            assert edge.limiter._client is edge.signin.store._client  # type: ignore[attr-defined]
+            shared = edge.limiter._shared  # type: ignore[attr-defined]
+            assert shared._client is edge.signin.store._client  # type: ignore[attr-defined]
             document = signin_config(upstream.url, stack.idp, stack.edge.port, tmp_path)
             changed = document | {"redis": {"url": server.url, "timeout": "2s"}}
             with pytest.raises(ConfigError) as refused:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import pytest
 import redis.asyncio
 
+from iap.adapters.redis_store import RedisStore
 from iap.adapters.sessions import (
     REFRESH_LOCK_TTL,
     REFRESHED_TTL,
@@ -25,7 +26,7 @@ from iap.adapters.sessions import (
     SessionRejected,
     StoredSessions,
 )
-from iap.adapters.store import Lock, MemoryStore, RedisStore, SessionStore
+from iap.adapters.store import Lock, MemoryStore, SessionStore
 from iap.domain.sealing import Keyring, key_id
 from iap.domain.session import REFRESH_MARGIN, Session, new_session, refreshed, touched
 from iap.model import Identity

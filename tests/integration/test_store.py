@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from iap.adapters.store import Lock, MemoryStore, RedisStore, SessionStore, StoreUnavailable
+from iap.adapters.redis_store import RedisStore
+from iap.adapters.store import Lock, MemoryStore, SessionStore, StoreUnavailable
 from tests.support.identities import Clock
 from tests.support.redis_server import RedisServer, start_redis_server
 

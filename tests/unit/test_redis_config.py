@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from iap import config
-from iap.adapters.redis_client import RedisPasswords, backend
+from iap.adapters.redis_client import backend
+from iap.adapters.redis_passwords import RedisPasswords
 from iap.app import secrets
 from iap.errors import ConfigError
 
