@@ -13,22 +13,14 @@ import pytest
 from playwright.async_api import Page, expect
 
 from iap.dev.idp import USERS
-from tests.conftest import free_port
-from tests.support.process import IapProcess, start_iap
+from tests.support.process import IapProcess, start_iap_dev
 
 SIGN_IN_PAGE = re.compile(r"http://127\.0\.0\.1:\d+/organizations/oauth2/v2\.0/authorize\?.*")
 
 
 @pytest.fixture
 async def iap_dev() -> AsyncIterator[IapProcess]:
-    iap = await start_iap(
-        "dev",
-        "--port",
-        str(free_port()),
-        "--admin-port",
-        str(free_port()),
-        ready_marker="iap dev ready: ",
-    )
+    iap = await start_iap_dev()
     try:
         yield iap
     finally:

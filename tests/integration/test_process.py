@@ -17,7 +17,7 @@ from iap.adapters.signing_keys import write_new_key
 from iap.config import Address
 from iap.web.server import bind
 from tests.conftest import Upstream, edge_config, free_port
-from tests.support.process import IapProcess, start_iap, write_config
+from tests.support.process import IapProcess, start_iap, start_iap_dev, write_config
 from tests.support.redis_server import start_redis_server
 from tests.support.signin import Visitor
 
@@ -175,10 +175,7 @@ async def stdout_line(iap: IapProcess, prefix: str) -> str:
 
 async def test_dev_serves_the_demo_page(tmp_path: Path) -> None:
     port = free_port()
-    admin = str(free_port())
-    iap = await start_iap(
-        "dev", "--port", str(port), "--admin-port", admin, ready_marker="iap dev ready: "
-    )
+    iap = await start_iap_dev(port=port)
     try:
         assert iap.public_url == f"http://127.0.0.1:{port}"
         async with (
@@ -204,16 +201,7 @@ async def test_dev_keeps_sessions_in_redis_when_given_one() -> None:
     Redis, the cookie holds only its handle, and the next request finds it there."""
     server = await start_redis_server()
     client = redis.asyncio.Redis.from_url(server.url)
-    iap = await start_iap(
-        "dev",
-        "--port",
-        str(free_port()),
-        "--admin-port",
-        str(free_port()),
-        "--redis",
-        server.url,
-        ready_marker="iap dev ready: ",
-    )
+    iap = await start_iap_dev("--redis", server.url)
     try:
         async with aiohttp.ClientSession() as http:
             visitor = Visitor(http, iap.public_url)

@@ -122,6 +122,17 @@ async def start_iap(*args: str, ready_marker: str = "iap listening: ") -> IapPro
     return process
 
 
+async def start_iap_dev(*args: str, port: int | None = None) -> IapProcess:
+    """``iap dev`` on free ports (``port`` for the public one when given), once it is ready."""
+    from tests.conftest import free_port  # here: tests.conftest imports this module
+
+    public = port if port is not None else free_port()
+    return await start_iap(
+        "dev", "--port", str(public), "--admin-port", str(free_port()), *args,
+        ready_marker="iap dev ready: ",
+    )  # fmt: skip
+
+
 def _read_addresses(process: IapProcess, text: str) -> None:
     if text.startswith("{"):
         where = json.loads(text)
